@@ -1,0 +1,41 @@
+# One venv for everything; `make demo` and `make test` create or reuse it.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+HOME_DIR ?= tol-data
+
+.PHONY: help install demo test test-fast lint bench serve clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)  ## create the venv and install everything (cached by pyproject hash)
+
+demo: $(STAMP)  ## run every stage on the offline sample world under $(HOME_DIR)
+	$(BIN)/tol --home $(HOME_DIR) demo
+
+test: $(STAMP)  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## tests without the slow, spark and prefect markers
+	$(BIN)/python -m pytest -q -m "not slow and not spark and not prefect"
+
+lint: $(STAMP)  ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)  ## run the benchmarks (JSON on stdout)
+	@for f in bench/bench_*.py; do $(BIN)/python $$f; done
+
+serve: $(STAMP)  ## start a local Prefect server with the deployments
+	$(BIN)/tol --home $(HOME_DIR) serve
+
+clean:  ## remove the demo home and caches (keeps the venv)
+	rm -rf $(HOME_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,177 @@
+"""The DuckDB catalog: versioned migrations, lake Parquet registered as views, small tables stored inline."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from warehouse.schemas import LAKE_TABLES, RAW_RECORDS, duckdb_type
+
+# Each migration is applied once, in order, inside a transaction; never edit an applied one, append.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "core tables",
+        """
+        CREATE TABLE stage_runs (
+            run_id VARCHAR PRIMARY KEY, stage VARCHAR NOT NULL, status VARCHAR NOT NULL,
+            config JSON, code_version VARCHAR, n_in BIGINT, n_out BIGINT, n_dropped BIGINT,
+            dropped_by_reason JSON, errors JSON, seconds DOUBLE,
+            started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, message VARCHAR);
+        CREATE TABLE taxa (
+            taxon_id VARCHAR, kingdom VARCHAR, phylum VARCHAR, class VARCHAR, "order" VARCHAR,
+            family VARCHAR, genus VARCHAR, species VARCHAR, scientific_name VARCHAR, taxon_rank VARCHAR,
+            common_name VARCHAR, common_name_rank VARCHAR, backbone_version VARCHAR,
+            PRIMARY KEY (taxon_id, backbone_version));
+        CREATE TABLE backbones (
+            backbone_version VARCHAR PRIMARY KEY, path VARCHAR, n_taxa BIGINT, n_vernacular BIGINT,
+            loaded_at TIMESTAMPTZ);
+        CREATE TABLE dataset_versions (
+            version VARCHAR PRIMARY KEY, created_at TIMESTAMPTZ, filters VARCHAR, seed BIGINT,
+            dedup_run_id VARCHAR, resolve_run_id VARCHAR, n_samples BIGINT, n_train BIGINT, n_val BIGINT,
+            n_shards BIGINT, path VARCHAR, manifest JSON, code_version VARCHAR);
+        CREATE TABLE shard_samples (
+            version VARCHAR, split VARCHAR, shard VARCHAR, key VARCHAR, record_id VARCHAR, taxon_id VARCHAR);
+        CREATE TABLE training_runs (
+            run_id VARCHAR PRIMARY KEY, version VARCHAR, config JSON, status VARCHAR, steps BIGINT,
+            checkpoint VARCHAR, export_path VARCHAR, metrics JSON,
+            started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ);
+        CREATE TABLE eval_results (
+            run_id VARCHAR, model VARCHAR, task VARCHAR, metric VARCHAR, value DOUBLE, n BIGINT,
+            details JSON, created_at TIMESTAMPTZ);
+        """,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A home folder: `catalog.duckdb`, `lake/`, `shards/`, `runs/`."""
+
+    home: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "catalog.duckdb"
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def shards(self) -> Path:
+        return self.home / "shards"
+
+    @property
+    def runs(self) -> Path:
+        return self.home / "runs"
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection with the lake views refreshed (DuckDB allows one writer process)."""
+        con = duckdb.connect(str(self.db_path), read_only=read_only)
+        try:
+            if not read_only:
+                register_lake_views(con, self.home)
+            yield con
+        finally:
+            con.close()
+
+    def query_arrow(self, sql: str, params: list | None = None) -> pa.Table:
+        with self.connect() as con:
+            return con.execute(sql, params or []).to_arrow_table()
+
+
+def open_catalog(home: str | Path) -> Catalog:
+    """Create the home folder and DuckDB file if needed, apply pending migrations, register lake views."""
+    home = Path(home).resolve()
+    for sub in ("lake", "shards", "runs"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(home)
+    con = duckdb.connect(str(catalog.db_path))
+    try:
+        apply_migrations(con)
+        register_lake_views(con, home)
+    finally:
+        con.close()
+    return catalog
+
+
+def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[int]:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR,"
+        " applied_at TIMESTAMPTZ DEFAULT now())"
+    )
+    applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    done = []
+    for version, name, sql in MIGRATIONS:
+        if version in applied:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        done.append(version)
+    return done
+
+
+def _empty_select(schema: pa.Schema) -> str:
+    cols = ", ".join(f'CAST(NULL AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema)
+    return f"SELECT {cols} WHERE false"
+
+
+def _source_select(home: Path, pattern: str, schema: pa.Schema) -> str:
+    full = str(home / pattern)
+    if not glob.glob(full):
+        return _empty_select(schema)
+    escaped = full.replace("'", "''")
+    return f"SELECT * FROM read_parquet('{escaped}', union_by_name = true, hive_partitioning = false)"
+
+
+def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    """(Re)create the lake views. History views hold every row ever written; the plain views the current state."""
+    for name, (pattern, schema) in LAKE_TABLES.items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {_source_select(home, pattern, schema)}")
+    raw_cols = ", ".join(f'"{f.name}"' for f in RAW_RECORDS)
+    # Current state = latest row per key; history keeps every payload version for audit.
+    con.execute(
+        f"""CREATE OR REPLACE VIEW raw_records AS
+        SELECT {raw_cols} FROM raw_records_history
+        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY ingested_at DESC, run_id DESC) = 1"""
+    )
+    con.execute(
+        """CREATE OR REPLACE VIEW resolutions AS
+        SELECT * FROM resolutions_history
+        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY run_id DESC) = 1"""
+    )
+    con.execute(
+        """CREATE OR REPLACE VIEW images AS
+        SELECT * EXCLUDE (jpeg) FROM images_history
+        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
+    )
+    con.execute(
+        """CREATE OR REPLACE VIEW image_bytes AS
+        SELECT record_id, jpeg FROM images_history WHERE status = 'ok'
+        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
+    )
+    con.execute("CREATE OR REPLACE VIEW dedup_decisions AS SELECT * FROM dedup_decisions_history")
+    con.execute(
+        """CREATE OR REPLACE VIEW record_lineage AS
+        SELECT r.record_id, r.source, r.source_id, r.dataset_key, r.license, r.media_url,
+               s.taxon_id, s.match_type, t.kingdom, t.phylum, t.class, t."order", t.family, t.genus,
+               t.species, t.scientific_name, t.common_name, i.status AS image_status, i.md5, i.phash
+        FROM raw_records r
+        LEFT JOIN resolutions s USING (record_id)
+        LEFT JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
+        LEFT JOIN images i USING (record_id)"""
+    )

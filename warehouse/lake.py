@@ -1,0 +1,40 @@
+"""Atomic Parquet writes into the lake: workers write part files, never the catalog."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path, *, compression: str = "zstd") -> Path:
+    """Write `table` to `path` through a temporary name and a rename, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp, compression=compression)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def new_run_id(stage: str) -> str:
+    """Sortable, unique run id: stage, UTC time, and a random suffix."""
+    from datetime import UTC, datetime
+
+    return f"{stage}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,148 @@
+"""Arrow schemas of every catalog table: the user-facing contract (documented column by column in README)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+RAW_RECORDS = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("occurrence_id", pa.string()),
+        ("media_index", pa.int32()),
+        ("media_url", pa.string()),
+        ("media_format", pa.string()),
+        ("license", pa.string()),
+        ("license_verbatim", pa.string()),
+        ("rights_holder", pa.string()),
+        ("creator", pa.string()),
+        ("publisher", pa.string()),
+        ("dataset_key", pa.string()),
+        ("basis_of_record", pa.string()),
+        ("img_type", pa.string()),
+        ("verbatim_name", pa.string()),
+        ("verbatim_rank", pa.string()),
+        ("verbatim_kingdom", pa.string()),
+        ("verbatim_phylum", pa.string()),
+        ("verbatim_class", pa.string()),
+        ("verbatim_order", pa.string()),
+        ("verbatim_family", pa.string()),
+        ("verbatim_genus", pa.string()),
+        ("verbatim_species", pa.string()),
+        ("vernacular_name", pa.string()),
+        ("event_date", pa.string()),
+        ("crop_box", pa.list_(pa.int32())),
+        ("drop_reason", pa.string()),
+        ("payload_hash", pa.string()),
+        ("payload", pa.string()),
+        ("run_id", pa.string()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+TAXA = pa.schema(
+    [
+        ("taxon_id", pa.string()),
+        *[(r, pa.string()) for r in RANKS],
+        ("scientific_name", pa.string()),
+        ("taxon_rank", pa.string()),
+        ("common_name", pa.string()),
+        ("common_name_rank", pa.string()),
+        ("backbone_version", pa.string()),
+    ]
+)
+
+RESOLUTIONS = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("taxon_id", pa.string()),
+        ("match_type", pa.string()),
+        ("confidence", pa.float32()),
+        ("query_name", pa.string()),
+        ("reason", pa.string()),
+        ("backbone_version", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+IMAGES = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("source", pa.string()),
+        ("media_url", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("http_status", pa.int32()),
+        ("md5", pa.string()),
+        ("phash", pa.int64()),
+        ("phash_hex", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("original_bytes", pa.int64()),
+        ("bytes", pa.int64()),
+        ("seconds", pa.float32()),
+        ("attempts", pa.int32()),
+        ("jpeg", pa.binary()),
+        ("run_id", pa.string()),
+        ("fetched_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+DEDUP_DECISIONS = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("distance", pa.int32()),
+        ("run_id", pa.string()),
+    ]
+)
+
+EVAL_HASHES = pa.schema(
+    [
+        ("eval_set", pa.string()),
+        ("path", pa.string()),
+        ("md5", pa.string()),
+        ("phash", pa.int64()),
+        ("run_id", pa.string()),
+    ]
+)
+
+# Tables that live as Parquet in the lake and are exposed as views; glob relative to the home folder.
+LAKE_TABLES: dict[str, tuple[str, pa.Schema]] = {
+    "raw_records_history": ("lake/raw/*/*/*.parquet", RAW_RECORDS),
+    "resolutions_history": ("lake/resolved/*/*.parquet", RESOLUTIONS),
+    "images_history": ("lake/images/*/*.parquet", IMAGES),
+    "dedup_decisions_history": ("lake/dedup/*/*.parquet", DEDUP_DECISIONS),
+    "eval_hashes": ("lake/eval_hashes/*/*.parquet", EVAL_HASHES),
+}
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    """DuckDB column type for an Arrow type; used to build typed empty views before any data exists."""
+    if pa.types.is_list(arrow_type):
+        return duckdb_type(arrow_type.value_type) + "[]"
+    mapping = {
+        pa.string(): "VARCHAR",
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.float32(): "FLOAT",
+        pa.float64(): "DOUBLE",
+        pa.bool_(): "BOOLEAN",
+        pa.binary(): "BLOB",
+        pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    }
+    try:
+        return mapping[arrow_type]
+    except KeyError as exc:
+        raise TypeError(f"no DuckDB type mapped for Arrow type {arrow_type}") from exc

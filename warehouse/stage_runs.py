@@ -1,0 +1,88 @@
+"""`stage_runs` bookkeeping: every stage opens a run, counts what it kept and dropped, and closes it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from warehouse.catalog import Catalog
+from warehouse.lake import new_run_id
+
+CODE_VERSION = "0.1.0"
+
+
+def _jsonable(config: Any) -> str:
+    if is_dataclass(config):
+        config = asdict(config)
+    return json.dumps(config, default=str, sort_keys=True)
+
+
+@dataclass
+class StageRun:
+    """Counts for one execution of a stage; use as a context manager around the stage's work."""
+
+    catalog: Catalog
+    stage: str
+    config: Any = None
+    run_id: str = ""
+    n_in: int = 0
+    n_out: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    message: str = ""
+    _t0: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.run_id = self.run_id or new_run_id(self.stage)
+
+    def __enter__(self) -> StageRun:
+        self._t0 = time.perf_counter()
+        with self.catalog.connect() as con:
+            con.execute(
+                "INSERT INTO stage_runs (run_id, stage, status, config, code_version, started_at)"
+                " VALUES (?, ?, 'running', ?, ?, ?)",
+                [self.run_id, self.stage, _jsonable(self.config), CODE_VERSION, datetime.now(UTC)],
+            )
+        return self
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+    def error(self, kind: str, n: int = 1) -> None:
+        self.errors[kind] += n
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = "succeeded" if exc is None else "failed"
+        message = self.message if exc is None else f"{exc_type.__name__}: {exc}"
+        with self.catalog.connect() as con:
+            con.execute(
+                """UPDATE stage_runs SET status = ?, n_in = ?, n_out = ?, n_dropped = ?,
+                   dropped_by_reason = ?, errors = ?, seconds = ?, ended_at = ?, message = ?
+                   WHERE run_id = ?""",
+                [
+                    status,
+                    self.n_in,
+                    self.n_out,
+                    sum(self.dropped.values()),
+                    json.dumps(dict(sorted(self.dropped.items()))),
+                    json.dumps(dict(sorted(self.errors.items()))),
+                    round(time.perf_counter() - self._t0, 3),
+                    datetime.now(UTC),
+                    message[:2000],
+                    self.run_id,
+                ],
+            )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "stage": self.stage,
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+            "dropped": dict(self.dropped),
+            "errors": dict(self.errors),
+        }
