@@ -23,7 +23,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             run_id VARCHAR PRIMARY KEY, stage VARCHAR NOT NULL, status VARCHAR NOT NULL,
             config JSON, code_version VARCHAR, n_in BIGINT, n_out BIGINT, n_dropped BIGINT,
             dropped_by_reason JSON, errors JSON, seconds DOUBLE,
-            started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, message VARCHAR);
+            started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, message VARCHAR, details JSON);
         CREATE TABLE taxa (
             taxon_id VARCHAR, kingdom VARCHAR, phylum VARCHAR, class VARCHAR, "order" VARCHAR,
             family VARCHAR, genus VARCHAR, species VARCHAR, scientific_name VARCHAR, taxon_rank VARCHAR,
@@ -42,6 +42,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             run_id VARCHAR PRIMARY KEY, version VARCHAR, config JSON, status VARCHAR, steps BIGINT,
             checkpoint VARCHAR, export_path VARCHAR, metrics JSON,
             started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ);
+        CREATE TABLE ingest_checkpoints (
+            source VARCHAR, query_key VARCHAR, checkpoint JSON, complete BOOLEAN, run_id VARCHAR,
+            updated_at TIMESTAMPTZ, PRIMARY KEY (source, query_key));
         CREATE TABLE eval_results (
             run_id VARCHAR, model VARCHAR, task VARCHAR, metric VARCHAR, value DOUBLE, n BIGINT,
             details JSON, created_at TIMESTAMPTZ);
@@ -85,7 +88,7 @@ class Catalog:
 
     def query_arrow(self, sql: str, params: list | None = None) -> pa.Table:
         with self.connect() as con:
-            return con.execute(sql, params or []).to_arrow_table()
+            return con.sql(sql, params=params or None).to_arrow_table()
 
 
 def open_catalog(home: str | Path) -> Catalog:

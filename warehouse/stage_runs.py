@@ -34,6 +34,7 @@ class StageRun:
     dropped: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     message: str = ""
+    details: dict = field(default_factory=dict)
     _t0: float = 0.0
 
     def __post_init__(self) -> None:
@@ -61,8 +62,8 @@ class StageRun:
         with self.catalog.connect() as con:
             con.execute(
                 """UPDATE stage_runs SET status = ?, n_in = ?, n_out = ?, n_dropped = ?,
-                   dropped_by_reason = ?, errors = ?, seconds = ?, ended_at = ?, message = ?
-                   WHERE run_id = ?""",
+                   dropped_by_reason = ?, errors = ?, seconds = ?, ended_at = ?, message = ?,
+                   details = ? WHERE run_id = ?""",
                 [
                     status,
                     self.n_in,
@@ -73,6 +74,7 @@ class StageRun:
                     round(time.perf_counter() - self._t0, 3),
                     datetime.now(UTC),
                     message[:2000],
+                    json.dumps(self.details, default=str),
                     self.run_id,
                 ],
             )
@@ -85,4 +87,5 @@ class StageRun:
             "n_out": self.n_out,
             "dropped": dict(self.dropped),
             "errors": dict(self.errors),
+            **({"details": self.details} if self.details else {}),
         }

@@ -375,7 +375,7 @@ def _write_eol(world: SampleWorld, tree: Tree, w: _Writer) -> None:
     for i, sp in enumerate(tree.species):
         page_id = 45_000_000 + sp.taxon_id
         # EOL's names: synonyms where the backbone knows one, HTML markup sometimes.
-        name = sp.synonyms[0][1] if sp.synonyms and i % 2 else sp.binomial
+        name = sp.synonyms[0][1] if sp.synonyms and i % 4 != 0 else sp.binomial
         canonical = f"<i>{name}</i>" if i % 6 == 0 else name
         higher = "|".join(["Life", "Cellular Organisms", "Eukaryota", sp.lineage["kingdom"],
                            *[v for r, v in sp.lineage.items() if r not in ("kingdom", "species") and v]])
@@ -400,7 +400,7 @@ def _write_eol(world: SampleWorld, tree: Tree, w: _Writer) -> None:
         w.planted["exact_duplicate_urls"].append([url, new_url])
         manifest.append([str(content_id), str(page_id), url, new_url, "cc-by", "iNaturalist user"])
     half = (len(manifest) + 1) // 2
-    d = world.routes / "eol" / "media_manifest.tgz"
+    d = world.routes / "data" / "media_manifest.tgz"
     d.mkdir(parents=True, exist_ok=True)
     for idx, chunk in enumerate([manifest[:half], manifest[half:]], start=1):
         with open(d / f"media_manifest_{idx}.csv", "w", newline="", encoding="utf-8") as fh:
@@ -408,8 +408,7 @@ def _write_eol(world: SampleWorld, tree: Tree, w: _Writer) -> None:
             if idx == 1:
                 writer.writerow(EOL_MANIFEST_COLUMNS)  # header in the first file only, as EOL ships it
             writer.writerows(chunk)
-    (world.routes / "eol" / "dh21").mkdir(parents=True, exist_ok=True)
-    with open(world.routes / "eol" / "dh21" / "taxon.tab", "w", newline="", encoding="utf-8") as fh:
+    with open(world.routes / "data" / "taxon.tab", "w", newline="", encoding="utf-8") as fh:
         fh.write("\t".join(DH_COLUMNS) + "\n")
         for r in dh:
             fh.write("\t".join(r[c] for c in DH_COLUMNS) + "\n")

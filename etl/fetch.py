@@ -1,0 +1,236 @@
+"""Fetch stage: download, process and hash images. `fetch_partition` is the pure per-partition function
+(Arrow batches in, one output row per input row out); executors run it, `run_fetch` wires it to the catalog."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import requests
+
+from etl.http import USER_AGENT
+from etl.images import ImageConfig, process_image
+from warehouse.schemas import IMAGES
+
+FETCH_OUTPUT = pa.schema([f for f in IMAGES if f.name not in ("run_id", "fetched_at")])
+TRANSIENT = frozenset({"timeout", "connection_error", "http_429", "http_500", "http_502", "http_503", "http_504"})
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    image: ImageConfig = field(default_factory=ImageConfig)
+    connect_timeout: float = 5.0
+    read_timeout: float = 20.0
+    max_bytes: int = 40 * 1024 * 1024
+    max_redirects: int = 5
+    retries: int = 2
+    retry_after_cap: float = 10.0
+    threads: int = 8
+    per_host: int = 4
+    allow_private_hosts: bool = False
+    user_agent: str = USER_AGENT
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FetchConfig:
+        d = dict(d)
+        image = ImageConfig(**d.pop("image", {}))
+        return cls(image=image, **d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DownloadError(Exception):
+    def __init__(self, status: str, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.http_status = http_status
+
+
+_local = threading.local()
+_host_locks: dict[str, threading.Semaphore] = {}
+_host_guard = threading.Lock()
+
+
+def _session(config: FetchConfig) -> requests.Session:
+    s = getattr(_local, "session", None)
+    if s is None:
+        s = requests.Session()
+        s.headers["User-Agent"] = config.user_agent
+        s.max_redirects = config.max_redirects
+        _local.session = s
+    return s
+
+
+def _host_slot(host: str, limit: int) -> threading.Semaphore:
+    with _host_guard:
+        if host not in _host_locks:
+            _host_locks[host] = threading.Semaphore(limit)
+        return _host_locks[host]
+
+
+def check_url(url: str, allow_private: bool) -> str:
+    """Refuse non-http(s) schemes and (unless allowed) private, loopback and link-local addresses."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        raise DownloadError("unsupported_url_scheme", f"scheme {parsed.scheme!r} not allowed")
+    host = parsed.hostname or ""
+    if not host:
+        raise DownloadError("bad_url", "URL has no host")
+    if not allow_private:
+        try:
+            infos = socket.getaddrinfo(host, parsed.port or 80, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise DownloadError("dns_error", str(exc)) from exc
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0])
+            if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved:
+                raise DownloadError("private_address", f"{host} resolves to {ip}; use --allow-private-hosts")
+    return host
+
+
+def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
+    host = check_url(url, config.allow_private_hosts)
+    session = _session(config)
+    for attempt in range(config.retries + 1):
+        with _host_slot(host, config.per_host):
+            try:
+                resp = session.get(url, stream=True, timeout=(config.connect_timeout, config.read_timeout))
+            except requests.TooManyRedirects as exc:
+                raise DownloadError("too_many_redirects", str(exc)[:200]) from exc
+            except requests.Timeout as exc:
+                err = DownloadError("timeout", str(exc)[:200])
+                resp = None
+            except requests.ConnectionError as exc:
+                err = DownloadError("connection_error", str(exc)[:200])
+                resp = None
+            if resp is not None:
+                with resp:
+                    if resp.status_code < 400:
+                        declared = int(resp.headers.get("Content-Length") or 0)
+                        if declared > config.max_bytes:
+                            raise DownloadError("too_large", f"Content-Length {declared} > {config.max_bytes}")
+                        chunks, size = [], 0
+                        try:
+                            for chunk in resp.iter_content(1 << 16):
+                                size += len(chunk)
+                                if size > config.max_bytes:
+                                    raise DownloadError("too_large", f"body over {config.max_bytes} bytes")
+                                chunks.append(chunk)
+                        except requests.RequestException as exc:
+                            kind = "timeout" if "timed out" in str(exc).lower() else "connection_error"
+                            raise DownloadError(kind, str(exc)[:200]) from exc
+                        return b"".join(chunks), resp.status_code
+                    err = DownloadError(f"http_{resp.status_code}", f"HTTP {resp.status_code}", resp.status_code)
+                    retry_after = resp.headers.get("Retry-After")
+        if err.status not in TRANSIENT or attempt == config.retries:
+            raise err
+        delay = 0.5 * 2**attempt
+        if resp is not None and retry_after:
+            try:
+                delay = min(float(retry_after), config.retry_after_cap)
+            except ValueError:
+                pass
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def fetch_one(row: dict[str, Any], config: FetchConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"record_id": row["record_id"], "source": row.get("source"), "media_url": row["media_url"],
+                           "attempts": int(row.get("attempts") or 0) + 1}
+    try:
+        data, http_status = download(row["media_url"] or "", config)
+        out["http_status"] = http_status
+        out["original_bytes"] = len(data)
+        processed = process_image(data, config.image, row.get("crop_box"))
+        out.update({k: v for k, v in asdict(processed).items()})
+        out["bytes"] = len(processed.jpeg) if processed.jpeg else None
+    except DownloadError as exc:
+        out.update(status=exc.status, error=str(exc), http_status=exc.http_status)
+    except Exception as exc:  # one bad row must never stop a partition
+        out.update(status="internal_error", error=f"{type(exc).__name__}: {exc}"[:300])
+    out["seconds"] = round(time.perf_counter() - t0, 4)
+    return out
+
+
+def fetch_partition(batches: Iterator[pa.RecordBatch], config: FetchConfig) -> Iterator[pa.RecordBatch]:
+    """Per-partition function: rows with record_id, media_url, source, optional crop_box (and attempts) in,
+    one `FETCH_OUTPUT` row per input row out, in input order."""
+    with ThreadPoolExecutor(max_workers=config.threads) as pool:
+        for batch in batches:
+            rows = batch.to_pylist()
+            results = list(pool.map(lambda r: fetch_one(r, config), rows))
+            cols = {f.name: [r.get(f.name) for r in results] for f in FETCH_OUTPUT}
+            yield pa.RecordBatch.from_pydict(cols, schema=FETCH_OUTPUT)
+
+
+def _select_inputs(catalog, retry_failed: bool, max_attempts: int) -> pa.Table:
+    if retry_failed:
+        transient = ", ".join(f"'{s}'" for s in sorted(TRANSIENT))
+        sql = f"""SELECT i.record_id, r.media_url, r.source, r.crop_box, i.attempts
+                  FROM images i JOIN raw_records r USING (record_id)
+                  WHERE i.status IN ({transient}) AND i.attempts < {int(max_attempts)}
+                  ORDER BY r.source, i.record_id"""
+    else:
+        sql = """SELECT r.record_id, r.media_url, r.source, r.crop_box, 0 AS attempts
+                 FROM raw_records r
+                 WHERE r.drop_reason IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM images_history i WHERE i.record_id = r.record_id)
+                 ORDER BY r.source, r.record_id"""
+    return catalog.query_arrow(sql)
+
+
+def run_fetch(catalog, config: FetchConfig | None = None, *, executor: str = "local", workers: int = 2,
+              partition_rows: int = 128, retry_failed: bool = False, max_attempts: int = 3,
+              spark_master: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fetch every usable record not fetched yet (or, with `retry_failed`, transient failures again).
+    Each finished partition is written at once, so a killed run loses at most the partitions in flight."""
+    from datetime import UTC, datetime
+    from functools import partial
+
+    from tqdm import tqdm
+
+    from etl.executors import get_executor
+    from warehouse.lake import write_parquet_atomic
+    from warehouse.stage_runs import StageRun
+
+    config = config or FetchConfig()
+    settings = {"executor": executor, "workers": workers, "retry_failed": retry_failed, **config.to_dict()}
+    with StageRun(catalog, "fetch", config=settings) as run:
+        inputs = _select_inputs(catalog, retry_failed, max_attempts)
+        run.n_in = inputs.num_rows
+        partitions: list[pa.Table] = []
+        for source in sorted(set(inputs.column("source").to_pylist())):
+            part = inputs.filter(pa.compute.equal(inputs.column("source"), source))
+            partitions += [part.slice(o, partition_rows) for o in range(0, part.num_rows, partition_rows)]
+        fn = partial(fetch_partition, config=config)
+        bar = tqdm(total=inputs.num_rows, unit="img", desc="fetch", disable=not progress, mininterval=1.0)
+        t0 = datetime.now(UTC)
+        for idx, table in get_executor(executor, workers, spark_master).map_partitions(fn, partitions,
+                                                                                        FETCH_OUTPUT):
+            now = datetime.now(UTC)
+            table = table.append_column("run_id", pa.array([run.run_id] * table.num_rows, pa.string()))
+            table = table.append_column("fetched_at", pa.array([now] * table.num_rows, IMAGES.field("fetched_at").type))
+            source = table.column("source")[0].as_py() if table.num_rows else "none"
+            write_parquet_atomic(table.select(IMAGES.names).cast(IMAGES),
+                                 catalog.lake / "images" / f"source={source}" / f"part-{run.run_id}-{idx:05d}.parquet")
+            for status in table.column("status").to_pylist():
+                if status == "ok":
+                    run.n_out += 1
+                else:
+                    run.drop(status)
+            bar.update(table.num_rows)
+            rate = bar.n / max(1e-6, (now - t0).total_seconds())
+            bar.set_postfix(ok=run.n_out, failed=sum(run.dropped.values()), ips=f"{rate:.0f}")
+        bar.close()
+        run.details = {"images_per_second": round(run.n_in / max(1e-6, (datetime.now(UTC) - t0).total_seconds()), 1)}
+    return run.summary()

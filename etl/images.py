@@ -1,0 +1,114 @@
+"""Image processing, pure and deterministic: decode, orient, bomb guard, RGB, crop, size gate, resize,
+re-encode, MD5 and a 64-bit pHash. Every failure becomes a status string, never an exception."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import imagehash
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    min_side: int = 224
+    max_side: int = 720
+    jpeg_quality: int = 90
+    max_pixels: int = 89_478_485  # Pillow's own default bomb limit, made explicit
+
+
+@dataclass
+class ProcessedImage:
+    status: str  # "ok" or a failure reason
+    error: str | None = None
+    jpeg: bytes | None = None
+    md5: str | None = None
+    phash: int | None = None
+    phash_hex: str | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+
+
+def phash64(img: Image.Image) -> tuple[int, str]:
+    """64-bit DCT pHash (imagehash) as a signed int64 (for Parquet/DuckDB) and as hex."""
+    h = imagehash.phash(img)
+    hex_ = str(h)
+    value = int(hex_, 16)
+    if value >= 1 << 63:
+        value -= 1 << 64
+    return value, hex_
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return img.point(lambda v: v / 256).convert("L").convert("RGB")
+    return img.convert("RGB")
+
+
+def clip_box(box: list[int] | None, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of an `x, y, w, h` box clipped to the image; None when nothing is left."""
+    if not box:
+        return None
+    x, y, w, h = box
+    left, top = max(0, x), max(0, y)
+    right, bottom = min(width, x + w), min(height, y + h)
+    if right - left <= 0 or bottom - top <= 0:
+        return (0, 0, 0, 0)
+    return left, top, right, bottom
+
+
+def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None = None) -> ProcessedImage:
+    if not data:
+        return ProcessedImage("empty_body", "zero-byte response")
+    md5 = hashlib.md5(data)
+    if crop_box:
+        md5.update(f"|crop:{','.join(map(str, crop_box))}".encode())  # crops of one frame are distinct items
+    out = ProcessedImage("ok", md5=md5.hexdigest())
+    Image.MAX_IMAGE_PIXELS = config.max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            out.original_width, out.original_height = img.size
+            if img.size[0] * img.size[1] > config.max_pixels:
+                return ProcessedImage("decompression_bomb", f"{img.size[0]}x{img.size[1]} pixels", md5=out.md5)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return ProcessedImage("decompression_bomb", str(exc)[:200], md5=out.md5)
+    except UnidentifiedImageError:
+        return ProcessedImage("not_an_image", "body is not a decodable image", md5=out.md5)
+    except (OSError, SyntaxError, ValueError) as exc:
+        return ProcessedImage("corrupt_image", str(exc)[:200], md5=out.md5)
+    try:
+        img = to_rgb(ImageOps.exif_transpose(img))
+        if crop_box:
+            box = clip_box(crop_box, *img.size)
+            if box == (0, 0, 0, 0):
+                return ProcessedImage("crop_outside_image", f"box {crop_box} outside {img.size}", md5=out.md5)
+            img = img.crop(box)
+        if min(img.size) < config.min_side:
+            out.status, out.error = "too_small", f"short side {min(img.size)} < {config.min_side}"
+            out.width, out.height = img.size
+            return out
+        if max(img.size) > config.max_side:
+            img.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=config.jpeg_quality)
+        out.jpeg = buf.getvalue()
+        out.width, out.height = img.size
+        out.phash, out.phash_hex = phash64(img)
+    except (OSError, ValueError) as exc:
+        return ProcessedImage("corrupt_image", str(exc)[:200], md5=out.md5)
+    return out

@@ -1,0 +1,1 @@
+"""Backbone loading, name normalising, resolution to 7-rank lineages, common names and caption texts."""

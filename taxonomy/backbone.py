@@ -1,0 +1,110 @@
+"""Load a GBIF-backbone-style DwC-A checklist (`Taxon.tsv`, `VernacularName.tsv`) into Parquet and `taxa`.
+
+Set-wise in DuckDB: unquoted TSV, every column read as text, streamed. The version is a checksum of the files,
+so loading the same files twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from warehouse.catalog import Catalog
+from warehouse.stage_runs import StageRun
+
+RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+
+def _checksum(paths: list[Path]) -> str:
+    h = hashlib.sha1()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def _extract(path: Path, into: Path) -> Path:
+    if path.is_dir():
+        return path
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(into)
+    return into
+
+
+def backbone_dir(catalog: Catalog, version: str) -> Path:
+    return catalog.lake / "taxa" / f"backbone={version}"
+
+
+def load_backbone(catalog: Catalog, path: str | Path) -> str:
+    """Load the checklist at `path` (folder or zip); returns its version. English common names are chosen
+    deterministically: the shortest English name, ties broken alphabetically."""
+    path = Path(path)
+    folder = _extract(path, catalog.lake / "taxa" / "_extracted" / path.stem)
+    taxon, vern = folder / "Taxon.tsv", folder / "VernacularName.tsv"
+    if not taxon.exists():
+        raise FileNotFoundError(f"{taxon} not found: expected a DwC-A checklist with Taxon.tsv")
+    version = _checksum([taxon] + ([vern] if vern.exists() else []))
+    with catalog.connect() as con:
+        if con.execute("SELECT 1 FROM backbones WHERE backbone_version = ?", [version]).fetchone():
+            return version
+    out = backbone_dir(catalog, version)
+    out.mkdir(parents=True, exist_ok=True)
+    with StageRun(catalog, "load_backbone", config={"path": str(path), "version": version}) as run, \
+            catalog.connect() as con:
+        opts = "delim='\t', header=true, quote='', escape='', all_varchar=true, null_padding=true"
+        con.execute(f"CREATE TEMP TABLE t AS SELECT * FROM read_csv('{taxon}', {opts})")
+        if vern.exists():
+            con.execute(f"CREATE TEMP TABLE v AS SELECT * FROM read_csv('{vern}', {opts})")
+        else:
+            con.execute("CREATE TEMP TABLE v (taxonID VARCHAR, vernacularName VARCHAR, language VARCHAR)")
+        con.execute(f"COPY t TO '{out / 'taxon.parquet'}' (FORMAT parquet)")
+        con.execute(f"COPY v TO '{out / 'vernacular.parquet'}' (FORMAT parquet)")
+        # One lineage row per accepted (or doubtful) usage: its own rank holds its own name, lower ranks null.
+        con.execute(
+            """
+            INSERT INTO taxa
+            WITH names AS (
+              SELECT taxonID, vernacularName AS name,
+                     row_number() OVER (PARTITION BY taxonID ORDER BY length(vernacularName), vernacularName) AS k
+              FROM v WHERE lower(language) IN ('en', 'eng', 'english') AND nullif(trim(vernacularName), '') IS NOT NULL
+            ), usages AS (
+              SELECT taxonID, lower(taxonRank) AS rnk, coalesce(nullif(canonicalName, ''), scientificName) AS nm,
+                     nullif(kingdom, '') AS kingdom, nullif(phylum, '') AS phylum, nullif(class, '') AS class,
+                     nullif("order", '') AS "order", nullif(family, '') AS family, nullif(genus, '') AS genus,
+                     nullif(specificEpithet, '') AS epithet
+              FROM t WHERE lower(taxonomicStatus) IN ('accepted', 'doubtful') AND taxonID <> '0'
+            )
+            SELECT u.taxonID,
+              CASE WHEN rnk = 'kingdom' THEN nm ELSE kingdom END,
+              CASE WHEN rnk = 'phylum' THEN nm WHEN rnk IN ('kingdom') THEN NULL ELSE phylum END,
+              CASE WHEN rnk = 'class' THEN nm WHEN rnk IN ('kingdom', 'phylum') THEN NULL ELSE class END,
+              CASE WHEN rnk = 'order' THEN nm WHEN rnk IN ('kingdom', 'phylum', 'class') THEN NULL ELSE "order" END,
+              CASE WHEN rnk = 'family' THEN nm WHEN rnk IN ('kingdom', 'phylum', 'class', 'order') THEN NULL
+                   ELSE family END,
+              CASE WHEN rnk = 'genus' THEN nm WHEN rnk IN ('species', 'subspecies', 'variety', 'form') THEN genus
+                   ELSE NULL END,
+              CASE WHEN rnk IN ('species', 'subspecies', 'variety', 'form')
+                   THEN coalesce(epithet, split_part(nm, ' ', 2)) END,
+              nm, rnk, n.name, CASE WHEN n.name IS NOT NULL THEN rnk END, ?
+            FROM usages u LEFT JOIN names n ON n.taxonID = u.taxonID AND n.k = 1
+            """,
+            [version],
+        )
+        n_taxa = con.execute("SELECT count(*) FROM t").fetchone()[0]
+        n_vern = con.execute("SELECT count(*) FROM v").fetchone()[0]
+        con.execute("INSERT INTO backbones VALUES (?, ?, ?, ?, ?)",
+                    [version, str(path), n_taxa, n_vern, datetime.now(UTC)])
+        run.n_in, run.n_out = n_taxa, con.execute("SELECT count(*) FROM taxa WHERE backbone_version = ?",
+                                                  [version]).fetchone()[0]
+    return version
+
+
+def latest_backbone(catalog: Catalog) -> str:
+    with catalog.connect() as con:
+        row = con.execute("SELECT backbone_version FROM backbones ORDER BY loaded_at DESC LIMIT 1").fetchone()
+    if row is None:
+        raise LookupError("no backbone loaded: run `tol taxonomy load-backbone PATH` first")
+    return row[0]
