@@ -47,9 +47,15 @@ def render_organism(
     bh, bs, bv = BACKGROUNDS[traits["kingdom"] % len(BACKGROUNDS)]
     bg = _rgb(bh + rng.uniform(-0.03, 0.03), bs + rng.uniform(-0.1, 0.1), bv + rng.uniform(-0.1, 0.1))
     img = Image.new("RGB", (w, h), bg)
+    # A lighting gradient of random direction and strength: per-image variation that moves the pHash.
+    gx, gy, strength = rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.25, 0.6)
+    shade = Image.linear_gradient("L").resize((w, h)).rotate(math.degrees(math.atan2(gy, gx)), expand=False,
+                                                              fillcolor=128)
+    dark = Image.new("RGB", (w, h), tuple(int(c * (1 - strength)) for c in bg))
+    img = Image.composite(img, dark, shade)
     draw = ImageDraw.Draw(img)
     # Background clutter independent of the taxon, so the model must look at the organism.
-    for _ in range(rng.randint(3, 8)):
+    for _ in range(rng.randint(4, 10)):
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         r = rng.uniform(3, min(w, h) / 10)
         shade = _rgb(bh + rng.uniform(-0.1, 0.1), bs * 0.6, bv + rng.uniform(-0.2, 0.2))
@@ -58,8 +64,8 @@ def render_organism(
     juvenile = life_stage == "juvenile"
     scale = rng.uniform(0.30, 0.40) * (0.8 if juvenile else 1.0)
     rx, ry = scale * w, scale * h * rng.uniform(0.8, 1.1)
-    cx = w / 2 + rng.uniform(-0.12, 0.12) * w
-    cy = h / 2 + rng.uniform(-0.12, 0.12) * h
+    cx = w / 2 + rng.uniform(-0.17, 0.17) * w
+    cy = h / 2 + rng.uniform(-0.17, 0.17) * h
     angle = rng.uniform(-0.35, 0.35)
     shape = SHAPES[traits["phylum"] % len(SHAPES)]
     body_hue = traits["class"] * 0.143 + traits["order"] * 0.04
@@ -97,6 +103,8 @@ def render_organism(
     draw = ImageDraw.Draw(img)
     draw.ellipse([ax - ar, ay - ar, ax + ar, ay + ar], fill=accent, outline=(20, 20, 20), width=2)
 
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
     return img
