@@ -18,7 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from etl.images import ImageConfig, process_image
-from warehouse.catalog import Catalog
+from warehouse.catalog import Catalog, fetch_first
 from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES
 from warehouse.stage_runs import StageRun
@@ -119,7 +119,7 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
                    bit_count(i.phash) < {config.degenerate_min_bits}
                      OR bit_count(i.phash) > {64 - config.degenerate_min_bits} AS degenerate
             FROM images i JOIN raw_records r USING (record_id)""")
-        run.n_in = con.execute("SELECT count(*) FROM cand").fetchone()[0]
+        run.n_in = fetch_first(con, "SELECT count(*) FROM cand")[0]
         decisions: dict[str, tuple[bool, str | None, str | None, int | None]] = {}
         for rid, in con.execute("SELECT id FROM cand WHERE status <> 'ok' OR phash IS NULL").fetchall():
             decisions[rid] = (False, "no_hash", None, None)
@@ -189,6 +189,6 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
 
 
 def latest_dedup_run(con: duckdb.DuckDBPyConnection) -> str | None:
-    row = con.execute("""SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
-                         ORDER BY ended_at DESC LIMIT 1""").fetchone()
+    row = fetch_first(con, """SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
+                         ORDER BY ended_at DESC LIMIT 1""")
     return row[0] if row else None

@@ -16,17 +16,17 @@ import pyarrow as pa
 from etl.http import PoliteClient
 from etl.records import make_rows
 from etl.sources import IngestConfig, get_connector
-from warehouse.catalog import Catalog
+from warehouse.catalog import Catalog, fetch_first
 from warehouse.lake import write_parquet_atomic
 from warehouse.stage_runs import StageRun
 
 
 def _load_checkpoint(catalog: Catalog, cfg: IngestConfig) -> dict[str, Any]:
     with catalog.connect() as con:
-        row = con.execute(
+        row = fetch_first(con, 
             "SELECT checkpoint, complete FROM ingest_checkpoints WHERE source = ? AND query_key = ?",
             [cfg.source, cfg.query_key()],
-        ).fetchone()
+        )
     if row is None or row[1]:
         return {}  # never run, or the last run finished: start over (unchanged rows are skipped)
     return json.loads(row[0])

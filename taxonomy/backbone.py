@@ -11,7 +11,7 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from warehouse.catalog import Catalog
+from warehouse.catalog import Catalog, fetch_first
 from warehouse.stage_runs import StageRun
 
 RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
@@ -48,7 +48,7 @@ def load_backbone(catalog: Catalog, path: str | Path) -> str:
         raise FileNotFoundError(f"{taxon} not found: expected a DwC-A checklist with Taxon.tsv")
     version = _checksum([taxon] + ([vern] if vern.exists() else []))
     with catalog.connect() as con:
-        if con.execute("SELECT 1 FROM backbones WHERE backbone_version = ?", [version]).fetchone():
+        if fetch_first(con, "SELECT 1 FROM backbones WHERE backbone_version = ?", [version]):
             return version
     out = backbone_dir(catalog, version)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,18 +93,18 @@ def load_backbone(catalog: Catalog, path: str | Path) -> str:
             """,
             [version],
         )
-        n_taxa = con.execute("SELECT count(*) FROM t").fetchone()[0]
-        n_vern = con.execute("SELECT count(*) FROM v").fetchone()[0]
+        n_taxa = fetch_first(con, "SELECT count(*) FROM t")[0]
+        n_vern = fetch_first(con, "SELECT count(*) FROM v")[0]
         con.execute("INSERT INTO backbones VALUES (?, ?, ?, ?, ?)",
                     [version, str(path), n_taxa, n_vern, datetime.now(UTC)])
-        run.n_in, run.n_out = n_taxa, con.execute("SELECT count(*) FROM taxa WHERE backbone_version = ?",
-                                                  [version]).fetchone()[0]
+        run.n_in, run.n_out = n_taxa, fetch_first(con, "SELECT count(*) FROM taxa WHERE backbone_version = ?",
+                                                  [version])[0]
     return version
 
 
 def latest_backbone(catalog: Catalog) -> str:
     with catalog.connect() as con:
-        row = con.execute("SELECT backbone_version FROM backbones ORDER BY loaded_at DESC LIMIT 1").fetchone()
+        row = fetch_first(con, "SELECT backbone_version FROM backbones ORDER BY loaded_at DESC LIMIT 1")
     if row is None:
         raise LookupError("no backbone loaded: run `tol taxonomy load-backbone PATH` first")
     return row[0]

@@ -178,3 +178,10 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
         LEFT JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
         LEFT JOIN images i USING (record_id)"""
     )
+
+
+def fetch_first(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:
+    """First row or None. Fetches the whole result: DuckDB 2 treats a half-read result as unfinished and
+    refuses the next statement on the connection."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None

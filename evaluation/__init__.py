@@ -1,0 +1,1 @@
+"""Evaluation: dataset adapters, zero-shot classification, results in the catalog."""

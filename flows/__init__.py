@@ -1,0 +1,1 @@
+"""Prefect flows and deployments: wiring, retries, schedules, artifacts. No business logic here."""

@@ -1,0 +1,326 @@
+"""`tol`: the thin command line over the stage functions and flows. Each command exits non-zero with a
+one-line reason on bad input (`--debug` shows the traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _kv(items: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{what} {item!r} must be KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _catalog(args):
+    from warehouse.catalog import open_catalog
+
+    return open_catalog(args.home)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=1, default=str))
+
+
+def cmd_demo(args) -> None:
+    home = str(Path(args.home).resolve())
+    prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(home) / "prefect")))
+    prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's SQLite cannot create a missing folder
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows.demo import demo_flow
+    from flows.report import demo_report
+
+    started = _now()
+    summary = demo_flow(home=home, seed=args.seed, steps=args.steps)
+    print(demo_report(_catalog(args), summary, since=started))
+
+
+def _now():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def cmd_ingest(args) -> None:
+    from etl.ingest import run_ingest
+    from etl.sources import IngestConfig
+
+    cfg = IngestConfig(args.source, api_url=args.api_url, path=args.path, params=_kv(args.param, "--param"),
+                       limit=args.limit, page_size=args.page_size)
+    _print(run_ingest(_catalog(args), cfg, progress=True))
+
+
+def cmd_taxonomy(args) -> None:
+    from taxonomy.backbone import load_backbone
+    from taxonomy.resolve import resolve_names
+
+    catalog = _catalog(args)
+    if args.taxonomy_cmd == "load-backbone":
+        print(load_backbone(catalog, args.path))
+        return
+    with open(args.input, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and "scientific_name" not in rows[0]:
+        raise ValueError(f"{args.input}: needs a `scientific_name` column")
+    out = resolve_names(catalog, rows, args.backbone)
+    with open(args.out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(out[0]) if out else ["scientific_name"])
+        writer.writeheader()
+        writer.writerows(out)
+    print(f"{len(out)} names -> {args.out}")
+
+
+def cmd_resolve(args) -> None:
+    from taxonomy.resolve import run_resolve
+
+    _print(run_resolve(_catalog(args), args.backbone))
+
+
+def cmd_fetch(args) -> None:
+    from etl.fetch import FetchConfig, run_fetch
+    from etl.images import ImageConfig
+
+    cfg = FetchConfig(image=ImageConfig(min_side=args.min_side, max_side=args.max_side),
+                      allow_private_hosts=args.allow_private_hosts, threads=args.threads)
+    _print(run_fetch(_catalog(args), cfg, executor=args.executor, workers=args.workers,
+                     partition_rows=args.partition_rows, retry_failed=args.retry_failed,
+                     spark_master=args.spark_master))
+
+
+def cmd_dedup(args) -> None:
+    from etl.dedup import DedupConfig, run_dedup
+
+    evals = _kv(args.eval, "--eval")
+    for name, path in evals.items():
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"--eval {name}: {path} is not a folder")
+    _print(run_dedup(_catalog(args), DedupConfig(near_k=args.near_k, leak_k=args.leak_k, eval_sets=evals)))
+
+
+def cmd_shard(args) -> None:
+    from etl.shards import ShardConfig, build_version
+
+    cfg = ShardConfig(args.version, where=args.where, samples_per_shard=args.samples_per_shard,
+                      max_shard_bytes=args.max_shard_bytes, image_size=args.image_size,
+                      val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite)
+    manifest = build_version(_catalog(args), cfg)
+    _print({k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"])})
+
+
+def cmd_versions(args) -> None:
+    from warehouse.versions import list_versions, load_manifest, verify_version
+
+    catalog = _catalog(args)
+    if args.action == "show":
+        _print(load_manifest(catalog, args.name))
+    elif args.action == "verify":
+        problems = verify_version(catalog, args.name)
+        for p in problems:
+            print(p)
+        if problems:
+            raise SystemExit(f"tol: version {args.name} failed verification ({len(problems)} problems)")
+        print(f"{args.name}: all shards match the manifest")
+    else:
+        _print(list_versions(catalog))
+
+
+def cmd_train(args) -> None:
+    from training.config import load_config
+    from training.loop import train
+
+    cfg = load_config(args.config, args.overrides, preset=args.preset)
+    _print(train(_catalog(args), cfg))
+
+
+def cmd_evaluate(args) -> None:
+    from evaluation.zero_shot import evaluate_zero_shot
+    from warehouse.catalog import fetch_first
+
+    model = args.model
+    catalog = _catalog(args)
+    with catalog.connect() as con:
+        row = fetch_first(con, "SELECT export_path FROM training_runs WHERE run_id = ?", [model])
+    run_id = model if row else None
+    if row:
+        model = row[0]
+    scores = evaluate_zero_shot(catalog, model, args.data, task=args.task, text_type=args.text_type,
+                                templates=args.templates, run_id=run_id)
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores, indent=1))
+    _print(scores)
+
+
+def cmd_sql(args) -> None:
+    catalog = _catalog(args)
+    with catalog.connect() as con:
+        rel = con.sql(args.query)
+        if rel is None:
+            return
+        if args.format == "table":
+            rel.show(max_width=200, max_rows=args.max_rows)
+            return
+        table = rel.to_arrow_table()
+        if args.format == "json":
+            print(json.dumps(table.to_pylist(), indent=1, default=str))
+        else:
+            writer = csv.writer(sys.stdout)
+            writer.writerow(table.column_names)
+            for row in table.to_pylist():
+                writer.writerow([row[c] for c in table.column_names])
+
+
+def cmd_serve(args) -> None:
+    from flows.serve import serve
+
+    serve(args.home, args.port)
+
+
+def cmd_sample_world(args) -> None:
+    from etl.sample_world import build_sample_world, serve_sample_world
+    from etl.sample_world.build import SampleWorldConfig
+
+    root = Path(args.home) / "sample_world"
+    world = build_sample_world(root, SampleWorldConfig(seed=args.seed))
+    print(f"sample world under {world.root}: {json.dumps({k: v for k, v in world.planted.items() if not isinstance(v, list)})}")
+    if args.serve:
+        import time
+
+        with serve_sample_world(root, port=args.port) as server:
+            print(f"serving at {server.base_url} (Ctrl-C to stop)")
+            while True:
+                time.sleep(3600)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tol", description="TreeOfLife curation pipeline and BioCLIP 2 training")
+    p.add_argument("--home", default=os.environ.get("TOL_HOME", "tol-data"), help="catalog home folder")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="run every stage on the offline sample world")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, default=300, help="training steps")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("ingest", help="pull a source into raw_records")
+    s.add_argument("source", choices=["gbif", "eol", "bioscan", "fathomnet"])
+    s.add_argument("--api-url", help="service or mirror base URL (default: the real service)")
+    s.add_argument("--path", help="a local file or folder instead of the API")
+    s.add_argument("--param", action="append", metavar="KEY=VALUE", help="query filter passed through")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--page-size", type=int, default=300)
+    s.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("taxonomy", help="backbones and name resolution")
+    tsub = s.add_subparsers(dest="taxonomy_cmd", required=True)
+    t = tsub.add_parser("load-backbone", help="load a DwC-A checklist (zip or folder)")
+    t.add_argument("path")
+    t = tsub.add_parser("resolve-names", help="resolve a CSV of names (scientific_name [, kingdom ... genus])")
+    t.add_argument("input")
+    t.add_argument("--out", required=True)
+    t.add_argument("--backbone")
+    s.set_defaults(fn=cmd_taxonomy)
+
+    s = sub.add_parser("resolve", help="resolve all usable records against the latest backbone")
+    s.add_argument("--backbone")
+    s.set_defaults(fn=cmd_resolve)
+
+    s = sub.add_parser("fetch", help="download, resize and hash images")
+    s.add_argument("--executor", choices=["local", "spark"], default="local")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--threads", type=int, default=8, help="download threads per worker")
+    s.add_argument("--partition-rows", type=int, default=128)
+    s.add_argument("--spark-master")
+    s.add_argument("--allow-private-hosts", action="store_true")
+    s.add_argument("--retry-failed", action="store_true", help="retry transient failures only")
+    s.add_argument("--min-side", type=int, default=224)
+    s.add_argument("--max-side", type=int, default=720)
+    s.set_defaults(fn=cmd_fetch)
+
+    s = sub.add_parser("dedup", help="exact, near and eval-leak decisions")
+    s.add_argument("--eval", action="append", metavar="NAME=PATH", help="an evaluation set to protect")
+    s.add_argument("--near-k", type=int, default=6)
+    s.add_argument("--leak-k", type=int, default=8)
+    s.set_defaults(fn=cmd_dedup)
+
+    s = sub.add_parser("shard", help="write a dataset version as WebDataset shards")
+    s.add_argument("--version", required=True)
+    s.add_argument("--where", help="SQL filter over lineage/record columns, e.g. kingdom = 'Animalia'")
+    s.add_argument("--samples-per-shard", type=int, default=10_000)
+    s.add_argument("--max-shard-bytes", type=int, default=1 << 30)
+    s.add_argument("--image-size", type=int, help="squash-resize images to this size")
+    s.add_argument("--val-fraction", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_shard)
+
+    s = sub.add_parser("versions", help="list, show or verify dataset versions")
+    s.add_argument("action", nargs="?", choices=["list", "show", "verify"], default="list")
+    s.add_argument("name", nargs="?")
+    s.set_defaults(fn=cmd_versions)
+
+    s = sub.add_parser("train", help="train BioCLIP 2 with replay")
+    s.add_argument("--config", help="YAML config file")
+    s.add_argument("--preset", default="cpu-tiny", help="cpu-tiny or gpu-paper")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("evaluate", help="zero-shot evaluation on a labelled folder")
+    s.add_argument("--model", required=True, help="local-dir:PATH, hf-hub:ORG/NAME, an export folder or a run id")
+    s.add_argument("--data", required=True, help="folder with metadata.csv")
+    s.add_argument("--task", default="adhoc")
+    s.add_argument("--text-type", default="taxon", choices=["asis", "sci", "com", "taxon", "sci_com", "taxon_com"])
+    s.add_argument("--templates", default="openai", choices=["openai", "single"])
+    s.add_argument("--json", help="also write the scores here")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("sql", help="run SQL over the catalog")
+    s.add_argument("query")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument("--max-rows", type=int, default=100)
+    s.set_defaults(fn=cmd_sql)
+
+    s = sub.add_parser("serve", help="start a local Prefect server with the deployments")
+    s.add_argument("--port", type=int, default=4200)
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("sample-world", help="build (and optionally serve) the offline sample world")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--serve", action="store_true")
+    s.add_argument("--port", type=int, default=0)
+    s.set_defaults(fn=cmd_sample_world)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "versions" and args.action in ("show", "verify") and not args.name:
+        print(f"tol: error: versions {args.action} needs a NAME", file=sys.stderr)
+        return 2
+    try:
+        args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"tol: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The training loop: CLIP InfoNCE on the biology batch plus InfoNCE on the replay batch through the replay
+projector, one shared logit scale, one text type per step, AdamW + cosine schedule, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from tqdm import tqdm
+
+from training.config import TEXT_TYPES, TrainConfig
+from training.data import bio_loader, replay_loader
+from training.model import NORMALIZATION, ReplayCLIP, build_clip, export_open_clip
+from warehouse.catalog import Catalog
+from warehouse.lake import new_run_id
+from warehouse.stage_runs import StageRun
+from warehouse.versions import shard_urls
+
+
+def text_type_for_step(cfg: TrainConfig, step: int) -> str:
+    """One caption type per step for the whole batch, reproducible from (seed, step) alone."""
+    if cfg.text_type != "random":
+        return cfg.text_type
+    return random.Random(cfg.seed * 1_000_003 + step).choice(TEXT_TYPES)
+
+
+def cosine_lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on gains, biases, norms, embeddings' scale and the logit scale (open_clip's rule)."""
+    def exclude(name: str, p: torch.nn.Parameter) -> bool:
+        return p.ndim < 2 or any(k in name for k in ("bn", "ln", "bias", "logit_scale", "norm"))
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay}]
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _tokenizer(cfg: TrainConfig, mcfg: dict[str, Any]):
+    if cfg.model_cfg is None and open_clip.get_model_config(cfg.model) is not None:
+        return open_clip.get_tokenizer(cfg.model)
+    return open_clip.tokenizer.SimpleTokenizer(context_length=mcfg.get("text_cfg", {}).get("context_length", 77))
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _clip_loss(loss_fn: ClipLoss, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return loss_fn(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), scale)
+
+
+def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a run; returns its summary. Rows go to `training_runs` and `stage_runs`."""
+    run_id = cfg.run_id or new_run_id("train")
+    run_dir = catalog.runs / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = _device(cfg)
+    clip, mcfg = build_clip(cfg)
+    model = ReplayCLIP(clip).to(device)
+    if cfg.grad_checkpointing:
+        clip.set_grad_checkpointing(True)
+    image_size = mcfg["vision_cfg"]["image_size"]
+    mean, std = NORMALIZATION[cfg.normalization]
+    preprocess = open_clip.image_transform(image_size, is_train=True, mean=mean, std=std)
+    tokenizer = _tokenizer(cfg, mcfg)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    step = 0
+    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    if cfg.resume:
+        path = ckpt_path if cfg.resume == "latest" else Path(cfg.resume)
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+        state = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+    forward = torch.compile(model) if cfg.compile else model
+    urls = shard_urls(catalog, cfg.dataset_version, "train")
+    # Seeded by (seed, starting step): a resumed run draws a fresh, reproducible data order.
+    bio = bio_loader(urls, preprocess, cfg.batch_size, cfg.seed + step, cfg.workers)
+    replay = (replay_loader(cfg.replay_path, preprocess, cfg.replay_batch_size, cfg.seed + step, cfg.workers)
+              if cfg.replay_batch_size else None)
+    loss_fn = ClipLoss()
+    started = datetime.now(UTC)
+    with catalog.connect() as con:
+        con.execute("""INSERT OR REPLACE INTO training_runs (run_id, version, config, status, steps, started_at)
+                       VALUES (?, ?, ?, 'running', ?, ?)""",
+                    [run_id, cfg.dataset_version, json.dumps(cfg.to_dict()), cfg.steps, started])
+    metrics_path = run_dir / "metrics.jsonl"
+    history: list[dict[str, Any]] = []
+    with StageRun(catalog, "train", config=cfg.to_dict(), run_id=f"stage-{run_id}-{step}") as stage:
+        try:
+            model.train()
+            bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress,
+                       mininterval=2.0)
+            t0, seen = time.perf_counter(), 0
+            while step < cfg.steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(step, cfg)
+                text_type = text_type_for_step(cfg, step)
+                optimizer.zero_grad(set_to_none=True)
+                logs = {"loss_bio": 0.0, "loss_replay": 0.0}
+                for _ in range(cfg.accum_steps):
+                    images, caps = next(bio)
+                    tokens = tokenizer(caps[text_type]).to(device)
+                    with _autocast(cfg, device):
+                        scale = forward.logit_scale.exp()
+                        loss_bio = _clip_loss(loss_fn, forward.encode_image(images.to(device)),
+                                              forward.encode_text(tokens), scale)
+                        loss = loss_bio
+                        if replay is not None:
+                            r_images, r_texts = next(replay)
+                            loss_replay = _clip_loss(loss_fn, forward.encode_image(r_images.to(device), replay=True),
+                                                     forward.encode_text(tokenizer(r_texts).to(device)), scale)
+                            loss = loss + cfg.replay_weight * loss_replay
+                            logs["loss_replay"] += loss_replay.item() / cfg.accum_steps
+                    (loss / cfg.accum_steps).backward()
+                    logs["loss_bio"] += loss_bio.item() / cfg.accum_steps
+                    seen += images.shape[0]
+                optimizer.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(100))
+                step += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    rec = {"step": step, "text_type": text_type, "lr": optimizer.param_groups[0]["lr"],
+                           "logit_scale": model.logit_scale.exp().item(),
+                           "samples_per_s": seen / (time.perf_counter() - t0), **logs}
+                    history.append(rec)
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                    bar.set_postfix(loss=f"{logs['loss_bio']:.3f}", replay=f"{logs['loss_replay']:.3f}")
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                           "config": cfg.to_dict(), "model_cfg": mcfg}, ckpt_path)
+            bar.close()
+            export = export_open_clip(model, mcfg, run_dir / "export")
+            final = history[-1] if history else {}
+            metrics = {"final": final, "samples_seen": seen, "seconds": time.perf_counter() - t0,
+                       "normalization": cfg.normalization}
+            with catalog.connect() as con:
+                con.execute("""UPDATE training_runs SET status = 'succeeded', checkpoint = ?, export_path = ?,
+                               metrics = ?, ended_at = ? WHERE run_id = ?""",
+                            [str(ckpt_path), str(export), json.dumps(metrics), datetime.now(UTC), run_id])
+            stage.n_in, stage.n_out = seen, step
+            stage.details = {"training_run": run_id, **metrics}
+        except BaseException:
+            with catalog.connect() as con:
+                con.execute("UPDATE training_runs SET status = 'failed', ended_at = ? WHERE run_id = ?",
+                            [datetime.now(UTC), run_id])
+            raise
+    return {"run_id": run_id, "export_path": str(export), "steps": step, **metrics}
