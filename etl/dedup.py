@@ -11,6 +11,7 @@ bits, from blank or uniform images) are flagged and never clustered.
 from __future__ import annotations
 
 import csv
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +51,13 @@ def hash_eval_set(catalog: Catalog, name: str, path: str | Path, run_id: str) ->
     config = ImageConfig(min_side=1)
     for file in _image_files(path):
         img = process_image(file.read_bytes(), config)
-        for k, v in (("eval_set", name), ("path", str(file.relative_to(path))), ("md5", img.md5),
-                     ("phash", img.phash), ("run_id", run_id)):
+        for k, v in (
+            ("eval_set", name),
+            ("path", str(file.relative_to(path))),
+            ("md5", img.md5),
+            ("phash", img.phash),
+            ("run_id", run_id),
+        ):
             rows[k].append(v)
     table = pa.Table.from_pydict(rows, schema=EVAL_HASHES)
     write_parquet_atomic(table, catalog.lake / "eval_hashes" / f"set={name}" / "hashes.parquet")
@@ -62,7 +68,7 @@ def _segment_exprs(k: int, alias: str) -> list[str]:
     """k+1 bit ranges covering the 64 bits; equal on at least one for any pair within distance k."""
     m = k + 1
     bounds = [round(i * 64 / m) for i in range(m + 1)]
-    return [f"(({alias}.phash >> {lo}) & {(1 << (hi - lo)) - 1})" for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    return [f"(({alias}.phash >> {lo}) & {(1 << (hi - lo)) - 1})" for lo, hi in itertools.pairwise(bounds)]
 
 
 def near_pairs_sql(left: str, right: str, k: int, same_table: bool) -> str:
@@ -70,8 +76,10 @@ def near_pairs_sql(left: str, right: str, k: int, same_table: bool) -> str:
     parts = []
     for seg_a, seg_b in zip(_segment_exprs(k, "a"), _segment_exprs(k, "b"), strict=False):
         cond = "a.id < b.id AND " if same_table else ""
-        parts.append(f"SELECT a.id AS a, b.id AS b FROM {left} a JOIN {right} b ON {seg_a} = {seg_b} "
-                     f"WHERE {cond}bit_count(xor(a.phash, b.phash)) <= {k}")
+        parts.append(
+            f"SELECT a.id AS a, b.id AS b FROM {left} a JOIN {right} b ON {seg_a} = {seg_b} "
+            f"WHERE {cond}bit_count(xor(a.phash, b.phash)) <= {k}"
+        )
     union = " UNION ".join(parts)
     return f"""SELECT p.a, p.b, bit_count(xor(x.phash, y.phash))::INT AS distance
                FROM ({union}) p JOIN {left} x ON x.id = p.a JOIN {right} y ON y.id = p.b"""
@@ -121,7 +129,7 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
             FROM images i JOIN raw_records r USING (record_id)""")
         run.n_in = fetch_first(con, "SELECT count(*) FROM cand")[0]
         decisions: dict[str, tuple[bool, str | None, str | None, int | None]] = {}
-        for rid, in con.execute("SELECT id FROM cand WHERE status <> 'ok' OR phash IS NULL").fetchall():
+        for (rid,) in con.execute("SELECT id FROM cand WHERE status <> 'ok' OR phash IS NULL").fetchall():
             decisions[rid] = (False, "no_hash", None, None)
         con.execute("CREATE TEMP TABLE ok AS SELECT * FROM cand WHERE status = 'ok' AND phash IS NOT NULL")
         # 1. leaks
@@ -132,7 +140,7 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
                 SELECT id, eval_set, eval_id, distance FROM (
                   SELECT p.a AS id, e.eval_set, p.b AS eval_id, p.distance,
                          row_number() OVER (PARTITION BY p.a ORDER BY p.distance, p.b) AS k
-                  FROM ({near_pairs_sql('ok', 'ev', config.leak_k, False)}) p JOIN ev e ON e.id = p.b
+                  FROM ({near_pairs_sql("ok", "ev", config.leak_k, False)}) p JOIN ev e ON e.id = p.b
                   UNION ALL
                   SELECT o.id, e.eval_set, e.id, 0, 0 FROM ok o JOIN ev e ON o.md5 = e.md5
                 ) WHERE k <= 1 QUALIFY row_number() OVER (PARTITION BY id ORDER BY distance) = 1""").fetchall()
@@ -160,26 +168,37 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
         if comp:
             con.execute("CREATE TEMP TABLE comp (id VARCHAR, root VARCHAR)")
             con.executemany("INSERT INTO comp VALUES (?, ?)", [[k, v] for k, v in comp.items()])
-            keepers = dict(con.execute(f"""SELECT root, first(id ORDER BY {order}) FROM comp JOIN clusterable
-                                           USING (id) GROUP BY root""").fetchall())
+            keepers = dict(
+                con.execute(f"""SELECT root, first(id ORDER BY {order}) FROM comp JOIN clusterable
+                                           USING (id) GROUP BY root""").fetchall()
+            )
             dist = {}
             for a, b, d in pairs:
                 dist[(a, b)] = dist[(b, a)] = d
-            phash = dict(con.execute("SELECT id, phash FROM clusterable WHERE id IN (SELECT id FROM comp)").fetchall())
+            phash = dict(
+                con.execute("SELECT id, phash FROM clusterable WHERE id IN (SELECT id FROM comp)").fetchall()
+            )
             for rid, root in comp.items():
                 keeper = keepers[root]
                 if rid != keeper:
                     d = dist.get((rid, keeper), bin((phash[rid] ^ phash[keeper]) & (2**64 - 1)).count("1"))
                     decisions[rid] = (False, "near_duplicate", keeper, int(d))
-        for rid, in con.execute("SELECT id FROM uniq WHERE degenerate").fetchall():
+        for (rid,) in con.execute("SELECT id FROM uniq WHERE degenerate").fetchall():
             decisions.setdefault(rid, (True, "degenerate_hash", None, None))
-        for rid, in con.execute("SELECT id FROM cand").fetchall():
+        for (rid,) in con.execute("SELECT id FROM cand").fetchall():
             decisions.setdefault(rid, (True, None, None, None))
         ids = sorted(decisions)
-        table = pa.Table.from_pydict({
-            "record_id": ids, "kept": [decisions[i][0] for i in ids], "reason": [decisions[i][1] for i in ids],
-            "duplicate_of": [decisions[i][2] for i in ids], "distance": [decisions[i][3] for i in ids],
-            "run_id": [run.run_id] * len(ids)}, schema=DEDUP_DECISIONS)
+        table = pa.Table.from_pydict(
+            {
+                "record_id": ids,
+                "kept": [decisions[i][0] for i in ids],
+                "reason": [decisions[i][1] for i in ids],
+                "duplicate_of": [decisions[i][2] for i in ids],
+                "distance": [decisions[i][3] for i in ids],
+                "run_id": [run.run_id] * len(ids),
+            },
+            schema=DEDUP_DECISIONS,
+        )
         write_parquet_atomic(table, catalog.lake / "dedup" / f"run={run.run_id}" / "decisions.parquet")
         for _, (kept, reason, _, _) in decisions.items():
             if not kept:
@@ -189,6 +208,9 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
 
 
 def latest_dedup_run(con: duckdb.DuckDBPyConnection) -> str | None:
-    row = fetch_first(con, """SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
-                         ORDER BY ended_at DESC LIMIT 1""")
+    row = fetch_first(
+        con,
+        """SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
+                         ORDER BY ended_at DESC LIMIT 1""",
+    )
     return row[0] if row else None

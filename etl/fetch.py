@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
@@ -21,7 +22,9 @@ from etl.images import ImageConfig, process_image
 from warehouse.schemas import IMAGES
 
 FETCH_OUTPUT = pa.schema([f for f in IMAGES if f.name not in ("run_id", "fetched_at")])
-TRANSIENT = frozenset({"timeout", "connection_error", "http_429", "http_500", "http_502", "http_503", "http_504"})
+TRANSIENT = frozenset(
+    {"timeout", "connection_error", "http_429", "http_500", "http_502", "http_503", "http_504"}
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,9 @@ def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
                     if resp.status_code < 400:
                         declared = int(resp.headers.get("Content-Length") or 0)
                         if declared > config.max_bytes:
-                            raise DownloadError("too_large", f"Content-Length {declared} > {config.max_bytes}")
+                            raise DownloadError(
+                                "too_large", f"Content-Length {declared} > {config.max_bytes}"
+                            )
                         chunks, size = [], 0
                         try:
                             for chunk in resp.iter_content(1 << 16):
@@ -129,30 +134,34 @@ def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
                             kind = "timeout" if "timed out" in str(exc).lower() else "connection_error"
                             raise DownloadError(kind, str(exc)[:200]) from exc
                         return b"".join(chunks), resp.status_code
-                    err = DownloadError(f"http_{resp.status_code}", f"HTTP {resp.status_code}", resp.status_code)
+                    err = DownloadError(
+                        f"http_{resp.status_code}", f"HTTP {resp.status_code}", resp.status_code
+                    )
                     retry_after = resp.headers.get("Retry-After")
         if err.status not in TRANSIENT or attempt == config.retries:
             raise err
         delay = 0.5 * 2**attempt
         if resp is not None and retry_after:
-            try:
+            with contextlib.suppress(ValueError):
                 delay = min(float(retry_after), config.retry_after_cap)
-            except ValueError:
-                pass
         time.sleep(delay)
     raise AssertionError("unreachable")
 
 
 def fetch_one(row: dict[str, Any], config: FetchConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"record_id": row["record_id"], "source": row.get("source"), "media_url": row["media_url"],
-                           "attempts": int(row.get("attempts") or 0) + 1}
+    out: dict[str, Any] = {
+        "record_id": row["record_id"],
+        "source": row.get("source"),
+        "media_url": row["media_url"],
+        "attempts": int(row.get("attempts") or 0) + 1,
+    }
     try:
         data, http_status = download(row["media_url"] or "", config)
         out["http_status"] = http_status
         out["original_bytes"] = len(data)
         processed = process_image(data, config.image, row.get("crop_box"))
-        out.update({k: v for k, v in asdict(processed).items()})
+        out.update(asdict(processed))
         out["bytes"] = len(processed.jpeg) if processed.jpeg else None
     except DownloadError as exc:
         out.update(status=exc.status, error=str(exc), http_status=exc.http_status)
@@ -189,9 +198,18 @@ def _select_inputs(catalog, retry_failed: bool, max_attempts: int) -> pa.Table:
     return catalog.query_arrow(sql)
 
 
-def run_fetch(catalog, config: FetchConfig | None = None, *, executor: str = "local", workers: int = 2,
-              partition_rows: int = 128, retry_failed: bool = False, max_attempts: int = 3,
-              spark_master: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run_fetch(
+    catalog,
+    config: FetchConfig | None = None,
+    *,
+    executor: str = "local",
+    workers: int = 2,
+    partition_rows: int = 128,
+    retry_failed: bool = False,
+    max_attempts: int = 3,
+    spark_master: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Fetch every usable record not fetched yet (or, with `retry_failed`, transient failures again).
     Each finished partition is written at once, so a killed run loses at most the partitions in flight."""
     from datetime import UTC, datetime
@@ -215,14 +233,19 @@ def run_fetch(catalog, config: FetchConfig | None = None, *, executor: str = "lo
         fn = partial(fetch_partition, config=config)
         bar = tqdm(total=inputs.num_rows, unit="img", desc="fetch", disable=not progress, mininterval=1.0)
         t0 = datetime.now(UTC)
-        for idx, table in get_executor(executor, workers, spark_master).map_partitions(fn, partitions,
-                                                                                        FETCH_OUTPUT):
+        for idx, table in get_executor(executor, workers, spark_master).map_partitions(
+            fn, partitions, FETCH_OUTPUT
+        ):
             now = datetime.now(UTC)
             table = table.append_column("run_id", pa.array([run.run_id] * table.num_rows, pa.string()))
-            table = table.append_column("fetched_at", pa.array([now] * table.num_rows, IMAGES.field("fetched_at").type))
+            table = table.append_column(
+                "fetched_at", pa.array([now] * table.num_rows, IMAGES.field("fetched_at").type)
+            )
             source = table.column("source")[0].as_py() if table.num_rows else "none"
-            write_parquet_atomic(table.select(IMAGES.names).cast(IMAGES),
-                                 catalog.lake / "images" / f"source={source}" / f"part-{run.run_id}-{idx:05d}.parquet")
+            write_parquet_atomic(
+                table.select(IMAGES.names).cast(IMAGES),
+                catalog.lake / "images" / f"source={source}" / f"part-{run.run_id}-{idx:05d}.parquet",
+            )
             for status in table.column("status").to_pylist():
                 if status == "ok":
                     run.n_out += 1
@@ -232,5 +255,7 @@ def run_fetch(catalog, config: FetchConfig | None = None, *, executor: str = "lo
             rate = bar.n / max(1e-6, (now - t0).total_seconds())
             bar.set_postfix(ok=run.n_out, failed=sum(run.dropped.values()), ips=f"{rate:.0f}")
         bar.close()
-        run.details = {"images_per_second": round(run.n_in / max(1e-6, (datetime.now(UTC) - t0).total_seconds()), 1)}
+        run.details = {
+            "images_per_second": round(run.n_in / max(1e-6, (datetime.now(UTC) - t0).total_seconds()), 1)
+        }
     return run.summary()

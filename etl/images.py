@@ -83,7 +83,9 @@ def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None =
             img = Image.open(io.BytesIO(data))
             out.original_width, out.original_height = img.size
             if img.size[0] * img.size[1] > config.max_pixels:
-                return ProcessedImage("decompression_bomb", f"{img.size[0]}x{img.size[1]} pixels", md5=out.md5)
+                return ProcessedImage(
+                    "decompression_bomb", f"{img.size[0]}x{img.size[1]} pixels", md5=out.md5
+                )
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return ProcessedImage("decompression_bomb", str(exc)[:200], md5=out.md5)

@@ -23,7 +23,8 @@ from warehouse.stage_runs import StageRun
 
 def _load_checkpoint(catalog: Catalog, cfg: IngestConfig) -> dict[str, Any]:
     with catalog.connect() as con:
-        row = fetch_first(con, 
+        row = fetch_first(
+            con,
             "SELECT checkpoint, complete FROM ingest_checkpoints WHERE source = ? AND query_key = ?",
             [cfg.source, cfg.query_key()],
         )
@@ -32,7 +33,9 @@ def _load_checkpoint(catalog: Catalog, cfg: IngestConfig) -> dict[str, Any]:
     return json.loads(row[0])
 
 
-def _save_checkpoint(catalog: Catalog, cfg: IngestConfig, checkpoint: dict, complete: bool, run_id: str) -> None:
+def _save_checkpoint(
+    catalog: Catalog, cfg: IngestConfig, checkpoint: dict, complete: bool, run_id: str
+) -> None:
     with catalog.connect() as con:
         con.execute(
             "INSERT OR REPLACE INTO ingest_checkpoints VALUES (?, ?, ?, ?, ?, ?)",
@@ -43,24 +46,38 @@ def _save_checkpoint(catalog: Catalog, cfg: IngestConfig, checkpoint: dict, comp
 def _new_rows(catalog: Catalog, table: pa.Table, source: str) -> pa.Table:
     with catalog.connect() as con:
         con.register("batch", table)
-        return con.sql(
-            """SELECT * FROM batch b
+        return (
+            con.sql(
+                """SELECT * FROM batch b
                WHERE NOT EXISTS (SELECT 1 FROM raw_records_history h
                                  WHERE h.source = ? AND h.record_id = b.record_id
                                    AND h.payload_hash = b.payload_hash)
                QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY media_index) = 1""",
-            params=[source],
-        ).to_arrow_table().cast(table.schema)
+                params=[source],
+            )
+            .to_arrow_table()
+            .cast(table.schema)
+        )
 
 
-def run_ingest(catalog: Catalog, cfg: IngestConfig, client: PoliteClient | None = None,
-               progress: bool = False) -> dict[str, Any]:
+def run_ingest(
+    catalog: Catalog, cfg: IngestConfig, client: PoliteClient | None = None, progress: bool = False
+) -> dict[str, Any]:
     connector = get_connector(cfg.source)
     client = client or PoliteClient()
     checkpoint = _load_checkpoint(catalog, cfg)
-    with StageRun(catalog, "ingest", config={"source": cfg.source, "api_url": cfg.api_url, "path": cfg.path,
-                                             "params": cfg.params, "limit": cfg.limit,
-                                             "resumed_from": checkpoint}) as run:
+    with StageRun(
+        catalog,
+        "ingest",
+        config={
+            "source": cfg.source,
+            "api_url": cfg.api_url,
+            "path": cfg.path,
+            "params": cfg.params,
+            "limit": cfg.limit,
+            "resumed_from": checkpoint,
+        },
+    ) as run:
         unchanged = 0
         for page_no, page in enumerate(connector(client, cfg, checkpoint)):
             run.n_in += len(page.rows)
@@ -77,7 +94,10 @@ def run_ingest(catalog: Catalog, cfg: IngestConfig, client: PoliteClient | None 
                             run.drop(reason)
             _save_checkpoint(catalog, cfg, page.checkpoint, page.complete, run.run_id)
             if progress:
-                print(f"  ingest {cfg.source}: page {page_no + 1}, {run.n_in} rows read, {run.n_out} new", flush=True)
+                print(
+                    f"  ingest {cfg.source}: page {page_no + 1}, {run.n_in} rows read, {run.n_out} new",
+                    flush=True,
+                )
         if client.retries:
             run.error("http_retries", client.retries)
         run.message = f"{unchanged} rows unchanged since an earlier ingest"

@@ -28,8 +28,16 @@ from warehouse.lake import write_bytes_atomic, write_parquet_atomic
 from warehouse.stage_runs import CODE_VERSION, StageRun
 
 RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
-SIDECAR = pa.schema([("key", pa.string()), ("record_id", pa.string()), ("taxon_id", pa.string()),
-                     ("jpg_offset", pa.int64()), ("jpg_size", pa.int64()), ("sample_bytes", pa.int64())])
+SIDECAR = pa.schema(
+    [
+        ("key", pa.string()),
+        ("record_id", pa.string()),
+        ("taxon_id", pa.string()),
+        ("jpg_offset", pa.int64()),
+        ("jpg_size", pa.int64()),
+        ("sample_bytes", pa.int64()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,9 @@ def _select(catalog: Catalog, cfg: ShardConfig) -> tuple[list[dict[str, Any]], s
         if dedup_run is None:
             raise LookupError("no successful dedup run: run `tol dedup` first")
         where = f"AND ({cfg.where})" if cfg.where else ""
-        rows = con.sql(f"""
+        rows = (
+            con.sql(
+                f"""
             SELECT * FROM (
               SELECT r.record_id, r.source, r.source_id, coalesce(r.occurrence_id, r.record_id) AS occurrence_id,
                      r.media_url, r.license, r.rights_holder, r.publisher, r.basis_of_record, r.img_type,
@@ -67,7 +77,12 @@ def _select(catalog: Catalog, cfg: ShardConfig) -> tuple[list[dict[str, Any]], s
               JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
               JOIN image_bytes b USING (record_id)
               WHERE d.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
-            ) WHERE true {where}""", params=[dedup_run]).to_arrow_table().to_pylist()
+            ) WHERE true {where}""",
+                params=[dedup_run],
+            )
+            .to_arrow_table()
+            .to_pylist()
+        )
     return rows, dedup_run
 
 
@@ -82,19 +97,43 @@ def _squash(jpeg: bytes, size: int) -> bytes:
 def _sample_members(row: dict[str, Any], image_size: int | None) -> dict[str, bytes]:
     lineage = {r: row[r] for r in RANKS7}
     caps = captions(lineage, row["common_name"])
-    meta = {**lineage, "scientific_name": caps["scientific_name"], "common_name": row["common_name"],
-            "taxon_id": row["taxon_id"], "match_type": row["match_type"], "source": row["source"],
-            "source_id": row["source_id"], "license": row["license"], "rights_holder": row["rights_holder"],
-            "source_url": row["media_url"], "record_id": row["record_id"], "img_type": row["img_type"]}
-    members = {"jpg": _squash(row["jpeg"], image_size) if image_size else row["jpeg"],
-               "json": json.dumps(meta, sort_keys=True).encode()}
-    for name in ("sci", "com", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com", "scientific_name",
-                 "common_name", "taxonomic_name"):
+    meta = {
+        **lineage,
+        "scientific_name": caps["scientific_name"],
+        "common_name": row["common_name"],
+        "taxon_id": row["taxon_id"],
+        "match_type": row["match_type"],
+        "source": row["source"],
+        "source_id": row["source_id"],
+        "license": row["license"],
+        "rights_holder": row["rights_holder"],
+        "source_url": row["media_url"],
+        "record_id": row["record_id"],
+        "img_type": row["img_type"],
+    }
+    members = {
+        "jpg": _squash(row["jpeg"], image_size) if image_size else row["jpeg"],
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+    for name in (
+        "sci",
+        "com",
+        "taxon",
+        "sci_com",
+        "taxon_com",
+        "taxonTag",
+        "taxonTag_com",
+        "scientific_name",
+        "common_name",
+        "taxonomic_name",
+    ):
         members[f"{name}.txt"] = caps[name].encode()
     return members
 
 
-def _write_shard(path: Path, samples: list[tuple[str, dict[str, bytes], dict]]) -> tuple[list[dict], str, int]:
+def _write_shard(
+    path: Path, samples: list[tuple[str, dict[str, bytes], dict]]
+) -> tuple[list[dict], str, int]:
     """Write a tar atomically; return sidecar rows, sha256 and size."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -111,8 +150,16 @@ def _write_shard(path: Path, samples: list[tuple[str, dict[str, bytes], dict]]) 
                 offsets[m.name[:-4]] = (m.offset_data, m.size)
     for key, members, row in samples:
         off, size = offsets[key]
-        sidecar.append({"key": key, "record_id": row["record_id"], "taxon_id": row["taxon_id"], "jpg_offset": off,
-                        "jpg_size": size, "sample_bytes": sum(len(v) for v in members.values())})
+        sidecar.append(
+            {
+                "key": key,
+                "record_id": row["record_id"],
+                "taxon_id": row["taxon_id"],
+                "jpg_offset": off,
+                "jpg_size": size,
+                "sample_bytes": sum(len(v) for v in members.values()),
+            }
+        )
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     size = tmp.stat().st_size
     os.replace(tmp, path)
@@ -146,19 +193,33 @@ def build_version(catalog: Catalog, cfg: ShardConfig) -> dict[str, Any]:
                     return
                 name = f"shard-{sum(1 for s in shards if s['split'] == split):05d}.tar"
                 sidecar, digest, size = _write_shard(root / split / name, batch)
-                write_parquet_atomic(pa.Table.from_pylist(sidecar, schema=SIDECAR),
-                                     root / split / name.replace(".tar", ".parquet"))
-                shards.append({"split": split, "name": name, "n": len(batch), "sha256": digest, "bytes": size})
-                shard_rows.extend({"version": cfg.version, "split": split, "shard": f"{split}/{name}",
-                                   "key": key, "record_id": r["record_id"], "taxon_id": r["taxon_id"]}
-                                  for key, _, r in batch)
+                write_parquet_atomic(
+                    pa.Table.from_pylist(sidecar, schema=SIDECAR),
+                    root / split / name.replace(".tar", ".parquet"),
+                )
+                shards.append(
+                    {"split": split, "name": name, "n": len(batch), "sha256": digest, "bytes": size}
+                )
+                shard_rows.extend(
+                    {
+                        "version": cfg.version,
+                        "split": split,
+                        "shard": f"{split}/{name}",
+                        "key": key,
+                        "record_id": r["record_id"],
+                        "taxon_id": r["taxon_id"],
+                    }
+                    for key, _, r in batch
+                )
                 batch, batch_bytes = [], 0
 
             for r in part:
                 key = r["record_id"].replace(".", "")
                 members = _sample_members(r, cfg.image_size)
                 size = sum(len(v) for v in members.values())
-                if batch and (len(batch) >= cfg.samples_per_shard or batch_bytes + size > cfg.max_shard_bytes):
+                if batch and (
+                    len(batch) >= cfg.samples_per_shard or batch_bytes + size > cfg.max_shard_bytes
+                ):
                     flush()
                 batch.append((key, members, r))
                 batch_bytes += size
@@ -174,12 +235,33 @@ def build_version(catalog: Catalog, cfg: ShardConfig) -> dict[str, Any]:
             con.execute("DELETE FROM shard_samples WHERE version = ?", [cfg.version])
             if shard_rows:
                 con.register("ss", pa.Table.from_pylist(shard_rows))
-                con.execute("INSERT INTO shard_samples SELECT version, split, shard, key, record_id, taxon_id FROM ss")
-            con.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
-                        [cfg.version, datetime.now(UTC), cfg.where, cfg.seed, dedup_run, len(rows), counts["train"],
-                         counts["val"], len(shards), str(root), json.dumps(manifest, default=str), CODE_VERSION])
+                con.execute(
+                    "INSERT INTO shard_samples SELECT version, split, shard, key, record_id, taxon_id FROM ss"
+                )
+            con.execute(
+                "INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    cfg.version,
+                    datetime.now(UTC),
+                    cfg.where,
+                    cfg.seed,
+                    dedup_run,
+                    len(rows),
+                    counts["train"],
+                    counts["val"],
+                    len(shards),
+                    str(root),
+                    json.dumps(manifest, default=str),
+                    CODE_VERSION,
+                ],
+            )
         run.n_out = len(rows)
-        run.details = {"version": cfg.version, "train": counts["train"], "val": counts["val"], "shards": len(shards)}
+        run.details = {
+            "version": cfg.version,
+            "train": counts["train"],
+            "val": counts["val"],
+            "shards": len(shards),
+        }
     return manifest
 
 
@@ -192,10 +274,17 @@ def _manifest(cfg: ShardConfig, rows: list[dict], shards: list[dict], dedup_run:
         return dict(sorted(out.items()))
 
     return {
-        "version": cfg.version, "created_at": datetime.now(UTC).isoformat(), "config": asdict(cfg),
-        "code_version": CODE_VERSION, "dedup_run": dedup_run, "n_samples": len(rows), "splits": counts,
-        "per_source": count(lambda r: r["source"]), "per_kingdom": count(lambda r: r["kingdom"]),
+        "version": cfg.version,
+        "created_at": datetime.now(UTC).isoformat(),
+        "config": asdict(cfg),
+        "code_version": CODE_VERSION,
+        "dedup_run": dedup_run,
+        "n_samples": len(rows),
+        "splits": counts,
+        "per_source": count(lambda r: r["source"]),
+        "per_kingdom": count(lambda r: r["kingdom"]),
         "per_license": count(lambda r: r["license"]),
         "rank_completeness": {rank: sum(1 for r in rows if r[rank]) for rank in RANKS7},
-        "n_taxa": len({r["taxon_id"] for r in rows}), "shards": shards,
+        "n_taxa": len({r["taxon_id"] for r in rows}),
+        "shards": shards,
     }

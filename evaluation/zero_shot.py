@@ -43,8 +43,13 @@ def load_model(spec: str, pretrained: str | None = None, device: str = "cpu") ->
 
 
 @torch.no_grad()
-def image_features(m: LoadedModel, paths: list[Path], batch_size: int = 64, cache_dir: Path | None = None,
-                   progress: bool = True) -> np.ndarray:
+def image_features(
+    m: LoadedModel,
+    paths: list[Path],
+    batch_size: int = 64,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     key = hashlib.sha1(json.dumps([m.name, [str(p) for p in paths]]).encode()).hexdigest()[:16]
     cache = cache_dir / f"features-{key}.npy" if cache_dir else None
     if cache and cache.exists() and cache.stat().st_mtime >= max(p.stat().st_mtime for p in paths):
@@ -62,26 +67,43 @@ def image_features(m: LoadedModel, paths: list[Path], batch_size: int = 64, cach
     return out
 
 
-def zero_shot_scores(m: LoadedModel, data: LabelledImages, templates: str = "openai",
-                     cache_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+def zero_shot_scores(
+    m: LoadedModel,
+    data: LabelledImages,
+    templates: str = "openai",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
 
     feats = image_features(m, data.paths, cache_dir=cache_dir, progress=progress)
     device = next(m.model.parameters()).device
-    classifier = build_zero_shot_classifier(m.model, m.tokenizer, data.classnames, TEMPLATES[templates],
-                                            num_classes_per_batch=10, device=device, use_tqdm=False)
+    classifier = build_zero_shot_classifier(
+        m.model,
+        m.tokenizer,
+        data.classnames,
+        TEMPLATES[templates],
+        num_classes_per_batch=10,
+        device=device,
+        use_tqdm=False,
+    )
     logits = torch.from_numpy(feats) @ classifier.cpu().float()
     return metrics_from_logits(logits.numpy(), np.array(data.labels), data.class_lineages)
 
 
-def metrics_from_logits(logits: np.ndarray, labels: np.ndarray,
-                        class_lineages: list[dict[str, str | None]]) -> dict[str, Any]:
+def metrics_from_logits(
+    logits: np.ndarray, labels: np.ndarray, class_lineages: list[dict[str, str | None]]
+) -> dict[str, Any]:
     n, k = logits.shape
     order = np.argsort(-logits, axis=1)
     top1 = order[:, 0]
-    out: dict[str, Any] = {"n": int(n), "n_classes": int(k), "chance": 1.0 / k,
-                           "top1": float(np.mean(top1 == labels)),
-                           "top5": float(np.mean([labels[i] in order[i, :5] for i in range(n)]))}
+    out: dict[str, Any] = {
+        "n": int(n),
+        "n_classes": int(k),
+        "chance": 1.0 / k,
+        "top1": float(np.mean(top1 == labels)),
+        "top5": float(np.mean([labels[i] in order[i, :5] for i in range(n)])),
+    }
     if class_lineages and class_lineages[0]:
         for rank in RANKS7:
             pred = [class_lineages[c].get(rank) for c in top1]
@@ -90,24 +112,52 @@ def metrics_from_logits(logits: np.ndarray, labels: np.ndarray,
     return out
 
 
-def evaluate_zero_shot(catalog, model_spec: str, data_dir: str | Path, *, task: str = "heldout",
-                       text_type: str = "taxon", templates: str = "openai", run_id: str | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+def evaluate_zero_shot(
+    catalog,
+    model_spec: str,
+    data_dir: str | Path,
+    *,
+    task: str = "heldout",
+    text_type: str = "taxon",
+    templates: str = "openai",
+    run_id: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     from warehouse.stage_runs import StageRun
 
-    with StageRun(catalog, "evaluate", config={"model": model_spec, "data": str(data_dir), "task": task,
-                                               "text_type": text_type, "templates": templates}) as stage:
+    with StageRun(
+        catalog,
+        "evaluate",
+        config={
+            "model": model_spec,
+            "data": str(data_dir),
+            "task": task,
+            "text_type": text_type,
+            "templates": templates,
+        },
+    ) as stage:
         m = load_model(model_spec)
         data = load_metadata_folder(data_dir, text_type)
-        scores = zero_shot_scores(m, data, templates, cache_dir=catalog.home / "cache" / "features",
-                                  progress=progress)
+        scores = zero_shot_scores(
+            m, data, templates, cache_dir=catalog.home / "cache" / "features", progress=progress
+        )
         now = datetime.now(UTC)
         with catalog.connect() as con:
             for metric, value in scores.items():
                 if isinstance(value, float):
-                    con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                [run_id, m.name, task, f"zero_shot_{text_type}_{metric}", value, scores["n"],
-                                 json.dumps({"templates": templates}), now])
+                    con.execute(
+                        "INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            run_id,
+                            m.name,
+                            task,
+                            f"zero_shot_{text_type}_{metric}",
+                            value,
+                            scores["n"],
+                            json.dumps({"templates": templates}),
+                            now,
+                        ],
+                    )
         stage.n_in = stage.n_out = scores["n"]
         stage.details = {"task": task, **scores}
     return scores

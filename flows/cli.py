@@ -56,8 +56,14 @@ def cmd_ingest(args) -> None:
     from etl.ingest import run_ingest
     from etl.sources import IngestConfig
 
-    cfg = IngestConfig(args.source, api_url=args.api_url, path=args.path, params=_kv(args.param, "--param"),
-                       limit=args.limit, page_size=args.page_size)
+    cfg = IngestConfig(
+        args.source,
+        api_url=args.api_url,
+        path=args.path,
+        params=_kv(args.param, "--param"),
+        limit=args.limit,
+        page_size=args.page_size,
+    )
     _print(run_ingest(_catalog(args), cfg, progress=True))
 
 
@@ -91,11 +97,22 @@ def cmd_fetch(args) -> None:
     from etl.fetch import FetchConfig, run_fetch
     from etl.images import ImageConfig
 
-    cfg = FetchConfig(image=ImageConfig(min_side=args.min_side, max_side=args.max_side),
-                      allow_private_hosts=args.allow_private_hosts, threads=args.threads)
-    _print(run_fetch(_catalog(args), cfg, executor=args.executor, workers=args.workers,
-                     partition_rows=args.partition_rows, retry_failed=args.retry_failed,
-                     spark_master=args.spark_master))
+    cfg = FetchConfig(
+        image=ImageConfig(min_side=args.min_side, max_side=args.max_side),
+        allow_private_hosts=args.allow_private_hosts,
+        threads=args.threads,
+    )
+    _print(
+        run_fetch(
+            _catalog(args),
+            cfg,
+            executor=args.executor,
+            workers=args.workers,
+            partition_rows=args.partition_rows,
+            retry_failed=args.retry_failed,
+            spark_master=args.spark_master,
+        )
+    )
 
 
 def cmd_dedup(args) -> None:
@@ -111,9 +128,16 @@ def cmd_dedup(args) -> None:
 def cmd_shard(args) -> None:
     from etl.shards import ShardConfig, build_version
 
-    cfg = ShardConfig(args.version, where=args.where, samples_per_shard=args.samples_per_shard,
-                      max_shard_bytes=args.max_shard_bytes, image_size=args.image_size,
-                      val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite)
+    cfg = ShardConfig(
+        args.version,
+        where=args.where,
+        samples_per_shard=args.samples_per_shard,
+        max_shard_bytes=args.max_shard_bytes,
+        image_size=args.image_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     manifest = build_version(_catalog(args), cfg)
     _print({k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"])})
 
@@ -154,8 +178,15 @@ def cmd_evaluate(args) -> None:
     run_id = model if row else None
     if row:
         model = row[0]
-    scores = evaluate_zero_shot(catalog, model, args.data, task=args.task, text_type=args.text_type,
-                                templates=args.templates, run_id=run_id)
+    scores = evaluate_zero_shot(
+        catalog,
+        model,
+        args.data,
+        task=args.task,
+        text_type=args.text_type,
+        templates=args.templates,
+        run_id=run_id,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(scores, indent=1))
     _print(scores)
@@ -192,7 +223,9 @@ def cmd_sample_world(args) -> None:
 
     root = Path(args.home) / "sample_world"
     world = build_sample_world(root, SampleWorldConfig(seed=args.seed))
-    print(f"sample world under {world.root}: {json.dumps({k: v for k, v in world.planted.items() if not isinstance(v, list)})}")
+    print(
+        f"sample world under {world.root}: {json.dumps({k: v for k, v in world.planted.items() if not isinstance(v, list)})}"
+    )
     if args.serve:
         import time
 
@@ -226,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = s.add_subparsers(dest="taxonomy_cmd", required=True)
     t = tsub.add_parser("load-backbone", help="load a DwC-A checklist (zip or folder)")
     t.add_argument("path")
-    t = tsub.add_parser("resolve-names", help="resolve a CSV of names (scientific_name [, kingdom ... genus])")
+    t = tsub.add_parser(
+        "resolve-names", help="resolve a CSV of names (scientific_name [, kingdom ... genus])"
+    )
     t.add_argument("input")
     t.add_argument("--out", required=True)
     t.add_argument("--backbone")
@@ -277,10 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="zero-shot evaluation on a labelled folder")
-    s.add_argument("--model", required=True, help="local-dir:PATH, hf-hub:ORG/NAME, an export folder or a run id")
+    s.add_argument(
+        "--model", required=True, help="local-dir:PATH, hf-hub:ORG/NAME, an export folder or a run id"
+    )
     s.add_argument("--data", required=True, help="folder with metadata.csv")
     s.add_argument("--task", default="adhoc")
-    s.add_argument("--text-type", default="taxon", choices=["asis", "sci", "com", "taxon", "sci_com", "taxon_com"])
+    s.add_argument(
+        "--text-type", default="taxon", choices=["asis", "sci", "com", "taxon", "sci_com", "taxon_com"]
+    )
     s.add_argument("--templates", default="openai", choices=["openai", "single"])
     s.add_argument("--json", help="also write the scores here")
     s.set_defaults(fn=cmd_evaluate)
@@ -317,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"tol: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"tol: error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     return 0
 

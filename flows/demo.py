@@ -40,22 +40,43 @@ def prepare_world(home: str, seed: int) -> SampleWorld:
 
 
 @flow(name="demo", log_prints=True)
-def demo_flow(home: str = "tol-data", seed: int = 0, steps: int = 300, replay_batch_size: int = 8) -> dict[str, Any]:
+def demo_flow(
+    home: str = "tol-data", seed: int = 0, steps: int = 300, replay_batch_size: int = 8
+) -> dict[str, Any]:
     open_catalog(home)
     t0 = time.perf_counter()
     world = prepare_world(home, seed)
     with serve_sample_world(world.root, port=_stable_port(world.root)) as server:
         urls = dict.fromkeys(("gbif", "eol", "bioscan", "fathomnet"), server.base_url)
         ingest_flow(home, api_urls=urls)
-        curate = curate_flow(home, backbone_path=str(world.backbone), allow_private_hosts=True,
-                             eval_sets={"heldout": str(world.eval_dir)}, version=DEMO_VERSION,
-                             samples_per_shard=256, overwrite=True)
-    trained = train_flow(home, dataset_version=DEMO_VERSION, replay_path=str(world.replay_train),
-                         replay_batch_size=replay_batch_size, steps=steps)
-    scores = evaluate_flow(home, model=trained["export_path"], data=str(world.eval_dir), run_id=trained["run_id"])
+        curate = curate_flow(
+            home,
+            backbone_path=str(world.backbone),
+            allow_private_hosts=True,
+            eval_sets={"heldout": str(world.eval_dir)},
+            version=DEMO_VERSION,
+            samples_per_shard=256,
+            overwrite=True,
+        )
+    trained = train_flow(
+        home,
+        dataset_version=DEMO_VERSION,
+        replay_path=str(world.replay_train),
+        replay_batch_size=replay_batch_size,
+        steps=steps,
+    )
+    scores = evaluate_flow(
+        home, model=trained["export_path"], data=str(world.eval_dir), run_id=trained["run_id"]
+    )
     baseline = _random_init_scores(home, world)
-    summary = {"curate": curate, "training_run": trained["run_id"], "export_path": trained["export_path"],
-               "zero_shot": scores, "random_init_zero_shot": baseline, "seconds": time.perf_counter() - t0}
+    summary = {
+        "curate": curate,
+        "training_run": trained["run_id"],
+        "export_path": trained["export_path"],
+        "zero_shot": scores,
+        "random_init_zero_shot": baseline,
+        "seconds": time.perf_counter() - t0,
+    }
     (Path(home) / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -68,4 +89,6 @@ def _random_init_scores(home: str, world: SampleWorld) -> dict[str, Any]:
     out = Path(home) / "runs" / "random-init" / "export"
     if not (out / "open_clip_config.json").exists():
         export_untrained(load_config(preset="cpu-tiny", overrides={"replay_batch_size": 0}), out)
-    return evaluate_zero_shot(open_catalog(home), str(out), world.eval_dir, run_id="random-init", progress=False)
+    return evaluate_zero_shot(
+        open_catalog(home), str(out), world.eval_dir, run_id="random-init", progress=False
+    )

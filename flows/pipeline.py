@@ -14,29 +14,55 @@ from warehouse.catalog import open_catalog
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=10)
-def ingest_task(home: str, source: str, api_url: str | None, path: str | None, params: dict[str, str],
-                limit: int | None) -> dict[str, Any]:
+def ingest_task(
+    home: str, source: str, api_url: str | None, path: str | None, params: dict[str, str], limit: int | None
+) -> dict[str, Any]:
     from etl.ingest import run_ingest
     from etl.sources import IngestConfig
 
-    return run_ingest(open_catalog(home), IngestConfig(source, api_url=api_url, path=path, params=params,
-                                                       limit=limit))
+    return run_ingest(
+        open_catalog(home), IngestConfig(source, api_url=api_url, path=path, params=params, limit=limit)
+    )
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(home: str = "tol-data", sources: list[str] | None = None, api_urls: dict[str, str] | None = None,
-                paths: dict[str, str] | None = None, params: dict[str, dict[str, str]] | None = None,
-                limit: int | None = None) -> list[dict[str, Any]]:
+def ingest_flow(
+    home: str = "tol-data",
+    sources: list[str] | None = None,
+    api_urls: dict[str, str] | None = None,
+    paths: dict[str, str] | None = None,
+    params: dict[str, dict[str, str]] | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
     """Pull each source (default: all four, at their real services) into `raw_records`, incrementally."""
     from etl.sources import SOURCES
 
     results = []
     for source in sources or list(SOURCES):
-        results.append(ingest_task(home, source, (api_urls or {}).get(source), (paths or {}).get(source),
-                                   (params or {}).get(source, {}), limit))
-    create_table_artifact(key="ingest-summary", table=[
-        {"source": r["run_id"], "rows_in": r["n_in"], "new": r["n_out"], "unchanged": r["unchanged"],
-         "dropped": sum(r["dropped"].values())} for r in results], description="Rows per source")
+        results.append(
+            ingest_task(
+                home,
+                source,
+                (api_urls or {}).get(source),
+                (paths or {}).get(source),
+                (params or {}).get(source, {}),
+                limit,
+            )
+        )
+    create_table_artifact(
+        key="ingest-summary",
+        table=[
+            {
+                "source": r["run_id"],
+                "rows_in": r["n_in"],
+                "new": r["n_out"],
+                "unchanged": r["unchanged"],
+                "dropped": sum(r["dropped"].values()),
+            }
+            for r in results
+        ],
+        description="Rows per source",
+    )
     return results
 
 
@@ -54,8 +80,12 @@ def resolve_task(home: str, backbone_path: str | None) -> dict[str, Any]:
 def fetch_task(home: str, executor: str, workers: int, allow_private_hosts: bool) -> dict[str, Any]:
     from etl.fetch import FetchConfig, run_fetch
 
-    return run_fetch(open_catalog(home), FetchConfig(allow_private_hosts=allow_private_hosts), executor=executor,
-                     workers=workers)
+    return run_fetch(
+        open_catalog(home),
+        FetchConfig(allow_private_hosts=allow_private_hosts),
+        executor=executor,
+        workers=workers,
+    )
 
 
 @task(cache_policy=NONE)
@@ -66,24 +96,44 @@ def dedup_task(home: str, eval_sets: dict[str, str]) -> dict[str, Any]:
 
 
 @task(cache_policy=NONE)
-def shard_task(home: str, version: str, where: str | None, samples_per_shard: int, val_fraction: float,
-               overwrite: bool) -> dict[str, Any]:
+def shard_task(
+    home: str, version: str, where: str | None, samples_per_shard: int, val_fraction: float, overwrite: bool
+) -> dict[str, Any]:
     from etl.shards import ShardConfig, build_version
 
-    manifest = build_version(open_catalog(home), ShardConfig(version, where=where, samples_per_shard=samples_per_shard,
-                                                             val_fraction=val_fraction, overwrite=overwrite))
+    manifest = build_version(
+        open_catalog(home),
+        ShardConfig(
+            version,
+            where=where,
+            samples_per_shard=samples_per_shard,
+            val_fraction=val_fraction,
+            overwrite=overwrite,
+        ),
+    )
     return {k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"])}
 
 
 @flow(name="curate", log_prints=True)
-def curate_flow(home: str = "tol-data", backbone_path: str | None = None, executor: str = "local",
-                workers: int = 2, allow_private_hosts: bool = False, eval_sets: dict[str, str] | None = None,
-                version: str | None = None, where: str | None = None, samples_per_shard: int = 10_000,
-                val_fraction: float = 0.05, overwrite: bool = False) -> dict[str, Any]:
+def curate_flow(
+    home: str = "tol-data",
+    backbone_path: str | None = None,
+    executor: str = "local",
+    workers: int = 2,
+    allow_private_hosts: bool = False,
+    eval_sets: dict[str, str] | None = None,
+    version: str | None = None,
+    where: str | None = None,
+    samples_per_shard: int = 10_000,
+    val_fraction: float = 0.05,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Resolve, fetch, dedup and (when `version` is given) shard."""
-    out = {"resolve": resolve_task(home, backbone_path),
-           "fetch": fetch_task(home, executor, workers, allow_private_hosts),
-           "dedup": dedup_task(home, eval_sets or {})}
+    out = {
+        "resolve": resolve_task(home, backbone_path),
+        "fetch": fetch_task(home, executor, workers, allow_private_hosts),
+        "dedup": dedup_task(home, eval_sets or {}),
+    }
     if version:
         out["shard"] = shard_task(home, version, where, samples_per_shard, val_fraction, overwrite)
     create_markdown_artifact(key="curate-summary", markdown=_stage_table(out), description="Curation counts")
@@ -99,36 +149,85 @@ def _stage_table(out: dict[str, dict[str, Any]]) -> str:
 
 
 @flow(name="train", log_prints=True)
-def train_flow(home: str = "tol-data", dataset_version: str = "", preset: str = "cpu-tiny",
-               model: str | None = None, replay_path: str | None = None, replay_batch_size: int | None = None,
-               steps: int | None = None, batch_size: int | None = None, devices: int = 1,
-               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_flow(
+    home: str = "tol-data",
+    dataset_version: str = "",
+    preset: str = "cpu-tiny",
+    model: str | None = None,
+    replay_path: str | None = None,
+    replay_batch_size: int | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    devices: int = 1,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train from the UI: parameters are the common knobs; `devices > 1` launches `torchrun`."""
     from training.config import load_config
     from training.loop import train
 
-    values = {k: v for k, v in {"dataset_version": dataset_version, "model": model, "replay_path": replay_path,
-                                "replay_batch_size": replay_batch_size, "steps": steps,
-                                "batch_size": batch_size}.items() if v not in (None, "")}
+    values = {
+        k: v
+        for k, v in {
+            "dataset_version": dataset_version,
+            "model": model,
+            "replay_path": replay_path,
+            "replay_batch_size": replay_batch_size,
+            "steps": steps,
+            "batch_size": batch_size,
+        }.items()
+        if v not in (None, "")
+    }
     values.update(overrides or {})
     cfg = load_config(preset=preset, overrides=values)
     if devices > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={devices}", "-m", "flows.cli",
-               "--home", home, "train", "--preset", preset, *[f"{k}={v}" for k, v in values.items()]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={devices}",
+            "-m",
+            "flows.cli",
+            "--home",
+            home,
+            "train",
+            "--preset",
+            preset,
+            *[f"{k}={v}" for k, v in values.items()],
+        ]
         subprocess.run(cmd, check=True)
         return {"launched": " ".join(cmd)}
     result = train(open_catalog(home), cfg, progress=False)
-    create_markdown_artifact(key="train-summary", markdown=f"Run `{result['run_id']}`: {result['steps']} steps, "
-                             f"final {result['final']}", description="Training run")
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=f"Run `{result['run_id']}`: {result['steps']} steps, final {result['final']}",
+        description="Training run",
+    )
     return result
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(home: str = "tol-data", model: str = "", data: str = "", task_name: str = "heldout",
-                  text_type: str = "taxon", templates: str = "openai", run_id: str | None = None) -> dict[str, Any]:
+def evaluate_flow(
+    home: str = "tol-data",
+    model: str = "",
+    data: str = "",
+    task_name: str = "heldout",
+    text_type: str = "taxon",
+    templates: str = "openai",
+    run_id: str | None = None,
+) -> dict[str, Any]:
     from evaluation.zero_shot import evaluate_zero_shot
 
-    scores = evaluate_zero_shot(open_catalog(home), model, data, task=task_name, text_type=text_type,
-                                templates=templates, run_id=run_id, progress=False)
-    create_table_artifact(key="evaluate-summary", table=[{"metric": k, "value": v} for k, v in scores.items()])
+    scores = evaluate_zero_shot(
+        open_catalog(home),
+        model,
+        data,
+        task=task_name,
+        text_type=text_type,
+        templates=templates,
+        run_id=run_id,
+        progress=False,
+    )
+    create_table_artifact(
+        key="evaluate-summary", table=[{"metric": k, "value": v} for k, v in scores.items()]
+    )
     return scores

@@ -11,11 +11,19 @@ from warehouse.catalog import Catalog
 
 def demo_report(catalog: Catalog, summary: dict[str, Any], since: datetime) -> str:
     with catalog.connect() as con:
-        rows = con.execute("""SELECT stage || coalesce(':' || (config->>'source'), ''), status, n_in, n_out,
+        rows = con.execute(
+            """SELECT stage || coalesce(':' || (config->>'source'), ''), status, n_in, n_out,
                                      dropped_by_reason, seconds FROM stage_runs
-                              WHERE started_at >= ? ORDER BY started_at""", [since]).fetchall()
-    lines = ["", "=" * 100, "Demo summary", "=" * 100,
-             f"{'stage':<18}{'status':<11}{'in':>7}{'out':>7}  {'seconds':>8}  dropped by reason"]
+                              WHERE started_at >= ? ORDER BY started_at""",
+            [since],
+        ).fetchall()
+    lines = [
+        "",
+        "=" * 100,
+        "Demo summary",
+        "=" * 100,
+        f"{'stage':<18}{'status':<11}{'in':>7}{'out':>7}  {'seconds':>8}  dropped by reason",
+    ]
     for stage, status, n_in, n_out, dropped, seconds in rows:
         d = json.loads(dropped) if dropped else {}
         reasons = ", ".join(f"{k}={v}" for k, v in d.items()) or "-"
@@ -31,9 +39,11 @@ def demo_report(catalog: Catalog, summary: dict[str, Any], since: datetime) -> s
         f"zero-shot top-1 : {zs['top1']:.3f} on {zs['n']} held-out images, {zs['n_classes']} species "
         f"(chance {zs['chance']:.3f}, {zs['top1'] / zs['chance']:.1f}x chance; top-5 {zs['top5']:.3f})",
         f"random init     : {base['top1']:.3f} ({base['top1'] / base['chance']:.1f}x chance)",
-        "per-rank accuracy: " + ", ".join(f"{k.removeprefix('rank_acc_')} {v:.2f}"
-                                          for k, v in zs.items() if k.startswith("rank_acc_")),
+        "per-rank accuracy: "
+        + ", ".join(
+            f"{k.removeprefix('rank_acc_')} {v:.2f}" for k, v in zs.items() if k.startswith("rank_acc_")
+        ),
         f"total seconds   : {summary['seconds']:.0f}",
-        "Query the catalog: tol sql \"select stage, status, n_in, n_out from stage_runs\"",
+        'Query the catalog: tol sql "select stage, status, n_in, n_out from stage_runs"',
     ]
     return "\n".join(lines)

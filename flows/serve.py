@@ -28,10 +28,16 @@ def build_deployments(home: str) -> list:
 
 def serve(home: str, port: int = 4200) -> None:
     """Start the server, wait for its health check, then serve the deployments until interrupted."""
-    env = {**os.environ, "PREFECT_HOME": str(Path(home).resolve() / "prefect"),
-           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(Path(home).resolve() / "prefect"),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+    )
     api = f"http://127.0.0.1:{port}/api"
     try:
         for _ in range(120):
@@ -48,7 +54,9 @@ def serve(home: str, port: int = 4200) -> None:
         os.environ.update({"PREFECT_API_URL": api, "PREFECT_HOME": env["PREFECT_HOME"]})
         from prefect import serve as prefect_serve
 
-        print(f"Prefect UI: http://127.0.0.1:{port}  (deployments: scheduled-ingest, curate, train, evaluate)")
+        print(
+            f"Prefect UI: http://127.0.0.1:{port}  (deployments: scheduled-ingest, curate, train, evaluate)"
+        )
         prefect_serve(*build_deployments(home))
     finally:
         server.terminate()

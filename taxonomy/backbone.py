@@ -52,8 +52,10 @@ def load_backbone(catalog: Catalog, path: str | Path) -> str:
             return version
     out = backbone_dir(catalog, version)
     out.mkdir(parents=True, exist_ok=True)
-    with StageRun(catalog, "load_backbone", config={"path": str(path), "version": version}) as run, \
-            catalog.connect() as con:
+    with (
+        StageRun(catalog, "load_backbone", config={"path": str(path), "version": version}) as run,
+        catalog.connect() as con,
+    ):
         opts = "delim='\t', header=true, quote='', escape='', all_varchar=true, null_padding=true"
         con.execute(f"CREATE TEMP TABLE t AS SELECT * FROM read_csv('{taxon}', {opts})")
         if vern.exists():
@@ -95,10 +97,14 @@ def load_backbone(catalog: Catalog, path: str | Path) -> str:
         )
         n_taxa = fetch_first(con, "SELECT count(*) FROM t")[0]
         n_vern = fetch_first(con, "SELECT count(*) FROM v")[0]
-        con.execute("INSERT INTO backbones VALUES (?, ?, ?, ?, ?)",
-                    [version, str(path), n_taxa, n_vern, datetime.now(UTC)])
-        run.n_in, run.n_out = n_taxa, fetch_first(con, "SELECT count(*) FROM taxa WHERE backbone_version = ?",
-                                                  [version])[0]
+        con.execute(
+            "INSERT INTO backbones VALUES (?, ?, ?, ?, ?)",
+            [version, str(path), n_taxa, n_vern, datetime.now(UTC)],
+        )
+        run.n_in, run.n_out = (
+            n_taxa,
+            fetch_first(con, "SELECT count(*) FROM taxa WHERE backbone_version = ?", [version])[0],
+        )
     return version
 
 

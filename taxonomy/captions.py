@@ -40,7 +40,7 @@ def captions(lineage: Mapping[str, str | None], common: str | None) -> dict[str,
         "taxon_com": f"a photo of {taxon} with common name {common}." if common else f"a photo of {taxon}.",
         "taxonTag": f"a photo of {taxon_tag(lineage)}.",
     }
-    out["taxonTag_com"] = (out["taxonTag"][:-1] + f" with common name {common}." if common else out["taxonTag"])
+    out["taxonTag_com"] = out["taxonTag"][:-1] + f" with common name {common}." if common else out["taxonTag"]
     out["scientific_name"] = sci
     out["taxonomic_name"] = taxon
     out["common_name"] = common or ""

@@ -11,11 +11,32 @@ import re
 import unicodedata
 
 NULL_TOKENS = {"", "unknown", "null", "none", "n/a", "na", "nan", "incertae sedis", "not_classified"}
-KINGDOM_SYNONYMS = {"metazoa": "Animalia", "viridiplantae": "Plantae", "archaeplastida": "Plantae",
-                    "animalia": "Animalia", "plantae": "Plantae", "fungi": "Fungi"}
+KINGDOM_SYNONYMS = {
+    "metazoa": "Animalia",
+    "viridiplantae": "Plantae",
+    "archaeplastida": "Plantae",
+    "animalia": "Animalia",
+    "plantae": "Plantae",
+    "fungi": "Fungi",
+}
 _TAGS = re.compile(r"<[^>]+>")
 _SUBGENUS = re.compile(r"\(\s*[A-Z][a-z]+\s*\)")
-_QUALIFIERS = {"cf.", "cf", "aff.", "aff", "sp.", "sp", "spp.", "spp", "ssp.", "subsp.", "var.", "f.", "nr.", "?"}
+_QUALIFIERS = {
+    "cf.",
+    "cf",
+    "aff.",
+    "aff",
+    "sp.",
+    "sp",
+    "spp.",
+    "spp",
+    "ssp.",
+    "subsp.",
+    "var.",
+    "f.",
+    "nr.",
+    "?",
+}
 _EPITHET = re.compile(r"^[a-z][a-z\-]+$")
 _GENUS = re.compile(r"^[A-Z][a-z]+$")
 

@@ -55,8 +55,16 @@ class BackboneIndex:
 
     def __init__(self, taxon: pa.Table, taxa: pa.Table) -> None:
         self.usages: dict[str, list[dict]] = defaultdict(list)
-        for row in taxon.select(["taxonID", "canonicalName", "scientificName", "taxonRank", "taxonomicStatus",
-                                 "acceptedNameUsageID"]).to_pylist():
+        for row in taxon.select(
+            [
+                "taxonID",
+                "canonicalName",
+                "scientificName",
+                "taxonRank",
+                "taxonomicStatus",
+                "acceptedNameUsageID",
+            ]
+        ).to_pylist():
             name = row["canonicalName"] or canonical_name(row["scientificName"])[0]
             if name and row["taxonID"] != "0":
                 self.usages[name].append(row)
@@ -131,8 +139,17 @@ def resolve_query(index: BackboneIndex, q: Query) -> Resolution:
             continue
         res = _try(index, name, q, None)
         if res and res.match_type != "ambiguous":
-            return res if not notes else Resolution(res.taxon_id, res.match_type, res.query_name,
-                                                     "; ".join(filter(None, [res.reason, *notes])), res.confidence)
+            return (
+                res
+                if not notes
+                else Resolution(
+                    res.taxon_id,
+                    res.match_type,
+                    res.query_name,
+                    "; ".join(filter(None, [res.reason, *notes])),
+                    res.confidence,
+                )
+            )
         ambiguous = ambiguous or res
         if " " in name and not q.genus:
             q = Query(q.species, q.name, q.kingdom, q.phylum, q.class_, q.order, q.family, name.split(" ")[0])
@@ -146,8 +163,13 @@ def resolve_query(index: BackboneIndex, q: Query) -> Resolution:
             why = [f"fell back to {rank}"]
             if ambiguous:
                 why.append(ambiguous.reason or "")
-            return Resolution(res.taxon_id, "higherrank", name, "; ".join(filter(None, [*why, *notes])),
-                              CONFIDENCE["higherrank"])
+            return Resolution(
+                res.taxon_id,
+                "higherrank",
+                name,
+                "; ".join(filter(None, [*why, *notes])),
+                CONFIDENCE["higherrank"],
+            )
         ambiguous = ambiguous or res
     if ambiguous:
         return Resolution(None, "none", ambiguous.query_name, ambiguous.reason, 0.0)
@@ -174,15 +196,30 @@ def run_resolve(catalog: Catalog, backbone_version: str | None = None) -> dict:
         out: dict[str, list] = {f.name: [] for f in RESOLUTIONS}
         counts: Counter = Counter()
         for r in records:
-            q = Query(r["verbatim_species"], r["verbatim_name"], r["verbatim_kingdom"], r["verbatim_phylum"],
-                      r["verbatim_class"], r["verbatim_order"], r["verbatim_family"], r["verbatim_genus"])
+            q = Query(
+                r["verbatim_species"],
+                r["verbatim_name"],
+                r["verbatim_kingdom"],
+                r["verbatim_phylum"],
+                r["verbatim_class"],
+                r["verbatim_order"],
+                r["verbatim_family"],
+                r["verbatim_genus"],
+            )
             res = cache.get(q)
             if res is None:
                 res = cache[q] = resolve_query(index, q)
             counts[res.match_type] += 1
-            for k, v in (("record_id", r["record_id"]), ("taxon_id", res.taxon_id), ("match_type", res.match_type),
-                         ("confidence", res.confidence), ("query_name", res.query_name), ("reason", res.reason),
-                         ("backbone_version", version), ("run_id", run.run_id)):
+            for k, v in (
+                ("record_id", r["record_id"]),
+                ("taxon_id", res.taxon_id),
+                ("match_type", res.match_type),
+                ("confidence", res.confidence),
+                ("query_name", res.query_name),
+                ("reason", res.reason),
+                ("backbone_version", version),
+                ("run_id", run.run_id),
+            ):
                 out[k].append(v)
             if res.taxon_id is None:
                 run.drop("unresolved")
@@ -199,12 +236,30 @@ def resolve_names(catalog: Catalog, names: list[dict], backbone_version: str | N
     index = load_index(catalog, version)
     out = []
     for row in names:
-        q = Query(None, row.get("scientific_name"), row.get("kingdom"), row.get("phylum"), row.get("class"),
-                  row.get("order"), row.get("family"), row.get("genus"))
+        q = Query(
+            None,
+            row.get("scientific_name"),
+            row.get("kingdom"),
+            row.get("phylum"),
+            row.get("class"),
+            row.get("order"),
+            row.get("family"),
+            row.get("genus"),
+        )
         res = resolve_query(index, q)
         lin = index.lineage.get(res.taxon_id or "", {})
-        out.append({**row, **{r: lin.get(r) for r in ("kingdom", "phylum", "class", "order", "family", "genus",
-                                                     "species")},
-                    "accepted_name": lin.get("scientific_name"), "common_name": lin.get("common_name"),
-                    "match_type": res.match_type, "confidence": res.confidence, "reason": res.reason})
+        out.append(
+            {
+                **row,
+                **{
+                    r: lin.get(r)
+                    for r in ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+                },
+                "accepted_name": lin.get("scientific_name"),
+                "common_name": lin.get("common_name"),
+                "match_type": res.match_type,
+                "confidence": res.confidence,
+                "reason": res.reason,
+            }
+        )
     return out

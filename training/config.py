@@ -15,8 +15,14 @@ TEXT_TYPES = ("sci", "com", "taxon", "sci_com", "taxon_com")
 # A ~9 M-parameter ViT that trains on the sample world in minutes on 2 CPU cores.
 TINY_VIT_CFG: dict[str, Any] = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "layers": 4, "width": 192, "patch_size": 8, "head_width": 64,
-                   "mlp_ratio": 3.0},
+    "vision_cfg": {
+        "image_size": 64,
+        "layers": 4,
+        "width": 192,
+        "patch_size": 8,
+        "head_width": 64,
+        "mlp_ratio": 3.0,
+    },
     "text_cfg": {"context_length": 48, "vocab_size": 49408, "width": 192, "heads": 3, "layers": 3},
 }
 
@@ -61,7 +67,9 @@ class TrainConfig:
         if self.batch_size < 2 or self.steps < 1 or self.accum_steps < 1:
             raise ValueError("batch_size must be >= 2, steps and accum_steps >= 1")
         if self.replay_batch_size and not self.replay_path:
-            raise ValueError("replay_batch_size > 0 needs replay_path=FOLDER (or replay_batch_size=0 for plain CLIP)")
+            raise ValueError(
+                "replay_batch_size > 0 needs replay_path=FOLDER (or replay_batch_size=0 for plain CLIP)"
+            )
         if self.replay_batch_size == 1:
             raise ValueError("replay_batch_size must be 0 (off) or >= 2 (a contrastive batch)")
 
@@ -70,13 +78,31 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-tiny": {"model": "tiny-vit", "batch_size": 32, "replay_batch_size": 8, "steps": 300, "lr": 1e-3,
-                 "warmup_steps": 30, "checkpoint_every": 100},
+    "cpu-tiny": {
+        "model": "tiny-vit",
+        "batch_size": 32,
+        "replay_batch_size": 8,
+        "steps": 300,
+        "lr": 1e-3,
+        "warmup_steps": 30,
+        "checkpoint_every": 100,
+    },
     # The paper's recipe (BIOCLIP2.md section 4): ViT-L/14 from LAION-2B, 2816 + 320 per GPU, 30 epochs.
-    "gpu-paper": {"model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k", "batch_size": 2816,
-                  "replay_batch_size": 320, "lr": 1e-4, "warmup_steps": 1875, "weight_decay": 0.2,
-                  "grad_checkpointing": True, "precision": "bf16", "normalization": "imagenet",
-                  "checkpoint_every": 1000, "workers": 8},
+    "gpu-paper": {
+        "model": "ViT-L-14",
+        "pretrained": "laion2b_s32b_b82k",
+        "batch_size": 2816,
+        "replay_batch_size": 320,
+        "lr": 1e-4,
+        "warmup_steps": 1875,
+        "weight_decay": 0.2,
+        "steps": 71_000,
+        "grad_checkpointing": True,
+        "precision": "bf16",
+        "normalization": "imagenet",
+        "checkpoint_every": 1000,
+        "workers": 8,
+    },
 }
 
 
@@ -95,8 +121,11 @@ def _coerce(value: str, typ: Any) -> Any:
     return text
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                preset: str | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    preset: str | None = None,
+) -> TrainConfig:
     """Preset, then YAML file, then `key=value` overrides; unknown keys are an error, not ignored."""
     values: dict[str, Any] = {}
     if preset:
@@ -109,11 +138,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             raise ValueError(f"{path}: expected a mapping of config keys")
         values.update(loaded)
     types = {f.name: f.type for f in fields(TrainConfig)}
-    items = overrides.items() if isinstance(overrides, dict) else (
-        (o.split("=", 1) if "=" in o else (o, None)) for o in (overrides or []))
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides or []:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must be key=value")
+            items.append(tuple(item.split("=", 1)))
     for key, value in items:
-        if value is None:
-            raise ValueError(f"override {key!r} must be key=value")
         if key not in types:
             raise ValueError(f"unknown config key {key!r}; known: {', '.join(sorted(types))}")
         values[key] = value if not isinstance(value, str) else _coerce(value, types[key])

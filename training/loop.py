@@ -15,8 +15,8 @@ from typing import Any
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.loss import ClipLoss
+from torch.nn.functional import normalize
 from tqdm import tqdm
 
 from training.config import TEXT_TYPES, TrainConfig
@@ -44,12 +44,15 @@ def cosine_lr(step: int, cfg: TrainConfig) -> float:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on gains, biases, norms, embeddings' scale and the logit scale (open_clip's rule)."""
+
     def exclude(name: str, p: torch.nn.Parameter) -> bool:
         return p.ndim < 2 or any(k in name for k in ("bn", "ln", "bias", "logit_scale", "norm"))
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
-            {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay}]
+    return [
+        {"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay},
+    ]
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -67,7 +70,9 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 def _tokenizer(cfg: TrainConfig, mcfg: dict[str, Any]):
     if cfg.model_cfg is None and open_clip.get_model_config(cfg.model) is not None:
         return open_clip.get_tokenizer(cfg.model)
-    return open_clip.tokenizer.SimpleTokenizer(context_length=mcfg.get("text_cfg", {}).get("context_length", 77))
+    return open_clip.tokenizer.SimpleTokenizer(
+        context_length=mcfg.get("text_cfg", {}).get("context_length", 77)
+    )
 
 
 def _save(state: dict[str, Any], path: Path) -> None:
@@ -78,7 +83,7 @@ def _save(state: dict[str, Any], path: Path) -> None:
 
 
 def _clip_loss(loss_fn: ClipLoss, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return loss_fn(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), scale)
+    return loss_fn(normalize(img, dim=-1), normalize(txt, dim=-1), scale)
 
 
 def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -99,8 +104,9 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
     mean, std = NORMALIZATION[cfg.normalization]
     preprocess = open_clip.image_transform(image_size, is_train=True, mean=mean, std=std)
     tokenizer = _tokenizer(cfg, mcfg)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
+    )
     step = 0
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
     if cfg.resume:
@@ -115,21 +121,32 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
     urls = shard_urls(catalog, cfg.dataset_version, "train")
     # Seeded by (seed, starting step): a resumed run draws a fresh, reproducible data order.
     bio = bio_loader(urls, preprocess, cfg.batch_size, cfg.seed + step, cfg.workers)
-    replay = (replay_loader(cfg.replay_path, preprocess, cfg.replay_batch_size, cfg.seed + step, cfg.workers)
-              if cfg.replay_batch_size else None)
+    replay = (
+        replay_loader(cfg.replay_path, preprocess, cfg.replay_batch_size, cfg.seed + step, cfg.workers)
+        if cfg.replay_batch_size
+        else None
+    )
     loss_fn = ClipLoss()
     started = datetime.now(UTC)
     with catalog.connect() as con:
-        con.execute("""INSERT OR REPLACE INTO training_runs (run_id, version, config, status, steps, started_at)
+        con.execute(
+            """INSERT OR REPLACE INTO training_runs (run_id, version, config, status, steps, started_at)
                        VALUES (?, ?, ?, 'running', ?, ?)""",
-                    [run_id, cfg.dataset_version, json.dumps(cfg.to_dict()), cfg.steps, started])
+            [run_id, cfg.dataset_version, json.dumps(cfg.to_dict()), cfg.steps, started],
+        )
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
     with StageRun(catalog, "train", config=cfg.to_dict(), run_id=f"stage-{run_id}-{step}") as stage:
         try:
             model.train()
-            bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress,
-                       mininterval=2.0)
+            bar = tqdm(
+                total=cfg.steps,
+                initial=step,
+                desc="train",
+                unit="step",
+                disable=not progress,
+                mininterval=2.0,
+            )
             t0, seen = time.perf_counter(), 0
             while step < cfg.steps:
                 for group in optimizer.param_groups:
@@ -142,13 +159,21 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
                     tokens = tokenizer(caps[text_type]).to(device)
                     with _autocast(cfg, device):
                         scale = forward.logit_scale.exp()
-                        loss_bio = _clip_loss(loss_fn, forward.encode_image(images.to(device)),
-                                              forward.encode_text(tokens), scale)
+                        loss_bio = _clip_loss(
+                            loss_fn,
+                            forward.encode_image(images.to(device)),
+                            forward.encode_text(tokens),
+                            scale,
+                        )
                         loss = loss_bio
                         if replay is not None:
                             r_images, r_texts = next(replay)
-                            loss_replay = _clip_loss(loss_fn, forward.encode_image(r_images.to(device), replay=True),
-                                                     forward.encode_text(tokenizer(r_texts).to(device)), scale)
+                            loss_replay = _clip_loss(
+                                loss_fn,
+                                forward.encode_image(r_images.to(device), replay=True),
+                                forward.encode_text(tokenizer(r_texts).to(device)),
+                                scale,
+                            )
                             loss = loss + cfg.replay_weight * loss_replay
                             logs["loss_replay"] += loss_replay.item() / cfg.accum_steps
                     (loss / cfg.accum_steps).backward()
@@ -160,30 +185,51 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
                 step += 1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    rec = {"step": step, "text_type": text_type, "lr": optimizer.param_groups[0]["lr"],
-                           "logit_scale": model.logit_scale.exp().item(),
-                           "samples_per_s": seen / (time.perf_counter() - t0), **logs}
+                    rec = {
+                        "step": step,
+                        "text_type": text_type,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "logit_scale": model.logit_scale.exp().item(),
+                        "samples_per_s": seen / (time.perf_counter() - t0),
+                        **logs,
+                    }
                     history.append(rec)
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(rec) + "\n")
                     bar.set_postfix(loss=f"{logs['loss_bio']:.3f}", replay=f"{logs['loss_replay']:.3f}")
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                           "config": cfg.to_dict(), "model_cfg": mcfg}, ckpt_path)
+                    _save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "step": step,
+                            "config": cfg.to_dict(),
+                            "model_cfg": mcfg,
+                        },
+                        ckpt_path,
+                    )
             bar.close()
             export = export_open_clip(model, mcfg, run_dir / "export")
             final = history[-1] if history else {}
-            metrics = {"final": final, "samples_seen": seen, "seconds": time.perf_counter() - t0,
-                       "normalization": cfg.normalization}
+            metrics = {
+                "final": final,
+                "samples_seen": seen,
+                "seconds": time.perf_counter() - t0,
+                "normalization": cfg.normalization,
+            }
             with catalog.connect() as con:
-                con.execute("""UPDATE training_runs SET status = 'succeeded', checkpoint = ?, export_path = ?,
+                con.execute(
+                    """UPDATE training_runs SET status = 'succeeded', checkpoint = ?, export_path = ?,
                                metrics = ?, ended_at = ? WHERE run_id = ?""",
-                            [str(ckpt_path), str(export), json.dumps(metrics), datetime.now(UTC), run_id])
+                    [str(ckpt_path), str(export), json.dumps(metrics), datetime.now(UTC), run_id],
+                )
             stage.n_in, stage.n_out = seen, step
             stage.details = {"training_run": run_id, **metrics}
         except BaseException:
             with catalog.connect() as con:
-                con.execute("UPDATE training_runs SET status = 'failed', ended_at = ? WHERE run_id = ?",
-                            [datetime.now(UTC), run_id])
+                con.execute(
+                    "UPDATE training_runs SET status = 'failed', ended_at = ? WHERE run_id = ?",
+                    [datetime.now(UTC), run_id],
+                )
             raise
     return {"run_id": run_id, "export_path": str(export), "steps": step, **metrics}

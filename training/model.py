@@ -16,7 +16,10 @@ from torch import nn
 from training.config import TINY_VIT_CFG, TrainConfig
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {"tiny-vit": TINY_VIT_CFG}
-NORMALIZATION = {"openai": (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+NORMALIZATION = {
+    "openai": (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 
 def model_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -26,8 +29,10 @@ def model_config(cfg: TrainConfig) -> dict[str, Any]:
         return copy.deepcopy(MODEL_PRESETS[cfg.model])
     found = open_clip.get_model_config(cfg.model)
     if found is None:
-        raise ValueError(f"unknown model {cfg.model!r}: not a preset ({sorted(MODEL_PRESETS)}) nor an open_clip "
-                         "architecture")
+        raise ValueError(
+            f"unknown model {cfg.model!r}: not a preset ({sorted(MODEL_PRESETS)}) nor an open_clip "
+            "architecture"
+        )
     return found
 
 
@@ -51,8 +56,10 @@ class ReplayCLIP(nn.Module):
         super().__init__()
         proj = getattr(clip.visual, "proj", None)
         if not isinstance(proj, torch.Tensor):
-            raise ValueError("the replay projector needs a tower with a `visual.proj` matrix (open_clip ViT); "
-                             f"{type(clip.visual).__name__} has none")
+            raise ValueError(
+                "the replay projector needs a tower with a `visual.proj` matrix (open_clip ViT); "
+                f"{type(clip.visual).__name__} has none"
+            )
         self.clip = clip
         self.bio_proj = nn.Parameter(proj.detach().clone())
         self.replay_proj = nn.Parameter(proj.detach().clone())
@@ -76,7 +83,9 @@ class ReplayCLIP(nn.Module):
         return state
 
 
-def export_open_clip(model: ReplayCLIP, mcfg: dict[str, Any], out: Path, interpolation: str = "bicubic") -> Path:
+def export_open_clip(
+    model: ReplayCLIP, mcfg: dict[str, Any], out: Path, interpolation: str = "bicubic"
+) -> Path:
     """Write an open_clip folder (`open_clip_config.json` + safetensors) loadable with `local-dir:PATH`."""
     from open_clip.push_to_hf_hub import save_config_for_hf
     from safetensors.torch import save_file

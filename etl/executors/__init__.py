@@ -12,8 +12,9 @@ PartitionFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
 
 class Executor(Protocol):
-    def map_partitions(self, fn: PartitionFn, partitions: list[pa.Table],
-                       schema: pa.Schema) -> Iterator[tuple[int, pa.Table]]:
+    def map_partitions(
+        self, fn: PartitionFn, partitions: list[pa.Table], schema: pa.Schema
+    ) -> Iterator[tuple[int, pa.Table]]:
         """Yield (partition index, output table) as partitions complete, in any order."""
         ...
 

@@ -20,8 +20,9 @@ class LocalExecutor:
     def __init__(self, workers: int = 2) -> None:
         self.workers = max(1, workers)
 
-    def map_partitions(self, fn: PartitionFn, partitions: list[pa.Table],
-                       schema: pa.Schema) -> Iterator[tuple[int, pa.Table]]:
+    def map_partitions(
+        self, fn: PartitionFn, partitions: list[pa.Table], schema: pa.Schema
+    ) -> Iterator[tuple[int, pa.Table]]:
         if self.workers == 1:
             for i, part in enumerate(partitions):
                 yield i, _apply(fn, part, schema)

@@ -23,25 +23,87 @@ from etl.sample_world.tree import Species, Tree, build_tree
 
 BASE = "{{BASE_URL}}"
 TAXON_COLUMNS = [
-    "taxonID", "datasetID", "parentNameUsageID", "acceptedNameUsageID", "originalNameUsageID",
-    "scientificName", "scientificNameAuthorship", "canonicalName", "genericName", "specificEpithet",
-    "infraspecificEpithet", "taxonRank", "nameAccordingTo", "namePublishedIn", "taxonomicStatus",
-    "nomenclaturalStatus", "taxonRemarks", "kingdom", "phylum", "class", "order", "family", "genus",
+    "taxonID",
+    "datasetID",
+    "parentNameUsageID",
+    "acceptedNameUsageID",
+    "originalNameUsageID",
+    "scientificName",
+    "scientificNameAuthorship",
+    "canonicalName",
+    "genericName",
+    "specificEpithet",
+    "infraspecificEpithet",
+    "taxonRank",
+    "nameAccordingTo",
+    "namePublishedIn",
+    "taxonomicStatus",
+    "nomenclaturalStatus",
+    "taxonRemarks",
+    "kingdom",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "genus",
 ]
-VERNACULAR_COLUMNS = ["taxonID", "vernacularName", "language", "country", "countryCode", "sex", "lifeStage", "source"]
+VERNACULAR_COLUMNS = [
+    "taxonID",
+    "vernacularName",
+    "language",
+    "country",
+    "countryCode",
+    "sex",
+    "lifeStage",
+    "source",
+]
 BIOSCAN_COLUMNS = [
-    "processid", "sampleid", "taxon", "phylum", "class", "order", "family", "subfamily", "genus", "species",
-    "dna_bin", "dna_barcode", "country", "province_state", "coord-lat", "coord-lon",
-    "image_measurement_value", "area_fraction", "scale_factor", "inferred_ranks", "split",
-    "index_bioscan_1M_insect", "chunk",
+    "processid",
+    "sampleid",
+    "taxon",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "subfamily",
+    "genus",
+    "species",
+    "dna_bin",
+    "dna_barcode",
+    "country",
+    "province_state",
+    "coord-lat",
+    "coord-lon",
+    "image_measurement_value",
+    "area_fraction",
+    "scale_factor",
+    "inferred_ranks",
+    "split",
+    "index_bioscan_1M_insect",
+    "chunk",
 ]
 EOL_MANIFEST_COLUMNS = [
-    "EOL content ID", "EOL page ID", "Medium Source URL", "EOL Full-Size Copy URL", "License Name",
+    "EOL content ID",
+    "EOL page ID",
+    "Medium Source URL",
+    "EOL Full-Size Copy URL",
+    "License Name",
     "Copyright Owner",
 ]
 DH_COLUMNS = [
-    "taxonID", "source", "furtherInformationURL", "acceptedNameUsageID", "parentNameUsageID", "scientificName",
-    "taxonRank", "taxonomicStatus", "datasetID", "canonicalName", "authority", "eolID", "Landmark",
+    "taxonID",
+    "source",
+    "furtherInformationURL",
+    "acceptedNameUsageID",
+    "parentNameUsageID",
+    "scientificName",
+    "taxonRank",
+    "taxonomicStatus",
+    "datasetID",
+    "canonicalName",
+    "authority",
+    "eolID",
+    "Landmark",
     "higherClassification",
 ]
 GBIF_RECORD_LICENSES = [
@@ -49,8 +111,14 @@ GBIF_RECORD_LICENSES = [
     "http://creativecommons.org/licenses/by-nc/4.0/legalcode",
     "http://creativecommons.org/publicdomain/zero/1.0/legalcode",
 ]
-GBIF_MEDIA_LICENSES = [None, "http://creativecommons.org/licenses/by/4.0/", "Usage Conditions Apply", "CC BY-NC 4.0",
-                       None, "https://creativecommons.org/licenses/by-sa/4.0/"]
+GBIF_MEDIA_LICENSES = [
+    None,
+    "http://creativecommons.org/licenses/by/4.0/",
+    "Usage Conditions Apply",
+    "CC BY-NC 4.0",
+    None,
+    "https://creativecommons.org/licenses/by-sa/4.0/",
+]
 EOL_LICENSES = ["cc-by", "cc-by-nc-sa-3.0", "public domain", "No known copyright restrictions", "cc-by-nc"]
 PUBLISHERS = [
     ("iNaturalist.org", "50c9509d-22c7-4a22-a47d-8c48425ef4a7", "HUMAN_OBSERVATION"),
@@ -118,14 +186,24 @@ class _Writer:
         self.tree = tree
         self.rng = random.Random(world.config.seed + 1)
         self.planted: dict = {
-            "too_small": [], "corrupt": [], "missing": [], "exact_duplicate_urls": [], "near_duplicate_urls": [],
-            "leak_urls": [], "no_media_url": 0, "not_still_image": 0, "material_citation": 0, "iiif": 0,
+            "too_small": [],
+            "corrupt": [],
+            "missing": [],
+            "exact_duplicate_urls": [],
+            "near_duplicate_urls": [],
+            "leak_urls": [],
+            "no_media_url": 0,
+            "not_still_image": 0,
+            "material_citation": 0,
+            "iiif": 0,
         }
         self.by_url: dict[str, bytes] = {}
         self.photo_counter = 100000
         self.url_species: dict[str, Species] = {}
 
-    def image_for(self, sp: Species, *, size: tuple[int, int] | None = None, stage: str | None = None) -> bytes:
+    def image_for(
+        self, sp: Species, *, size: tuple[int, int] | None = None, stage: str | None = None
+    ) -> bytes:
         seed = self.rng.getrandbits(32)
         rng = random.Random(seed)
         if size is None:
@@ -147,7 +225,9 @@ class _Writer:
         rel = f"{host}/photos/{self.photo_counter}/original.jpg"
         roll = self.rng.random()
         if roll < 0.03:
-            url = self.put(rel, self.image_for(sp, size=(self.rng.randint(120, 200), self.rng.randint(100, 180))))
+            url = self.put(
+                rel, self.image_for(sp, size=(self.rng.randint(120, 200), self.rng.randint(100, 180)))
+            )
             self.planted["too_small"].append(url)
         elif roll < 0.045:
             data = self.image_for(sp)
@@ -169,7 +249,14 @@ def build_sample_world(root: str | Path, config: SampleWorldConfig | None = None
     if root.exists():
         shutil.rmtree(root)
     world = SampleWorld(root=root, config=config)
-    for d in (world.routes, world.api_data, world.backbone, world.eval_dir, world.replay_train, world.replay_heldout):
+    for d in (
+        world.routes,
+        world.api_data,
+        world.backbone,
+        world.eval_dir,
+        world.replay_train,
+        world.replay_heldout,
+    ):
         d.mkdir(parents=True, exist_ok=True)
     tree = build_tree(config.seed)
     w = _Writer(world, tree)
@@ -185,36 +272,57 @@ def build_sample_world(root: str | Path, config: SampleWorldConfig | None = None
         "homonym_genus": tree.homonym_genus,
         "kingdoms": sorted({sp.lineage["kingdom"] for sp in tree.species}),
     }
-    (root / "world.json").write_text(json.dumps({"config": asdict(config), "planted": world.planted}, indent=1))
+    (root / "world.json").write_text(
+        json.dumps({"config": asdict(config), "planted": world.planted}, indent=1)
+    )
     return world
 
 
 def _write_backbone(world: SampleWorld, tree: Tree) -> None:
-    rows = [dict.fromkeys(TAXON_COLUMNS, "") | {
-        "taxonID": "0", "scientificName": "incertae sedis", "canonicalName": "incertae sedis",
-        "taxonRank": "kingdom", "taxonomicStatus": "doubtful", "kingdom": "incertae sedis"}]
+    rows = [
+        dict.fromkeys(TAXON_COLUMNS, "")
+        | {
+            "taxonID": "0",
+            "scientificName": "incertae sedis",
+            "canonicalName": "incertae sedis",
+            "taxonRank": "kingdom",
+            "taxonomicStatus": "doubtful",
+            "kingdom": "incertae sedis",
+        }
+    ]
     for n in tree.nodes:
         lin = n.lineage
         genus, _, epithet = n.name.partition(" ")
-        rows.append(dict.fromkeys(TAXON_COLUMNS, "") | {
-            "taxonID": str(n.taxon_id),
-            "datasetID": "7ddf754f-d193-4cc9-b351-99906754a03b",
-            "parentNameUsageID": "" if n.parent_id is None else str(n.parent_id),
-            "acceptedNameUsageID": "" if n.accepted_id is None else str(n.accepted_id),
-            "scientificName": f"{n.name} {n.authorship}".strip(),
-            "scientificNameAuthorship": n.authorship,
-            "canonicalName": n.name,
-            "genericName": genus if n.rank in ("genus", "species") else "",
-            "specificEpithet": epithet if n.rank == "species" else "",
-            "taxonRank": n.rank,
-            "taxonomicStatus": n.status,
-            **{r: (lin.get(r) or "") for r in ("kingdom", "phylum", "class", "order", "family", "genus")},
-        })
+        rows.append(
+            dict.fromkeys(TAXON_COLUMNS, "")
+            | {
+                "taxonID": str(n.taxon_id),
+                "datasetID": "7ddf754f-d193-4cc9-b351-99906754a03b",
+                "parentNameUsageID": "" if n.parent_id is None else str(n.parent_id),
+                "acceptedNameUsageID": "" if n.accepted_id is None else str(n.accepted_id),
+                "scientificName": f"{n.name} {n.authorship}".strip(),
+                "scientificNameAuthorship": n.authorship,
+                "canonicalName": n.name,
+                "genericName": genus if n.rank in ("genus", "species") else "",
+                "specificEpithet": epithet if n.rank == "species" else "",
+                "taxonRank": n.rank,
+                "taxonomicStatus": n.status,
+                **{r: (lin.get(r) or "") for r in ("kingdom", "phylum", "class", "order", "family", "genus")},
+            }
+        )
     # A doubtful duplicate usage of one species name, as the real backbone has.
     sp = tree.species[7]
-    rows.append(dict.fromkeys(TAXON_COLUMNS, "") | {
-        "taxonID": "990001", "scientificName": f"{sp.binomial} Auct., 1901", "canonicalName": sp.binomial,
-        "taxonRank": "species", "taxonomicStatus": "doubtful", "kingdom": sp.lineage["kingdom"]})
+    rows.append(
+        dict.fromkeys(TAXON_COLUMNS, "")
+        | {
+            "taxonID": "990001",
+            "scientificName": f"{sp.binomial} Auct., 1901",
+            "canonicalName": sp.binomial,
+            "taxonRank": "species",
+            "taxonomicStatus": "doubtful",
+            "kingdom": sp.lineage["kingdom"],
+        }
+    )
     with open(world.backbone / "Taxon.tsv", "w", newline="", encoding="utf-8") as fh:
         fh.write("\t".join(TAXON_COLUMNS) + "\n")
         for r in rows:
@@ -237,8 +345,15 @@ def _write_eval_set(world: SampleWorld, tree: Tree, w: _Writer) -> list[tuple[Sp
             rel = f"images/{sp.taxon_id}_{i}.jpg"
             (world.eval_dir / rel).write_bytes(data)
             out.append((sp, data))
-            rows.append({"filepath": rel, **sp.lineage, "scientific_name": sp.binomial,
-                         "common_name": sp.english_name or "", "life_stage": stage})
+            rows.append(
+                {
+                    "filepath": rel,
+                    **sp.lineage,
+                    "scientific_name": sp.binomial,
+                    "common_name": sp.english_name or "",
+                    "life_stage": stage,
+                }
+            )
     with open(world.eval_dir / "metadata.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -248,7 +363,9 @@ def _write_eval_set(world: SampleWorld, tree: Tree, w: _Writer) -> list[tuple[Sp
 
 def _reencode(data: bytes, scale: float, quality: int) -> bytes:
     img = Image.open(io.BytesIO(data)).convert("RGB")
-    img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.Resampling.BICUBIC)
+    img = img.resize(
+        (max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.Resampling.BICUBIC
+    )
     return jpeg_bytes(img, quality=quality)
 
 
@@ -276,14 +393,22 @@ def _write_gbif(world: SampleWorld, tree: Tree, w: _Writer, eval_images: list[tu
             publisher, dataset_key, basis = PUBLISHERS[(occ_i + sp.taxon_id) % len(PUBLISHERS)]
             taxon_rank = "GENUS" if occ_i == 5 and sp.taxon_id % 3 == 0 else "SPECIES"
             occ = {
-                "key": key, "gbifID": str(key), "datasetKey": dataset_key, "publishingOrgKey": dataset_key,
-                "basisOfRecord": basis, "occurrenceStatus": "PRESENT",
-                "taxonKey": sp.taxon_id, "acceptedTaxonKey": sp.taxon_id,
-                "scientificName": f"{sp.binomial} {sp.authorship}" if taxon_rank == "SPECIES"
+                "key": key,
+                "gbifID": str(key),
+                "datasetKey": dataset_key,
+                "publishingOrgKey": dataset_key,
+                "basisOfRecord": basis,
+                "occurrenceStatus": "PRESENT",
+                "taxonKey": sp.taxon_id,
+                "acceptedTaxonKey": sp.taxon_id,
+                "scientificName": f"{sp.binomial} {sp.authorship}"
+                if taxon_rank == "SPECIES"
                 else f"{sp.lineage['genus']} Fr.",
-                "taxonRank": taxon_rank, "taxonomicStatus": "ACCEPTED",
+                "taxonRank": taxon_rank,
+                "taxonomicStatus": "ACCEPTED",
                 "license": GBIF_RECORD_LICENSES[occ_i % len(GBIF_RECORD_LICENSES)],
-                "eventDate": f"2024-0{1 + occ_i % 9}-1{occ_i % 10}", "publisher": publisher,
+                "eventDate": f"2024-0{1 + occ_i % 9}-1{occ_i % 10}",
+                "publisher": publisher,
                 **_gbif_lineage_fields(sp, taxon_rank),
             }
             if basis == "MACHINE_OBSERVATION":
@@ -298,8 +423,13 @@ def _write_gbif(world: SampleWorld, tree: Tree, w: _Writer, eval_images: list[tu
             for m_i in range(n_media):
                 host = "inaturalist-open-data" if publisher == "iNaturalist.org" else "media.gbif-sample.org"
                 url = w.new_media(sp, host)
-                m = {"type": "StillImage", "format": "image/jpeg", "identifier": url,
-                     "references": f"{BASE}/observations/{key}", "creator": f"Observer {occ_i}"}
+                m = {
+                    "type": "StillImage",
+                    "format": "image/jpeg",
+                    "identifier": url,
+                    "references": f"{BASE}/observations/{key}",
+                    "creator": f"Observer {occ_i}",
+                }
                 lic = GBIF_MEDIA_LICENSES[(occ_i + m_i) % len(GBIF_MEDIA_LICENSES)]
                 if lic:
                     m["license"] = lic
@@ -312,27 +442,40 @@ def _write_gbif(world: SampleWorld, tree: Tree, w: _Writer, eval_images: list[tu
         # Realistic mess, once per species in rotation.
         mess = sp.taxon_id % 5
         if mess == 0:
-            occurrences[-1]["media"].append({"type": "StillImage", "references": f"{BASE}/observations/{key}"})
+            occurrences[-1]["media"].append(
+                {"type": "StillImage", "references": f"{BASE}/observations/{key}"}
+            )
             w.planted["no_media_url"] += 1
         elif mess == 1:
-            occurrences[-1]["media"].append({"type": "Sound", "format": "audio/mpeg",
-                                             "identifier": f"{BASE}/sounds/{key}.mp3"})
+            occurrences[-1]["media"].append(
+                {"type": "Sound", "format": "audio/mpeg", "identifier": f"{BASE}/sounds/{key}.mp3"}
+            )
             w.planted["not_still_image"] += 1
         elif mess == 2:
-            occurrences[-1]["media"].append({"type": "StillImage", "format": "application/ld+json",
-                                             "identifier": f"{BASE}/iiif/{key}/manifest.json"})
+            occurrences[-1]["media"].append(
+                {
+                    "type": "StillImage",
+                    "format": "application/ld+json",
+                    "identifier": f"{BASE}/iiif/{key}/manifest.json",
+                }
+            )
             w.planted["iiif"] += 1
         elif mess == 3:
             occurrences[-2]["media"].append({"identifier": w.new_media(sp, "media.gbif-sample.org")})
     # Near duplicates: the same photo re-published resized and re-encoded by another occurrence.
-    near_sources = [u for _, u in previous_urls if u in w.by_url and u not in w.planted["corrupt"]
-                    and u not in w.planted["too_small"]]
+    near_sources = [
+        u
+        for _, u in previous_urls
+        if u in w.by_url and u not in w.planted["corrupt"] and u not in w.planted["too_small"]
+    ]
     for url in rng.sample(near_sources, 12):
         sp = next(s for s, u in previous_urls if u == url)
         key += 1
         w.photo_counter += 1
-        new_url = w.put(f"media.gbif-sample.org/photos/{w.photo_counter}/original.jpg",
-                        _reencode(w.by_url[url], rng.uniform(0.85, 0.95), rng.randint(70, 85)))
+        new_url = w.put(
+            f"media.gbif-sample.org/photos/{w.photo_counter}/original.jpg",
+            _reencode(w.by_url[url], rng.uniform(0.85, 0.95), rng.randint(70, 85)),
+        )
         w.planted["near_duplicate_urls"].append([url, new_url])
         occurrences.append(_simple_occ(key, sp, new_url))
     # Leaks: evaluation images that found their way into the source (exact and re-encoded copies).
@@ -345,52 +488,117 @@ def _write_gbif(world: SampleWorld, tree: Tree, w: _Writer, eval_images: list[tu
         occurrences.append(_simple_occ(key, sp, url))
     # Incertae sedis record, as the real API returns for unplaceable names.
     key += 1
-    occurrences.append({"key": key, "gbifID": str(key), "basisOfRecord": "HUMAN_OBSERVATION",
-                        "scientificName": "incertae sedis", "kingdom": "incertae sedis", "kingdomKey": 0,
-                        "taxonRank": "KINGDOM", "license": GBIF_RECORD_LICENSES[0],
-                        "media": [{"type": "StillImage", "format": "image/jpeg",
-                                   "identifier": w.new_media(tree.species[0], "media.gbif-sample.org")}]})
+    occurrences.append(
+        {
+            "key": key,
+            "gbifID": str(key),
+            "basisOfRecord": "HUMAN_OBSERVATION",
+            "scientificName": "incertae sedis",
+            "kingdom": "incertae sedis",
+            "kingdomKey": 0,
+            "taxonRank": "KINGDOM",
+            "license": GBIF_RECORD_LICENSES[0],
+            "media": [
+                {
+                    "type": "StillImage",
+                    "format": "image/jpeg",
+                    "identifier": w.new_media(tree.species[0], "media.gbif-sample.org"),
+                }
+            ],
+        }
+    )
     key += 1
-    occurrences.append({"key": key, "gbifID": str(key), "basisOfRecord": "HUMAN_OBSERVATION",
-                        "scientificName": tree.species[1].binomial, "media": []})
+    occurrences.append(
+        {
+            "key": key,
+            "gbifID": str(key),
+            "basisOfRecord": "HUMAN_OBSERVATION",
+            "scientificName": tree.species[1].binomial,
+            "media": [],
+        }
+    )
     w.planted["gbif_occurrences"] = len(occurrences)
     (world.api_data / "gbif_occurrences.json").write_text(json.dumps(occurrences))
 
 
 def _simple_occ(key: int, sp: Species, url: str) -> dict:
-    return {"key": key, "gbifID": str(key), "datasetKey": PUBLISHERS[0][1], "basisOfRecord": "HUMAN_OBSERVATION",
-            "occurrenceStatus": "PRESENT", "taxonKey": sp.taxon_id, "scientificName": sp.binomial,
-            "taxonRank": "SPECIES", "taxonomicStatus": "ACCEPTED", "license": GBIF_RECORD_LICENSES[0],
-            "publisher": PUBLISHERS[0][0], **_gbif_lineage_fields(sp, "SPECIES"),
-            "media": [{"type": "StillImage", "format": "image/jpeg", "identifier": url}]}
+    return {
+        "key": key,
+        "gbifID": str(key),
+        "datasetKey": PUBLISHERS[0][1],
+        "basisOfRecord": "HUMAN_OBSERVATION",
+        "occurrenceStatus": "PRESENT",
+        "taxonKey": sp.taxon_id,
+        "scientificName": sp.binomial,
+        "taxonRank": "SPECIES",
+        "taxonomicStatus": "ACCEPTED",
+        "license": GBIF_RECORD_LICENSES[0],
+        "publisher": PUBLISHERS[0][0],
+        **_gbif_lineage_fields(sp, "SPECIES"),
+        "media": [{"type": "StillImage", "format": "image/jpeg", "identifier": url}],
+    }
 
 
 def _write_eol(world: SampleWorld, tree: Tree, w: _Writer) -> None:
     rng = w.rng
     manifest, dh = [], []
     content_id = 29_000_000
-    gbif_urls = [u for u in w.by_url if "inaturalist-open-data" in u and u not in w.planted["leak_urls"]
-                 and u not in w.planted["corrupt"] and u not in w.planted["too_small"]]
+    gbif_urls = [
+        u
+        for u in w.by_url
+        if "inaturalist-open-data" in u
+        and u not in w.planted["leak_urls"]
+        and u not in w.planted["corrupt"]
+        and u not in w.planted["too_small"]
+    ]
     exact_sources = rng.sample(gbif_urls, 10)
     for i, sp in enumerate(tree.species):
         page_id = 45_000_000 + sp.taxon_id
         # EOL's names: synonyms where the backbone knows one, HTML markup sometimes.
         name = sp.synonyms[0][1] if sp.synonyms and i % 4 != 0 else sp.binomial
         canonical = f"<i>{name}</i>" if i % 6 == 0 else name
-        higher = "|".join(["Life", "Cellular Organisms", "Eukaryota", sp.lineage["kingdom"],
-                           *[v for r, v in sp.lineage.items() if r not in ("kingdom", "species") and v]])
-        dh.append({"taxonID": f"EOL-{page_id}", "source": "sample", "furtherInformationURL": "",
-                   "acceptedNameUsageID": "", "parentNameUsageID": "", "scientificName": f"{name} {sp.authorship}",
-                   "taxonRank": "" if i % 8 == 0 else "species", "taxonomicStatus": "accepted",
-                   "datasetID": "sample", "canonicalName": canonical, "authority": sp.authorship,
-                   "eolID": str(page_id), "Landmark": "", "higherClassification": higher})
+        higher = "|".join(
+            [
+                "Life",
+                "Cellular Organisms",
+                "Eukaryota",
+                sp.lineage["kingdom"],
+                *[v for r, v in sp.lineage.items() if r not in ("kingdom", "species") and v],
+            ]
+        )
+        dh.append(
+            {
+                "taxonID": f"EOL-{page_id}",
+                "source": "sample",
+                "furtherInformationURL": "",
+                "acceptedNameUsageID": "",
+                "parentNameUsageID": "",
+                "scientificName": f"{name} {sp.authorship}",
+                "taxonRank": "" if i % 8 == 0 else "species",
+                "taxonomicStatus": "accepted",
+                "datasetID": "sample",
+                "canonicalName": canonical,
+                "authority": sp.authorship,
+                "eolID": str(page_id),
+                "Landmark": "",
+                "higherClassification": higher,
+            }
+        )
         if i % 2 == 1:
             continue  # EOL has media for about half the species
         for _ in range(world.config.eol_media_per_species):
             content_id += 1
             url = w.new_media(sp, "content.eol.org/data/media")
-            manifest.append([str(content_id), str(page_id), f"{BASE}/provider/{content_id}.jpg", url,
-                             rng.choice(EOL_LICENSES), "" if content_id % 4 == 0 else f"Photographer {content_id % 7}"])
+            manifest.append(
+                [
+                    str(content_id),
+                    str(page_id),
+                    f"{BASE}/provider/{content_id}.jpg",
+                    url,
+                    rng.choice(EOL_LICENSES),
+                    "" if content_id % 4 == 0 else f"Photographer {content_id % 7}",
+                ]
+            )
     # Exact duplicates: GBIF photos also harvested by EOL, same bytes under a new URL.
     for url in exact_sources:
         content_id += 1
@@ -426,31 +634,51 @@ def _write_bioscan(world: SampleWorld, tree: Tree, w: _Writer) -> None:
             n += 1
             pid = f"BIOUG{70000 + n:05d}-A{n % 10}"
             split = splits[n % len(splits)]
-            chunk = {"pretrain": hashlib.md5(pid.encode()).hexdigest()[:2],
-                     "train": hashlib.md5(pid.encode()).hexdigest()[:1]}.get(split, "")
+            chunk = {
+                "pretrain": hashlib.md5(pid.encode()).hexdigest()[:2],
+                "train": hashlib.md5(pid.encode()).hexdigest()[:1],
+            }.get(split, "")
             species = sp.binomial
             if i == 4:
                 species = ""  # genus-only label, as most BIOSCAN rows are
-            elif i == 5 and n % 2:
+            elif i == 5:
                 species = f"Malaise{4000 + n}"  # placeholder, never a name
             elif i == 3 and sp.synonyms:
                 species = sp.synonyms[0][1]
             rel_dir = "/".join(p for p in ("bioscan5m/images/cropped_256", split, chunk) if p)
-            data = jpeg_bytes(render_organism(sp.traits, random.Random(rng.getrandbits(32)), (341, 256),
-                                              rng.choice(LIFE_STAGES)))
+            data = jpeg_bytes(
+                render_organism(
+                    sp.traits, random.Random(rng.getrandbits(32)), (341, 256), rng.choice(LIFE_STAGES)
+                )
+            )
             w.put(f"{rel_dir}/{pid}.jpg", data)
-            rows.append({
-                "processid": pid, "sampleid": f"S{n:06d}", "taxon": species or sp.lineage["genus"],
-                "phylum": "Arthropoda", "class": "Insecta", "order": sp.lineage["order"],
-                "family": "" if i == 2 else sp.lineage["family"], "subfamily": "", "genus": sp.lineage["genus"],
-                "species": species, "dna_bin": f"BOLD:AA{sp.taxon_id:04d}",
-                "dna_barcode": "".join(rng.choice("ACGT") for _ in range(40)),
-                "country": "Canada", "province_state": "Ontario", "coord-lat": f"{43 + rng.random():.4f}",
-                "coord-lon": "" if n % 7 == 0 else f"{-80 + rng.random():.4f}",
-                "image_measurement_value": f"{rng.uniform(1, 5):.2f}", "area_fraction": f"{rng.random():.3f}",
-                "scale_factor": "1.0", "inferred_ranks": "0", "split": split,
-                "index_bioscan_1M_insect": "" if n % 3 else str(n), "chunk": chunk,
-            })
+            rows.append(
+                {
+                    "processid": pid,
+                    "sampleid": f"S{n:06d}",
+                    "taxon": species or sp.lineage["genus"],
+                    "phylum": "Arthropoda",
+                    "class": "Insecta",
+                    "order": sp.lineage["order"],
+                    "family": "" if i == 2 else sp.lineage["family"],
+                    "subfamily": "",
+                    "genus": sp.lineage["genus"],
+                    "species": species,
+                    "dna_bin": f"BOLD:AA{sp.taxon_id:04d}",
+                    "dna_barcode": "".join(rng.choice("ACGT") for _ in range(40)),
+                    "country": "Canada",
+                    "province_state": "Ontario",
+                    "coord-lat": f"{43 + rng.random():.4f}",
+                    "coord-lon": "" if n % 7 == 0 else f"{-80 + rng.random():.4f}",
+                    "image_measurement_value": f"{rng.uniform(1, 5):.2f}",
+                    "area_fraction": f"{rng.random():.3f}",
+                    "scale_factor": "1.0",
+                    "inferred_ranks": "0",
+                    "split": split,
+                    "index_bioscan_1M_insect": "" if n % 3 else str(n),
+                    "chunk": chunk,
+                }
+            )
     path = world.routes / "bioscan5m" / "metadata" / "csv" / "BIOSCAN_5M_Insect_Dataset_metadata.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
@@ -475,7 +703,9 @@ def _write_fathomnet(world: SampleWorld, tree: Tree, w: _Writer) -> None:
                 bw, bh = rng.randint(250, 330), rng.randint(240, 300)
                 x = 20 + b * 470 + rng.randint(0, 60)
                 y = rng.randint(10, frame_h - bh - 10)
-                crop = render_organism(sp.traits, random.Random(rng.getrandbits(32)), (bw, bh), rng.choice(LIFE_STAGES))
+                crop = render_organism(
+                    sp.traits, random.Random(rng.getrandbits(32)), (bw, bh), rng.choice(LIFE_STAGES)
+                )
                 frame.paste(crop, (x, y))
                 concept = sp.binomial
                 if sp_i == 0 and b == 1:
@@ -483,21 +713,50 @@ def _write_fathomnet(world: SampleWorld, tree: Tree, w: _Writer) -> None:
                 if f == 3 and b == 0:
                     bw += 80  # a box overflowing the frame edge is clipped by the fetch stage
                     x = frame_w - bw + 60
-                boxes.append({"uuid": f"bb-{sp.taxon_id}-{f}-{b}", "concept": concept, "x": x, "y": y,
-                              "width": bw, "height": bh, "observer": "yolov5" if b else "annotator",
-                              "reviewState": "UNVERIFIED" if b else "VERIFIED", "groupOf": False})
+                boxes.append(
+                    {
+                        "uuid": f"bb-{sp.taxon_id}-{f}-{b}",
+                        "concept": concept,
+                        "x": x,
+                        "y": y,
+                        "width": bw,
+                        "height": bh,
+                        "observer": "yolov5" if b else "annotator",
+                        "reviewState": "UNVERIFIED" if b else "VERIFIED",
+                        "groupOf": False,
+                    }
+                )
             if f == 2:
-                boxes.append({"uuid": f"bb-{sp.taxon_id}-{f}-drum", "concept": "55-gallon drum", "x": 700,
-                              "y": 300, "width": 230, "height": 230, "observer": "annotator",
-                              "reviewState": "VERIFIED", "groupOf": False})
+                boxes.append(
+                    {
+                        "uuid": f"bb-{sp.taxon_id}-{f}-drum",
+                        "concept": "55-gallon drum",
+                        "x": 700,
+                        "y": 300,
+                        "width": 230,
+                        "height": 230,
+                        "observer": "annotator",
+                        "reviewState": "VERIFIED",
+                        "groupOf": False,
+                    }
+                )
             n_boxes += len(boxes)
             uuid = f"fn-{sp.taxon_id:06d}-{f:03d}"
-            url = w.put(f"fathomnet/static/m3/framegrabs/Doc%20Ricketts/images/{uuid}.png",
-                        _png(frame))
-            images.append({"id": len(images) + 1, "uuid": uuid, "url": url, "valid": True,
-                           "imagingType": "ROV", "width": frame_w, "height": frame_h,
-                           "depthMeters": rng.randint(200, 3000), "boundingBoxes": boxes,
-                           **({} if f % 3 == 0 else {"latitude": 36.7, "longitude": -122.0})})
+            url = w.put(f"fathomnet/static/m3/framegrabs/Doc%20Ricketts/images/{uuid}.png", _png(frame))
+            images.append(
+                {
+                    "id": len(images) + 1,
+                    "uuid": uuid,
+                    "url": url,
+                    "valid": True,
+                    "imagingType": "ROV",
+                    "width": frame_w,
+                    "height": frame_h,
+                    "depthMeters": rng.randint(200, 3000),
+                    "boundingBoxes": boxes,
+                    **({} if f % 3 == 0 else {"latitude": 36.7, "longitude": -122.0}),
+                }
+            )
     (world.api_data / "fathomnet_images.json").write_text(json.dumps(images))
     w.planted["fathomnet_boxes"] = n_boxes
 
@@ -510,8 +769,10 @@ def _png(img: Image.Image) -> bytes:
 
 def _write_replay(world: SampleWorld) -> None:
     rng = random.Random(world.config.seed + 7)
-    for folder, count in ((world.replay_train, world.config.replay_train),
-                          (world.replay_heldout, world.config.replay_heldout)):
+    for folder, count in (
+        (world.replay_train, world.config.replay_train),
+        (world.replay_heldout, world.config.replay_heldout),
+    ):
         with tarfile.open(folder / "replay-000000.tar", "w") as tar:
             for i in range(count):
                 img, caption = render_scene(rng, (128, 128))

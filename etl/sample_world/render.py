@@ -24,7 +24,9 @@ def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _polygon(shape: str, cx: float, cy: float, rx: float, ry: float, angle: float) -> list[tuple[float, float]]:
+def _polygon(
+    shape: str, cx: float, cy: float, rx: float, ry: float, angle: float
+) -> list[tuple[float, float]]:
     if shape == "ellipse":
         pts = [(math.cos(t) * rx, math.sin(t) * ry) for t in (i * 2 * math.pi / 40 for i in range(40))]
     elif shape == "rectangle":
@@ -49,8 +51,11 @@ def render_organism(
     img = Image.new("RGB", (w, h), bg)
     # A lighting gradient of random direction and strength: per-image variation that moves the pHash.
     gx, gy, strength = rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.25, 0.6)
-    shade = Image.linear_gradient("L").resize((w, h)).rotate(math.degrees(math.atan2(gy, gx)), expand=False,
-                                                              fillcolor=128)
+    shade = (
+        Image.linear_gradient("L")
+        .resize((w, h))
+        .rotate(math.degrees(math.atan2(gy, gx)), expand=False, fillcolor=128)
+    )
     dark = Image.new("RGB", (w, h), tuple(int(c * (1 - strength)) for c in bg))
     img = Image.composite(img, dark, shade)
     draw = ImageDraw.Draw(img)
@@ -88,8 +93,12 @@ def render_organism(
         off = (i - (n_stripes - 1) / 2) * (2 * min(rx, ry) / n_stripes)
         dx, dy = math.cos(s_angle), math.sin(s_angle)
         px, py = cx - dy * off, cy + dx * off
-        L = max(rx, ry) * 1.5
-        sdraw.line([(px - dx * L, py - dy * L), (px + dx * L, py + dy * L)], fill=stripe_col, width=int(thickness))
+        length = max(rx, ry) * 1.5
+        sdraw.line(
+            [(px - dx * length, py - dy * length), (px + dx * length, py + dy * length)],
+            fill=stripe_col,
+            width=int(thickness),
+        )
     stripe_mask = Image.new("L", (w, h), 0)
     stripe_mask.paste(mask, (0, 0), stripes.convert("L").point(lambda v: 255 if v > 0 else 0))
     img.paste(stripes, (0, 0), stripe_mask)
@@ -112,8 +121,16 @@ def render_organism(
 
 def render_scene(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, str]:
     """A generic (non-organism) picture and its caption, for the replay set."""
-    colours = {"red": 0.0, "orange": 0.08, "yellow": 0.16, "green": 0.33, "cyan": 0.5, "blue": 0.62,
-               "purple": 0.77, "pink": 0.9}
+    colours = {
+        "red": 0.0,
+        "orange": 0.08,
+        "yellow": 0.16,
+        "green": 0.33,
+        "cyan": 0.5,
+        "blue": 0.62,
+        "purple": 0.77,
+        "pink": 0.9,
+    }
     shapes = ["circle", "square", "triangle", "bar"]
     w, h = size
     bg_name, bg_hue = rng.choice(list(colours.items()))

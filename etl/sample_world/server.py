@@ -19,8 +19,14 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 TEXT_SUFFIXES = {".json", ".csv", ".tab", ".tsv", ".txt"}
-CONTENT_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".json": "application/json", ".csv": "text/csv",
-                 ".tab": "text/tab-separated-values", ".tgz": "application/gzip"}
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
+    ".json": "application/json",
+    ".csv": "text/csv",
+    ".tab": "text/tab-separated-values",
+    ".tgz": "application/gzip",
+}
 HTML_503 = b"<html><body><h1>Error 503 Backend fetch failed</h1></body></html>"
 
 
@@ -28,8 +34,9 @@ class SampleWorldServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0,
-                 faults: dict[str, list[int]] | None = None) -> None:
+    def __init__(
+        self, root: Path, host: str = "127.0.0.1", port: int = 0, faults: dict[str, list[int]] | None = None
+    ) -> None:
         super().__init__((host, port), _Handler)
         self.root = Path(root)
         self.base_url = f"http://{host}:{self.server_address[1]}"
@@ -39,6 +46,13 @@ class SampleWorldServer(ThreadingHTTPServer):
         self.gbif = self._load_json("api_data/gbif_occurrences.json")
         self.fathomnet = self._load_json("api_data/fathomnet_images.json")
         self.tarballs: dict[str, bytes] = {}
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that hung up (timeouts in tests, a killed fetch): not the server's problem
+        super().handle_error(request, client_address)
 
     def _load_json(self, rel: str) -> list:
         path = self.root / rel
@@ -77,7 +91,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # quiet: tests read server.requests instead
         pass
 
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -124,8 +140,15 @@ class _Handler(BaseHTTPRequestHandler):
         if "taxonKey" in query:
             records = [r for r in records if str(r.get("taxonKey")) == query["taxonKey"]]
         page = records[offset : offset + limit]
-        self._json({"offset": offset, "limit": limit, "endOfRecords": offset + limit >= len(records),
-                    "count": len(records), "results": page})
+        self._json(
+            {
+                "offset": offset,
+                "limit": limit,
+                "endOfRecords": offset + limit >= len(records),
+                "count": len(records),
+                "results": page,
+            }
+        )
 
     def _fathomnet_page(self, query: dict[str, str]) -> None:
         page, size = int(query.get("page", 0)), int(query.get("size", 100))
@@ -151,8 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_sample_world(root: str | Path, faults: dict[str, list[int]] | None = None,
-                       port: int = 0) -> Iterator[SampleWorldServer]:
+def serve_sample_world(
+    root: str | Path, faults: dict[str, list[int]] | None = None, port: int = 0
+) -> Iterator[SampleWorldServer]:
     """Run the server in a background thread for the duration of the `with` block."""
     server = SampleWorldServer(Path(root), port=port, faults=faults)
     thread = threading.Thread(target=server.serve_forever, name="sample-world-server", daemon=True)

@@ -24,19 +24,75 @@ LINEAGE_PLAN: list[tuple[str, str, str | None, int, int, int, int, str, str]] = 
 ]
 
 SYLLABLES = [
-    "ca", "lo", "ter", "vi", "na", "pho", "ra", "den", "mi", "su", "tro", "gal", "ne", "ox", "pel", "ri",
-    "ba", "chi", "dro", "fa", "gy", "hel", "ia", "ko", "lu", "ma", "no", "pa", "qui", "sta", "ty", "ul",
-    "ver", "xe", "zo", "cor", "lep", "mon", "sar", "thu",
+    "ca",
+    "lo",
+    "ter",
+    "vi",
+    "na",
+    "pho",
+    "ra",
+    "den",
+    "mi",
+    "su",
+    "tro",
+    "gal",
+    "ne",
+    "ox",
+    "pel",
+    "ri",
+    "ba",
+    "chi",
+    "dro",
+    "fa",
+    "gy",
+    "hel",
+    "ia",
+    "ko",
+    "lu",
+    "ma",
+    "no",
+    "pa",
+    "qui",
+    "sta",
+    "ty",
+    "ul",
+    "ver",
+    "xe",
+    "zo",
+    "cor",
+    "lep",
+    "mon",
+    "sar",
+    "thu",
 ]
 GENUS_ENDINGS = ["us", "a", "ia", "is", "ella", "opsis", "ium", "on"]
 EPITHET_ENDINGS = ["us", "a", "is", "ensis", "ii", "ata", "oides", "um"]
 ENGLISH_NOUNS = {
-    "Aves": "finch", "Mammalia": "vole", "Insecta": "beetle", None: "minnow",
-    "Magnoliopsida": "campion", "Liliopsida": "sedge", "Agaricomycetes": "bracket",
+    "Aves": "finch",
+    "Mammalia": "vole",
+    "Insecta": "beetle",
+    None: "minnow",
+    "Magnoliopsida": "campion",
+    "Liliopsida": "sedge",
+    "Agaricomycetes": "bracket",
 }
 ADJECTIVES = [
-    "Crested", "Pale", "Northern", "Lesser", "Golden", "Spotted", "Banded", "Dusky", "Tawny", "Ruddy",
-    "Silver", "Hooded", "Marsh", "Mountain", "Painted", "Striped",
+    "Crested",
+    "Pale",
+    "Northern",
+    "Lesser",
+    "Golden",
+    "Spotted",
+    "Banded",
+    "Dusky",
+    "Tawny",
+    "Ruddy",
+    "Silver",
+    "Hooded",
+    "Marsh",
+    "Mountain",
+    "Painted",
+    "Striped",
 ]
 AUTHORS = ["L.", "Linnaeus, 1758", "Fabricius, 1775", "(Pallas, 1771)", "Fr.", "DC.", "Gmelin, 1789"]
 
@@ -106,7 +162,7 @@ def build_tree(seed: int = 0) -> Tree:
     by_name: dict[tuple[str, str], TaxonNode] = {}
 
     def node(name: str, rank: str, parent: TaxonNode | None, lineage: dict[str, str | None]) -> TaxonNode:
-        key = (rank, name if rank not in ("kingdom", "phylum", "class") else name)
+        key = (rank, name)
         if rank in ("kingdom", "phylum", "class") and key in by_name:
             return by_name[key]
         next_id[0] += 1
@@ -118,13 +174,12 @@ def build_tree(seed: int = 0) -> Tree:
 
     kingdom_index: dict[str, int] = {}
     phylum_index: dict[str, int] = {}
-    class_counter = 0
     genus_counter = 0
-    for kingdom, phylum, klass, n_orders, n_fam, n_gen, n_sp, order_sfx, fam_sfx in LINEAGE_PLAN:
+    for c_idx, (kingdom, phylum, klass, n_orders, n_fam, n_gen, n_sp, order_sfx, fam_sfx) in enumerate(
+        LINEAGE_PLAN
+    ):
         k_idx = kingdom_index.setdefault(kingdom, len(kingdom_index))
         p_idx = phylum_index.setdefault(phylum, len(phylum_index))
-        c_idx = class_counter
-        class_counter += 1
         lin: dict[str, str | None] = dict.fromkeys(RANKS)
         lin["kingdom"] = kingdom
         k_node = node(kingdom, "kingdom", None, lin)
@@ -152,8 +207,13 @@ def build_tree(seed: int = 0) -> Tree:
                         s_node = node(f"{genus_name} {epithet}", "species", g_node, s_lin)
                         s_node.authorship = rng.choice(AUTHORS)
                         traits = {
-                            "kingdom": k_idx, "phylum": p_idx, "class": c_idx, "order": o, "family": f,
-                            "genus": genus_counter, "species": s,
+                            "kingdom": k_idx,
+                            "phylum": p_idx,
+                            "class": c_idx,
+                            "order": o,
+                            "family": f,
+                            "genus": genus_counter,
+                            "species": s,
                         }
                         species.append(Species(s_node.taxon_id, s_lin, s_node.authorship, traits))
                     genus_counter += 1
@@ -190,7 +250,10 @@ def _add_vernaculars(species: list[Species], rng: random.Random) -> None:
                 break
         if i % 9 == 4:
             # Only non-English names: the common-name rule must fall back deterministically.
-            sp.vernaculars = [(f"{sp.lineage['species'].capitalize()}-{noun}e", "fr"), (f"Grosse {noun}", "de")]
+            sp.vernaculars = [
+                (f"{sp.lineage['species'].capitalize()}-{noun}e", "fr"),
+                (f"Grosse {noun}", "de"),
+            ]
         elif i % 7 == 3:
             # Two English names plus others: the rule must pick one deterministically.
             sp.vernaculars = [(english, "en"), (f"Common {noun} {i}", "en"), (f"{noun}o {i}", "es")]
@@ -205,7 +268,15 @@ def _add_synonyms(nodes, species, names, next_id, rng) -> None:
         other_genus = names.unique(lambda: names.stem(2).capitalize() + rng.choice(GENUS_ENDINGS))
         syn_name = f"{other_genus} {sp.lineage['species']}"
         next_id[0] += 1
-        syn = TaxonNode(next_id[0], syn_name, "species", None, dict(sp.lineage),
-                        authorship=rng.choice(AUTHORS), status="synonym", accepted_id=sp.taxon_id)
+        syn = TaxonNode(
+            next_id[0],
+            syn_name,
+            "species",
+            None,
+            dict(sp.lineage),
+            authorship=rng.choice(AUTHORS),
+            status="synonym",
+            accepted_id=sp.taxon_id,
+        )
         nodes.append(syn)
         sp.synonyms.append((syn.taxon_id, syn_name))

@@ -21,7 +21,10 @@ class IngestConfig:
     page_size: int = 300
 
     def query_key(self) -> str:
-        parts = [self.api_url or self.path or "default", *(f"{k}={v}" for k, v in sorted(self.params.items()))]
+        parts = [
+            self.api_url or self.path or "default",
+            *(f"{k}={v}" for k, v in sorted(self.params.items())),
+        ]
         return "|".join(parts)
 
 

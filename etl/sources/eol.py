@@ -17,10 +17,27 @@ from etl.records import clean, normalize_license, record_id
 from etl.sources import IngestConfig, Page
 
 DEFAULT_API = "https://eol.org"
-KINGDOM_NAMES = {"Animalia", "Plantae", "Fungi", "Chromista", "Protozoa", "Bacteria", "Archaea", "Viruses",
-                 "Metazoa", "Viridiplantae", "Archaeplastida"}
-HEADER = ["EOL content ID", "EOL page ID", "Medium Source URL", "EOL Full-Size Copy URL", "License Name",
-          "Copyright Owner"]
+KINGDOM_NAMES = {
+    "Animalia",
+    "Plantae",
+    "Fungi",
+    "Chromista",
+    "Protozoa",
+    "Bacteria",
+    "Archaea",
+    "Viruses",
+    "Metazoa",
+    "Viridiplantae",
+    "Archaeplastida",
+}
+HEADER = [
+    "EOL content ID",
+    "EOL page ID",
+    "Medium Source URL",
+    "EOL Full-Size Copy URL",
+    "License Name",
+    "Copyright Owner",
+]
 
 
 def _manifest_files(client: PoliteClient, cfg: IngestConfig) -> list[tuple[str, str]]:

@@ -32,22 +32,24 @@ def box_rows(image: dict[str, Any]) -> list[dict[str, Any]]:
             crop, drop = None, "malformed_box"
         if not image.get("url"):
             drop = "no_media_url"
-        rows.append({
-            "source": "fathomnet",
-            "source_id": box_id,
-            "occurrence_id": uuid,
-            "record_id": record_id("fathomnet", box_id, 0),
-            "media_index": i,
-            "media_url": image.get("url"),
-            "license": "CC-BY-NC-ND-4.0",
-            "license_verbatim": "CC BY-NC-ND 4.0",
-            "rights_holder": image.get("contributorsEmail") or "MBARI / FathomNet",
-            "img_type": "other",
-            "verbatim_name": strip_subgenus(concept) if concept else None,
-            "crop_box": crop,
-            "drop_reason": drop,
-            "payload": {"image": {k: v for k, v in image.items() if k != "boundingBoxes"}, "box": box},
-        })
+        rows.append(
+            {
+                "source": "fathomnet",
+                "source_id": box_id,
+                "occurrence_id": uuid,
+                "record_id": record_id("fathomnet", box_id, 0),
+                "media_index": i,
+                "media_url": image.get("url"),
+                "license": "CC-BY-NC-ND-4.0",
+                "license_verbatim": "CC BY-NC-ND 4.0",
+                "rights_holder": image.get("contributorsEmail") or "MBARI / FathomNet",
+                "img_type": "other",
+                "verbatim_name": strip_subgenus(concept) if concept else None,
+                "crop_box": crop,
+                "drop_reason": drop,
+                "payload": {"image": {k: v for k, v in image.items() if k != "boundingBoxes"}, "box": box},
+            }
+        )
     return rows
 
 

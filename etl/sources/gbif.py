@@ -13,7 +13,13 @@ DEFAULT_API = "https://api.gbif.org"
 MAX_LIMIT = 300
 RESTRICTED_OFFSET = 100_000  # offset + limit beyond this is refused by GBIF: use a DwC-A download instead
 CITIZEN_SCIENCE_PUBLISHERS = ("inaturalist", "observation.org", "naturgucker", "artportalen")
-MUSEUM_BASES = {"PRESERVED_SPECIMEN", "FOSSIL_SPECIMEN", "MATERIAL_SAMPLE", "LIVING_SPECIMEN", "MATERIAL_CITATION"}
+MUSEUM_BASES = {
+    "PRESERVED_SPECIMEN",
+    "FOSSIL_SPECIMEN",
+    "MATERIAL_SAMPLE",
+    "LIVING_SPECIMEN",
+    "MATERIAL_CITATION",
+}
 RANK_KEYS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
 
@@ -70,26 +76,36 @@ def occurrence_rows(occ: dict[str, Any]) -> list[dict[str, Any]]:
     }
     media = occ.get("media")
     if not isinstance(media, list) or not media:
-        return [{**base, "record_id": record_id("gbif", gbif_id, -1), "media_index": -1, "drop_reason": "no_media",
-                 "license": normalize_license(occ.get("license")), "license_verbatim": occ.get("license")}]
+        return [
+            {
+                **base,
+                "record_id": record_id("gbif", gbif_id, -1),
+                "media_index": -1,
+                "drop_reason": "no_media",
+                "license": normalize_license(occ.get("license")),
+                "license_verbatim": occ.get("license"),
+            }
+        ]
     rows = []
     for i, m in enumerate(media):
         if not isinstance(m, dict):
             m = {}
         url = clean(m.get("identifier"))
         licence_raw = m.get("license") or occ.get("license")
-        rows.append({
-            **base,
-            "record_id": record_id("gbif", gbif_id, url or i),
-            "media_index": i,
-            "media_url": url,
-            "media_format": m.get("format"),
-            "license": normalize_license(licence_raw),
-            "license_verbatim": licence_raw,
-            "rights_holder": m.get("rightsHolder") or occ.get("rightsHolder"),
-            "creator": m.get("creator"),
-            "drop_reason": media_drop_reason(occ, m),
-        })
+        rows.append(
+            {
+                **base,
+                "record_id": record_id("gbif", gbif_id, url or i),
+                "media_index": i,
+                "media_url": url,
+                "media_format": m.get("format"),
+                "license": normalize_license(licence_raw),
+                "license_verbatim": licence_raw,
+                "rights_holder": m.get("rightsHolder") or occ.get("rightsHolder"),
+                "creator": m.get("creator"),
+                "drop_reason": media_drop_reason(occ, m),
+            }
+        )
     return rows
 
 
@@ -101,8 +117,11 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
     seen = 0
     while True:
         if offset + limit > RESTRICTED_OFFSET:
-            raise FetchError("restricted_offset", f"GBIF search cannot page past offset {RESTRICTED_OFFSET}; "
-                             "request a Darwin Core Archive download for bulk pulls")
+            raise FetchError(
+                "restricted_offset",
+                f"GBIF search cannot page past offset {RESTRICTED_OFFSET}; "
+                "request a Darwin Core Archive download for bulk pulls",
+            )
         body = client.get_json(f"{base}/v1/occurrence/search", {**params, "limit": limit, "offset": offset})
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list):
@@ -110,9 +129,15 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
         rows: list[dict[str, Any]] = []
         for occ in results:
             if not isinstance(occ, dict):
-                rows.append({"source": "gbif", "source_id": f"offset-{offset}", "record_id":
-                             record_id("gbif", f"offset-{offset}", len(rows)), "drop_reason": "malformed_record",
-                             "payload": occ})
+                rows.append(
+                    {
+                        "source": "gbif",
+                        "source_id": f"offset-{offset}",
+                        "record_id": record_id("gbif", f"offset-{offset}", len(rows)),
+                        "drop_reason": "malformed_record",
+                        "payload": occ,
+                    }
+                )
                 continue
             rows.extend(occurrence_rows(occ))
         offset += len(results)

@@ -1,0 +1,72 @@
+"""Shared, seeded fixtures: one sample world per session, a loopback server, fresh catalogs per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from etl.sample_world import build_sample_world, serve_sample_world
+from etl.sample_world.build import SampleWorldConfig
+from warehouse.catalog import open_catalog
+
+# Smaller than the demo's world, same shapes: every kind of planted mess is still present.
+TEST_WORLD = SampleWorldConfig(
+    seed=0,
+    gbif_occurrences_per_species=6,
+    eol_media_per_species=2,
+    eval_images_per_species=2,
+    replay_train=64,
+    replay_heldout=32,
+    leaks=6,
+)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    return build_sample_world(tmp_path_factory.mktemp("world") / "sample_world", TEST_WORLD)
+
+
+@pytest.fixture()
+def server(world):
+    with serve_sample_world(world.root) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def catalog(tmp_path):
+    return open_catalog(tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def curated(world, tmp_path_factory):
+    """A home with every curation stage run once on the test world (ingest .. shard), shared read-only."""
+    from etl.dedup import DedupConfig, run_dedup
+    from etl.fetch import FetchConfig, run_fetch
+    from etl.ingest import run_ingest
+    from etl.shards import ShardConfig, build_version
+    from etl.sources import IngestConfig
+    from taxonomy.backbone import load_backbone
+    from taxonomy.resolve import run_resolve
+
+    cat = open_catalog(tmp_path_factory.mktemp("curated") / "home")
+    with serve_sample_world(world.root) as srv:
+        for source in ("gbif", "eol", "bioscan", "fathomnet"):
+            run_ingest(cat, IngestConfig(source, api_url=srv.base_url))
+        load_backbone(cat, world.backbone)
+        run_resolve(cat)
+        run_fetch(cat, FetchConfig(allow_private_hosts=True), workers=1, progress=False)
+    run_dedup(cat, DedupConfig(eval_sets={"heldout": str(world.eval_dir)}))
+    build_version(cat, ShardConfig("t1", samples_per_shard=64, val_fraction=0.1))
+    return cat
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect")
+    os.environ["PREFECT_HOME"] = str(home)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield Path(home)

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from flows.cli import main
+
+
+def test_sql_formats(curated, capsys):
+    home = str(curated.home)
+    assert (
+        main(
+            [
+                "--home",
+                home,
+                "sql",
+                "select stage, count(*) n from stage_runs group by 1 order by 1",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["stage"] for r in rows} >= {"ingest", "resolve", "fetch", "dedup", "shard"}
+    assert main(["--home", home, "sql", "select 1 as a", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["a", "1"]
+
+
+def test_bad_input_is_one_line_and_non_zero(curated, capsys):
+    assert main(["--home", str(curated.home), "sql", "select * from no_such_table"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tol: error:")
+    assert main(["--home", str(curated.home), "versions", "show", "nope"]) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["--home", str(curated.home), "ingest", "inaturalist"])
+    assert exc.value.code == 2
+
+
+def test_versions_verify(curated, capsys):
+    assert main(["--home", str(curated.home), "versions", "verify", "t1"]) == 0
+    assert "match the manifest" in capsys.readouterr().out

@@ -1,0 +1,171 @@
+import json
+
+import pytest
+
+from etl import ingest as ingest_mod
+from etl.http import FetchError, HttpConfig, PoliteClient
+from etl.ingest import run_ingest
+from etl.sources import IngestConfig, get_connector
+from etl.sources.bioscan import is_placeholder_species
+from etl.sources.fathomnet import box_rows, strip_subgenus
+from etl.sources.gbif import occurrence_rows
+
+FAST = HttpConfig(backoff_base=0.01, max_retries=3)
+
+
+def _count(catalog, source):
+    with catalog.connect() as con:
+        return con.execute(
+            "SELECT count(*), count(DISTINCT record_id) FROM raw_records_history WHERE source = ?", [source]
+        ).fetchall()[0]
+
+
+def test_gbif_pages_through_search_api_and_reingest_adds_nothing(catalog, server, world):
+    first = run_ingest(
+        catalog, IngestConfig("gbif", api_url=server.base_url, page_size=100), PoliteClient(FAST)
+    )
+    pages = [r for r in server.requests if r.startswith("/v1/occurrence/search")]
+    assert len(pages) >= 3 and all("limit=100" in p for p in pages)
+    assert first["n_out"] > 0 and first["dropped"]["no_media_url"] == world.planted["no_media_url"]
+    assert first["dropped"]["iiif_manifest_unresolved"] == world.planted["iiif"]
+    again = run_ingest(catalog, IngestConfig("gbif", api_url=server.base_url, page_size=100))
+    assert again["n_out"] == 0 and again["unchanged"] == first["n_in"]
+    n, distinct = _count(catalog, "gbif")
+    assert n == distinct == first["n_out"]
+
+
+def test_gbif_503_html_page_is_retried(catalog, world):
+    from etl.sample_world import serve_sample_world
+
+    with serve_sample_world(world.root, faults={"/v1/occurrence/search": [503, 429]}) as srv:
+        client = PoliteClient(FAST)
+        out = run_ingest(catalog, IngestConfig("gbif", api_url=srv.base_url), client)
+    assert out["errors"] == {"http_retries": 2} and out["n_out"] > 0
+
+
+def test_html_where_json_expected_is_a_clear_error(server):
+    client = PoliteClient(HttpConfig(backoff_base=0.01, max_retries=1))
+    with pytest.raises(FetchError) as err:
+        client.get_json(f"{server.base_url}/bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv")
+    assert err.value.kind == "bad_json" and "expected JSON" in str(err.value)
+    with pytest.raises(FetchError) as err:
+        client.get_json(f"{server.base_url}/no/such/page.json")
+    assert err.value.kind == "http_404"
+
+
+def test_killed_ingest_resumes_without_loss_or_duplicates(catalog, server, monkeypatch):
+    real = get_connector("gbif")
+
+    def dies_after_two_pages(client, cfg, checkpoint):
+        for i, page in enumerate(real(client, cfg, checkpoint)):
+            yield page
+            if i == 1:
+                raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(ingest_mod, "get_connector", lambda name: dies_after_two_pages)
+    cfg = IngestConfig("gbif", api_url=server.base_url, page_size=50)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(catalog, cfg)
+    partial = _count(catalog, "gbif")[0]
+    monkeypatch.setattr(ingest_mod, "get_connector", get_connector)
+    resumed = run_ingest(catalog, cfg)
+    offsets = [r for r in server.requests if "offset=0&" in r or r.endswith("offset=0")]
+    assert len(offsets) == 1, "the resumed run must not restart from offset 0"
+    n, distinct = _count(catalog, "gbif")
+    assert n == distinct == partial + resumed["n_out"]
+    body = json.loads((server.root / "api_data" / "gbif_occurrences.json").read_text())
+    assert resumed["unchanged"] == 0 and n == sum(max(1, len(o["media"])) for o in body if o.get("media"))
+
+
+def test_gbif_record_mess_is_recorded_not_dropped():
+    occ = {
+        "gbifID": "1",
+        "basisOfRecord": "HUMAN_OBSERVATION",
+        "license": "http://creativecommons.org/licenses/by/4.0/legalcode",
+        "media": [
+            None,
+            {"type": "Sound", "identifier": "http://x/a.mp3"},
+            {"identifier": "file:///etc/passwd"},
+            {"format": "dzi", "identifier": "http://x/a.dzi"},
+            {"identifier": "http://x/a.jpg", "license": "Usage Conditions Apply"},
+        ],
+    }
+    rows = occurrence_rows(occ)
+    assert [r["drop_reason"] for r in rows] == [
+        "no_media_url",
+        "not_still_image",
+        "unsupported_url_scheme",
+        "dzi_unsupported",
+        None,
+    ]
+    assert rows[-1]["license"] == "unknown" and rows[-1]["license_verbatim"] == "Usage Conditions Apply"
+    assert occurrence_rows({"gbifID": "2", "media": None})[0]["drop_reason"] == "no_media"
+    assert (
+        occurrence_rows(
+            {"gbifID": "3", "basisOfRecord": "MATERIAL_CITATION", "media": [{"identifier": "http://x/b.jpg"}]}
+        )[0]["drop_reason"]
+        == "material_citation"
+    )
+
+
+def test_eol_manifest_header_only_in_first_file(catalog, server, world):
+    out = run_ingest(catalog, IngestConfig("eol", api_url=server.base_url))
+    assert out["n_out"] == world.planted["eol_media"]  # no header row from file 2 became a record
+    with catalog.connect() as con:
+        ids = [r[0] for r in con.execute("SELECT source_id FROM raw_records WHERE source = 'eol'").fetchall()]
+        names = [
+            r[0] for r in con.execute("SELECT verbatim_name FROM raw_records WHERE source = 'eol'").fetchall()
+        ]
+    assert all("_" in i and i.split("_")[0].isdigit() for i in ids)
+    assert any(n.startswith("<i>") for n in names)  # HTML is kept verbatim; the resolver strips it
+
+
+def test_bioscan_placeholders_and_image_tree(catalog, server):
+    run_ingest(catalog, IngestConfig("bioscan", api_url=server.base_url))
+    with catalog.connect() as con:
+        rows = con.execute("""SELECT media_url, verbatim_species, verbatim_kingdom, license, payload
+                              FROM raw_records WHERE source = 'bioscan'""").fetchall()
+    assert {r[2] for r in rows} == {"Animalia"} and {r[3] for r in rows} == {"CC-BY-3.0"}
+    placeholders = [r for r in rows if "Malaise" in json.loads(r[4])["species"]]
+    assert placeholders and all(r[1] is None for r in placeholders)
+    assert all("/cropped_256/" in r[0] for r in rows)
+    assert any("/pretrain/" in r[0] for r in rows) and any("/test/" in r[0] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("name", "placeholder"),
+    [
+        ("Gnamptogenys sulcata", False),
+        ("Malaise4021", True),
+        ("Aus sp.", True),
+        ("aus bus", True),
+        ("Aus_bus cus", True),
+        ("Aus cf. bus", True),
+        ("BOLD:AAA1234", True),
+        ("", False),
+    ],
+)
+def test_bioscan_placeholder_rule(name, placeholder):
+    assert is_placeholder_species(name) is placeholder
+
+
+def test_fathomnet_one_row_per_box_with_crop(catalog, server, world):
+    out = run_ingest(catalog, IngestConfig("fathomnet", api_url=server.base_url, page_size=4))
+    assert out["n_out"] == world.planted["fathomnet_boxes"]
+    assert strip_subgenus("Abraliopsis (Boreabraliopsis) felis") == "Abraliopsis felis"
+    rows = box_rows(
+        {
+            "uuid": "u",
+            "url": "http://x/i.png",
+            "boundingBoxes": [
+                {"uuid": "b1", "concept": "Aus", "x": 1, "y": 2, "width": 3, "height": 4},
+                {"uuid": "b2", "concept": "Aus", "x": "?", "y": 2, "width": 3, "height": 4},
+            ],
+        }
+    )
+    assert rows[0]["crop_box"] == [1, 2, 3, 4] and rows[1]["drop_reason"] == "malformed_box"
+
+
+def test_unknown_source_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown source 'inat'"):
+        get_connector("inat")

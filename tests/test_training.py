@@ -1,0 +1,105 @@
+import json
+
+import open_clip
+import pytest
+import torch
+
+from training.config import TINY_VIT_CFG, load_config
+from training.loop import text_type_for_step, train
+from training.model import ReplayCLIP, build_clip
+
+# A smaller model than the preset: tests check wiring, not learning.
+MICRO = {
+    **TINY_VIT_CFG,
+    "vision_cfg": {**TINY_VIT_CFG["vision_cfg"], "layers": 1, "width": 64, "head_width": 32},
+    "text_cfg": {**TINY_VIT_CFG["text_cfg"], "layers": 1, "width": 64, "heads": 2},
+}
+
+
+def _cfg(world, **kw):
+    values = {
+        "dataset_version": "t1",
+        "model_cfg": MICRO,
+        "batch_size": 8,
+        "steps": 2,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "checkpoint_every": 1,
+        "replay_path": str(world.replay_train),
+        "replay_batch_size": 4,
+        **kw,
+    }
+    return load_config(preset="cpu-tiny", overrides=values)
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(overrides=["learning_rate=1"])
+    with pytest.raises(ValueError, match="text_type"):
+        load_config(overrides=["text_type=latin"])
+    paper = load_config(preset="gpu-paper", overrides=["replay_path=/data/laion-replay"])
+    assert (paper.batch_size, paper.replay_batch_size, paper.lr) == (2816, 320, 1e-4)
+
+
+def test_text_type_is_drawn_per_step_reproducibly():
+    cfg = load_config(overrides=["seed=7"])
+    draws = [text_type_for_step(cfg, s) for s in range(50)]
+    assert draws == [text_type_for_step(cfg, s) for s in range(50)] and len(set(draws)) == 5
+
+
+def test_replay_projector_starts_as_a_copy_and_is_separate():
+    clip, _ = build_clip(load_config(overrides={"model_cfg": MICRO}))
+    proj = clip.visual.proj.detach().clone()
+    model = ReplayCLIP(clip)
+    assert torch.equal(model.bio_proj, proj) and torch.equal(model.replay_proj, proj)
+    assert model.bio_proj.data_ptr() != model.replay_proj.data_ptr()
+
+
+def test_two_steps_with_replay_change_weights_and_log_both_losses(curated, world):
+    result = train(curated, _cfg(world, run_id="r-two"), progress=False)
+    rows = [json.loads(line) for line in (curated.runs / "r-two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["loss_bio"] > 0 and r["loss_replay"] > 0 for r in rows)
+    state = torch.load(curated.runs / "r-two" / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    assert not torch.equal(state["bio_proj"], state["replay_proj"])  # each trained by its own loss
+    assert result["steps"] == 2
+
+
+def test_replay_off_is_plain_clip(curated, world):
+    train(curated, _cfg(world, run_id="r-plain", replay_batch_size=0, replay_path=None), progress=False)
+    rows = [
+        json.loads(line) for line in (curated.runs / "r-plain" / "metrics.jsonl").read_text().splitlines()
+    ]
+    state = torch.load(curated.runs / "r-plain" / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    assert all(r["loss_replay"] == 0 for r in rows)
+    cfg = _cfg(world)
+    torch.manual_seed(cfg.seed)  # the same init as train() draws
+    assert torch.equal(state["replay_proj"], ReplayCLIP(build_clip(cfg)[0]).replay_proj)  # untouched
+    assert not torch.equal(state["bio_proj"], state["replay_proj"])
+
+
+def test_resume_continues_from_the_checkpoint(curated, world):
+    train(curated, _cfg(world, run_id="r-res", steps=2), progress=False)
+    out = train(curated, _cfg(world, run_id="r-res", steps=3, resume="latest"), progress=False)
+    rows = [json.loads(line) for line in (curated.runs / "r-res" / "metrics.jsonl").read_text().splitlines()]
+    assert out["steps"] == 3 and [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_export_loads_with_local_dir_and_matches_the_training_model(curated, world):
+    result = train(curated, _cfg(world, run_id="r-exp"), progress=False)
+    loaded, _, _ = open_clip.create_model_and_transforms(f"local-dir:{result['export_path']}")
+    ckpt = torch.load(curated.runs / "r-exp" / "checkpoints" / "latest.pt", weights_only=False)
+    clip, _ = build_clip(_cfg(world))
+    ours = ReplayCLIP(clip)
+    ours.load_state_dict(ckpt["model"])
+    ours.eval()
+    loaded.eval()
+    images = torch.randn(3, 3, 64, 64)
+    tokens = open_clip.get_tokenizer(f"local-dir:{result['export_path']}")(["a photo of x.", "b", "c"])
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_image(images), ours.encode_image(images), atol=1e-5)
+        assert torch.allclose(loaded.encode_text(tokens), ours.encode_text(tokens), atol=1e-5)
+    with curated.connect() as con:
+        status, export = con.execute(
+            "SELECT status, export_path FROM training_runs WHERE run_id = 'r-exp'"
+        ).fetchall()[0]
+    assert status == "succeeded" and export == result["export_path"]
