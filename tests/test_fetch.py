@@ -239,3 +239,28 @@ def test_killed_fetch_resumes_without_loss_or_duplicates(catalog, server, monkey
         n, distinct, raw = con.execute("""SELECT count(*), count(DISTINCT record_id),
                                           (SELECT count(*) FROM raw_records) FROM images_history""").fetchall()[0]
     assert n == distinct == raw and second["n_in"] == raw - 16
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_spark_executor_rows_equal_local_rows(bad_server):
+    from functools import partial
+
+    from etl.executors.spark import SparkExecutor
+
+    paths = ["/ok.jpg", "/404.jpg", "/alpha.png", "/small.jpg", "/html.jpg", "/cmyk.jpg", "/frame.jpg"]
+    table = pa.table(
+        {
+            "record_id": [f"s{i}" for i in range(len(paths))],
+            "media_url": [bad_server + p for p in paths],
+            "source": ["t"] * len(paths),
+            "crop_box": pa.array([None] * 6 + [[100, 100, 300, 250]], pa.list_(pa.int32())),
+        }
+    )
+    parts = [table.slice(0, 4), table.slice(4)]
+    fn = partial(fetch_partition, config=CFG)
+    local = dict(LocalExecutor(1).map_partitions(fn, parts, FETCH_OUTPUT))
+    spark = dict(SparkExecutor("local[2]").map_partitions(fn, parts, FETCH_OUTPUT))
+    drop = ["seconds", "attempts"]
+    for i in (0, 1):
+        assert spark[i].drop_columns(drop).to_pylist() == local[i].drop_columns(drop).to_pylist()
