@@ -38,6 +38,8 @@ def cmd_demo(args) -> None:
     prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's SQLite cannot create a missing folder
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The ephemeral server's telemetry write races its own start-up on SQLite ("database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.demo import demo_flow
     from flows.report import demo_report
 

@@ -106,9 +106,14 @@ class _Handler(BaseHTTPRequestHandler):
         routes.get(self.path, lambda: self._send(404, b"", "text/plain"))()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # clients time out or hang up on purpose in these tests
+
+
 @pytest.fixture(scope="module")
 def bad_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv = _QuietServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}"

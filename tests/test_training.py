@@ -103,3 +103,12 @@ def test_export_loads_with_local_dir_and_matches_the_training_model(curated, wor
             "SELECT status, export_path FROM training_runs WHERE run_id = 'r-exp'"
         ).fetchall()[0]
     assert status == "succeeded" and export == result["export_path"]
+
+
+def test_same_seed_same_weights(curated, world):
+    a = train(curated, _cfg(world, run_id="r-det-a", steps=3), progress=False)
+    b = train(curated, _cfg(world, run_id="r-det-b", steps=3), progress=False)
+    sa = torch.load(curated.runs / "r-det-a" / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    sb = torch.load(curated.runs / "r-det-b" / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    assert a["final"]["loss_bio"] == pytest.approx(b["final"]["loss_bio"], rel=1e-5)
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
