@@ -13,12 +13,15 @@ import json
 import os
 import shutil
 import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from etl.dedup import latest_dedup_run
@@ -49,7 +52,16 @@ class ShardConfig:
     image_size: int | None = None
     val_fraction: float = 0.05
     seed: int = 0
+    txt_caption: str = "taxon_com"  # the caption written as plain `txt` for loaders that read one text
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from taxonomy.captions import TEXT_TYPES
+
+        if self.txt_caption not in TEXT_TYPES:
+            raise ValueError(f"txt_caption must be one of {TEXT_TYPES}")
+        if self.samples_per_shard < 1 or not 0 <= self.val_fraction < 1:
+            raise ValueError("samples_per_shard must be >= 1 and val_fraction in [0, 1)")
 
 
 def _bucket(value: str, seed: int) -> float:
@@ -94,7 +106,9 @@ def _squash(jpeg: bytes, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _sample_members(row: dict[str, Any], image_size: int | None) -> dict[str, bytes]:
+def _sample_members(
+    row: dict[str, Any], image_size: int | None, txt_caption: str = "taxon_com"
+) -> dict[str, bytes]:
     lineage = {r: row[r] for r in RANKS7}
     caps = captions(lineage, row["common_name"])
     meta = {
@@ -128,6 +142,7 @@ def _sample_members(row: dict[str, Any], image_size: int | None) -> dict[str, by
         "taxonomic_name",
     ):
         members[f"{name}.txt"] = caps[name].encode()
+    members["txt"] = caps[txt_caption].encode()  # what open_clip's own trainer reads
     return members
 
 
@@ -142,102 +157,184 @@ def _write_shard(
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
-    sidecar = []
     offsets: dict[str, tuple[int, int]] = {}
     with tarfile.open(tmp, "r") as tar:
         for m in tar.getmembers():
             if m.name.endswith(".jpg"):
                 offsets[m.name[:-4]] = (m.offset_data, m.size)
-    for key, members, row in samples:
-        off, size = offsets[key]
-        sidecar.append(
-            {
-                "key": key,
-                "record_id": row["record_id"],
-                "taxon_id": row["taxon_id"],
-                "jpg_offset": off,
-                "jpg_size": size,
-                "sample_bytes": sum(len(v) for v in members.values()),
-            }
-        )
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    sidecar = [
+        {
+            "key": key,
+            "record_id": row["record_id"],
+            "taxon_id": row["taxon_id"],
+            "jpg_offset": offsets[key][0],
+            "jpg_size": offsets[key][1],
+            "sample_bytes": sum(len(v) for v in members.values()),
+        }
+        for key, members, row in samples
+    ]
+    digest = _sha256(tmp)
     size = tmp.stat().st_size
     os.replace(tmp, path)
     return sidecar, digest, size
 
 
-def build_version(catalog: Catalog, cfg: ShardConfig) -> dict[str, Any]:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+SHARD_RESULT = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("n", pa.int64()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("reused", pa.bool_()),
+    ]
+)
+
+
+def write_shards_partition(
+    batches: Iterator[pa.RecordBatch], root: str, image_size: int | None, txt_caption: str
+) -> Iterator[pa.RecordBatch]:
+    """Per-partition function: rows tagged with their `shard` (relative path) in, one result row per shard
+    out. A shard whose tar and sidecar both exist is complete (both are written atomically) and is reused,
+    which is how an interrupted build resumes."""
+    rows = [r for b in batches for r in b.to_pylist()]
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    out = []
+    for shard, members in by_shard.items():
+        path = Path(root) / shard
+        sidecar_path = path.with_suffix(".parquet")
+        if path.exists() and sidecar_path.exists():
+            out.append(
+                {
+                    "shard": shard,
+                    "n": pq.read_metadata(sidecar_path).num_rows,
+                    "sha256": _sha256(path),
+                    "bytes": path.stat().st_size,
+                    "reused": True,
+                }
+            )
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        samples = [(r["key"], _sample_members(r, image_size, txt_caption), r) for r in members]
+        sidecar, digest, size = _write_shard(path, samples)
+        write_parquet_atomic(pa.Table.from_pylist(sidecar, schema=SIDECAR), sidecar_path)
+        out.append({"shard": shard, "n": len(samples), "sha256": digest, "bytes": size, "reused": False})
+    yield pa.RecordBatch.from_pylist(out, schema=SHARD_RESULT)
+
+
+def _plan(rows: list[dict], cfg: ShardConfig) -> list[list[dict]]:
+    """Assign every row a shard (`train/shard-00000.tar`, ...): deterministic from the seed."""
+    for row in rows:
+        row["split"] = "val" if _bucket(row["occurrence_id"], cfg.seed) < cfg.val_fraction else "train"
+        row["order_key"] = _bucket(row["record_id"], cfg.seed + 1)
+        row["key"] = row["record_id"].replace(".", "")
+    groups: list[list[dict]] = []
+    for split in ("train", "val"):
+        part = sorted((r for r in rows if r["split"] == split), key=lambda r: r["order_key"])
+        current: list[dict] = []
+        size = 0
+        index = 0
+        for r in part:
+            estimate = len(r["jpeg"]) + 2048  # captions and json are about 2 KB
+            if current and (len(current) >= cfg.samples_per_shard or size + estimate > cfg.max_shard_bytes):
+                groups.append(current)
+                current, size, index = [], 0, index + 1
+            r["shard"] = f"{split}/shard-{index:05d}.tar"
+            current.append(r)
+            size += estimate
+        if current:
+            groups.append(current)
+    return groups
+
+
+def _fingerprint(cfg: ShardConfig, dedup_run: str, rows: list[dict]) -> str:
+    keys = hashlib.sha1("\n".join(sorted(r["record_id"] for r in rows)).encode()).hexdigest()
+    settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
+    return hashlib.sha1(json.dumps([settings, dedup_run, keys], sort_keys=True).encode()).hexdigest()
+
+
+def build_version(
+    catalog: Catalog,
+    cfg: ShardConfig,
+    *,
+    executor: str = "local",
+    workers: int = 2,
+    spark_master: str | None = None,
+) -> dict[str, Any]:
+    """Build (or resume building) a dataset version. Shards are written by the executor's workers."""
+    from etl.executors import get_executor
+
     root = catalog.shards / cfg.version
     with catalog.connect() as con:
         exists = fetch_first(con, "SELECT 1 FROM dataset_versions WHERE version = ?", [cfg.version])
     if exists and not cfg.overwrite:
         raise FileExistsError(f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite")
-    if root.exists():
-        shutil.rmtree(root)  # a partial build (no catalog row) or an explicit overwrite: rebuild from scratch
     with StageRun(catalog, "shard", config=cfg) as run:
         rows, dedup_run = _select(catalog, cfg)
         run.n_in = len(rows)
-        for row in rows:
-            row["split"] = "val" if _bucket(row["occurrence_id"], cfg.seed) < cfg.val_fraction else "train"
-            row["order_key"] = _bucket(row["record_id"], cfg.seed + 1)
-        shard_rows, shards, counts = [], [], {"train": 0, "val": 0}
-        for split in ("train", "val"):
-            part = sorted((r for r in rows if r["split"] == split), key=lambda r: r["order_key"])
-            (root / split).mkdir(parents=True, exist_ok=True)
-            batch: list[tuple[str, dict[str, bytes], dict]] = []
-            batch_bytes = 0
-
-            def flush(split: str = split) -> None:
-                nonlocal batch, batch_bytes
-                if not batch:
-                    return
-                name = f"shard-{sum(1 for s in shards if s['split'] == split):05d}.tar"
-                sidecar, digest, size = _write_shard(root / split / name, batch)
-                write_parquet_atomic(
-                    pa.Table.from_pylist(sidecar, schema=SIDECAR),
-                    root / split / name.replace(".tar", ".parquet"),
-                )
-                shards.append(
-                    {"split": split, "name": name, "n": len(batch), "sha256": digest, "bytes": size}
-                )
-                shard_rows.extend(
-                    {
-                        "version": cfg.version,
-                        "split": split,
-                        "shard": f"{split}/{name}",
-                        "key": key,
-                        "record_id": r["record_id"],
-                        "taxon_id": r["taxon_id"],
-                    }
-                    for key, _, r in batch
-                )
-                batch, batch_bytes = [], 0
-
-            for r in part:
-                key = r["record_id"].replace(".", "")
-                members = _sample_members(r, cfg.image_size)
-                size = sum(len(v) for v in members.values())
-                if batch and (
-                    len(batch) >= cfg.samples_per_shard or batch_bytes + size > cfg.max_shard_bytes
-                ):
-                    flush()
-                batch.append((key, members, r))
-                batch_bytes += size
-                counts[split] += 1
-            flush()
+        fingerprint = _fingerprint(cfg, dedup_run, rows)
+        marker = root / "_build.json"
+        resumable = (
+            not exists
+            and marker.exists()
+            and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        )
+        if root.exists() and not resumable:
+            shutil.rmtree(root)  # an overwrite, or a partial build of different inputs: start clean
+        root.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(json.dumps({"fingerprint": fingerprint}).encode(), marker)
+        groups = _plan(rows, cfg)
+        columns = [c for c in rows[0] if c not in ("order_key",)] if rows else []
+        partitions = [pa.Table.from_pylist([{c: r[c] for c in columns} for r in g]) for g in groups]
+        fn = partial(
+            write_shards_partition, root=str(root), image_size=cfg.image_size, txt_caption=cfg.txt_caption
+        )
+        results = {}
+        for _, table in get_executor(executor, workers, spark_master).map_partitions(
+            fn, partitions, SHARD_RESULT
+        ):
+            for r in table.to_pylist():
+                results[r["shard"]] = r
+        shards = []
+        for g in groups:
+            r = results[g[0]["shard"]]
+            split, name = r["shard"].split("/")
+            shards.append(
+                {"split": split, "name": name, "n": r["n"], "sha256": r["sha256"], "bytes": r["bytes"]}
+            )
+        counts = {split: sum(1 for r in rows if r["split"] == split) for split in ("train", "val")}
         manifest = _manifest(cfg, rows, shards, dedup_run, counts)
         for split in ("train", "val"):
             sizes = {s["name"]: s["n"] for s in shards if s["split"] == split}
             write_bytes_atomic(json.dumps(sizes, indent=1).encode(), root / split / "sizes.json")
         write_bytes_atomic(json.dumps(manifest, indent=1, default=str).encode(), root / "manifest.json")
+        shard_rows = pa.table(
+            {
+                "version": [cfg.version] * len(rows),
+                "split": [r["split"] for r in rows],
+                "shard": [r["shard"] for r in rows],
+                "key": [r["key"] for r in rows],
+                "record_id": [r["record_id"] for r in rows],
+                "taxon_id": [r["taxon_id"] for r in rows],
+            }
+        )
         with catalog.connect() as con:
+            con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM dataset_versions WHERE version = ?", [cfg.version])
             con.execute("DELETE FROM shard_samples WHERE version = ?", [cfg.version])
-            if shard_rows:
-                con.register("ss", pa.Table.from_pylist(shard_rows))
-                con.execute(
-                    "INSERT INTO shard_samples SELECT version, split, shard, key, record_id, taxon_id FROM ss"
-                )
+            con.register("ss", shard_rows)
+            con.execute(
+                "INSERT INTO shard_samples SELECT version, split, shard, key, record_id, taxon_id FROM ss"
+            )
             con.execute(
                 "INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -255,12 +352,13 @@ def build_version(catalog: Catalog, cfg: ShardConfig) -> dict[str, Any]:
                     CODE_VERSION,
                 ],
             )
+            con.execute("COMMIT")
         run.n_out = len(rows)
         run.details = {
             "version": cfg.version,
-            "train": counts["train"],
-            "val": counts["val"],
+            **counts,
             "shards": len(shards),
+            "reused_shards": sum(1 for r in results.values() if r["reused"]),
         }
     return manifest
 

@@ -138,9 +138,12 @@ def cmd_shard(args) -> None:
         image_size=args.image_size,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        txt_caption=args.txt_caption,
         overwrite=args.overwrite,
     )
-    manifest = build_version(_catalog(args), cfg)
+    manifest = build_version(
+        _catalog(args), cfg, executor=args.executor, workers=args.workers, spark_master=args.spark_master
+    )
     _print({k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"])})
 
 
@@ -299,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, help="squash-resize images to this size")
     s.add_argument("--val-fraction", type=float, default=0.05)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--txt-caption", default="taxon_com", help="caption type also written as plain `txt`")
+    s.add_argument("--executor", choices=["local", "spark"], default="local")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--spark-master")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_shard)
 

@@ -63,3 +63,96 @@ def test_versions_are_immutable_and_verify_catches_corruption(curated, tmp_path)
     shard.write_bytes(bytes(data))
     problems = verify_version(curated, "t2")
     assert problems and "sha256" in problems[0]
+
+
+def _brace(urls: list[str]) -> str:
+    first, last = urls[0].rsplit("-", 1)[1][:5], urls[-1].rsplit("-", 1)[1][:5]
+    return urls[0].rsplit("-", 1)[0] + f"-{{{first}..{last}}}.tar"
+
+
+def test_open_clip_trainer_pipeline_reads_the_version(curated):
+    """open_clip's own `get_wds_dataset` reads our shards as they are (it wants `txt` and `sizes.json`)."""
+    from types import SimpleNamespace
+
+    import open_clip
+    from open_clip_train.data import get_wds_dataset
+
+    manifest = json.loads((curated.shards / "t1" / "manifest.json").read_text())
+    urls = sorted(glob.glob(str(curated.shards / "t1" / "train" / "*.tar")))
+    args = SimpleNamespace(
+        train_data=_brace(urls),
+        val_data=_brace(urls),
+        train_num_samples=None,
+        val_num_samples=None,
+        dataset_resampled=False,
+        train_data_upsampling_factors=None,
+        seed=0,
+        batch_size=16,
+        workers=0,
+        world_size=1,
+    )
+    _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    train_info = get_wds_dataset(args, preprocess, is_train=True, tokenizer=tokenizer)
+    assert (
+        train_info.dataloader.num_samples >= manifest["splits"]["train"]
+    )  # sizes.json found, rounded to batches
+    val_info = get_wds_dataset(args, preprocess, is_train=False, tokenizer=tokenizer)
+    seen = sum(images.shape[0] for images, texts in val_info.dataloader)
+    assert seen == manifest["splits"]["train"]
+
+
+def test_our_training_loader_reads_the_version(curated):
+    from training.data import bio_loader
+    from warehouse.versions import shard_urls
+
+    batch_images, caps = next(
+        bio_loader(shard_urls(curated, "t1"), lambda im: __import__("torch").zeros(3, 8, 8), 4, 0)
+    )
+    assert batch_images.shape == (4, 3, 8, 8) and set(caps) == {"sci", "com", "taxon", "sci_com", "taxon_com"}
+
+
+def test_squash_resize_and_txt_member(curated):
+    build_version(curated, ShardConfig("t3", samples_per_shard=64, image_size=96, txt_caption="sci"))
+    url = sorted(glob.glob(str(curated.shards / "t3" / "train" / "*.tar")))[0]
+    sample = next(iter(wds.WebDataset(url, shardshuffle=False).decode("pil")))
+    assert sample["jpg"].size == (96, 96) and sample["txt"] == sample["sci.txt"]
+
+
+def test_interrupted_build_resumes_and_reuses_finished_shards(curated, monkeypatch):
+    from etl import shards as shards_mod
+
+    real = shards_mod._write_shard
+    calls = {"n": 0}
+
+    def dies_on_third(path, samples):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(path, samples)
+
+    monkeypatch.setattr(shards_mod, "_write_shard", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_version(curated, ShardConfig("t4", samples_per_shard=32), workers=1)
+    monkeypatch.setattr(shards_mod, "_write_shard", real)
+    manifest = build_version(curated, ShardConfig("t4", samples_per_shard=32), workers=1)
+    with curated.connect() as con:
+        details = json.loads(
+            con.execute("""SELECT details FROM stage_runs WHERE stage = 'shard' AND status = 'succeeded'
+                                            ORDER BY ended_at DESC LIMIT 1""").fetchall()[0][0]
+        )
+    assert details["reused_shards"] == 2 and verify_version(curated, "t4") == []
+    reference = build_version(
+        curated, ShardConfig("t1", samples_per_shard=64, val_fraction=0.1, overwrite=True)
+    )
+    assert manifest["n_samples"] == reference["n_samples"]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_spark_executor_writes_identical_shards(curated):
+    local = build_version(curated, ShardConfig("t5", samples_per_shard=64), workers=1)
+    spark = build_version(
+        curated, ShardConfig("t6", samples_per_shard=64), executor="spark", spark_master="local[2]"
+    )
+    assert [s["sha256"] for s in local["shards"]] == [s["sha256"] for s in spark["shards"]]
