@@ -61,3 +61,16 @@ def test_metadata_folder_needs_labels(tmp_path):
     (tmp_path / "metadata.csv").write_text("filepath,foo\na.jpg,1\n")
     with pytest.raises(ValueError, match="class"):
         load_metadata_folder(tmp_path)
+
+
+def test_recall_at_k_matches_a_naive_reference():
+    from evaluation.retrieval import recall_at_k
+
+    rng = np.random.default_rng(1)
+    sim = rng.normal(size=(30, 30))
+    sim[np.arange(10), np.arange(10)] += 5  # the first 10 are easy
+    got = recall_at_k(sim)
+    naive_i2t_r1 = np.mean([np.argmax(sim[i]) == i for i in range(30)])
+    naive_t2i_r5 = np.mean([i in np.argsort(-sim[:, i])[:5] for i in range(30)])
+    assert got["image_to_text_r1"] == pytest.approx(naive_i2t_r1)
+    assert got["text_to_image_r5"] == pytest.approx(naive_t2i_r5)

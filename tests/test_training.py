@@ -112,3 +112,32 @@ def test_same_seed_same_weights(curated, world):
     sb = torch.load(curated.runs / "r-det-b" / "checkpoints" / "latest.pt", weights_only=False)["model"]
     assert a["final"]["loss_bio"] == pytest.approx(b["final"]["loss_bio"], rel=1e-5)
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+
+
+def test_four_steps_equal_two_plus_resumed_two(curated, world, monkeypatch):
+    from training import loop
+
+    train(curated, _cfg(world, run_id="r-unbroken", steps=4), progress=False)
+    real = loop.text_type_for_step
+
+    def killed_at_step_two(cfg, step):
+        if step == 2:
+            raise KeyboardInterrupt("killed")
+        return real(cfg, step)
+
+    monkeypatch.setattr(loop, "text_type_for_step", killed_at_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(curated, _cfg(world, run_id="r-broken", steps=4), progress=False)
+    monkeypatch.setattr(loop, "text_type_for_step", real)
+    train(curated, _cfg(world, run_id="r-broken", steps=4, resume="latest"), progress=False)
+    a = torch.load(curated.runs / "r-unbroken" / "checkpoints" / "latest.pt", weights_only=False)
+    b = torch.load(curated.runs / "r-broken" / "checkpoints" / "latest.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    assert all(torch.allclose(a["model"][k], b["model"][k], atol=1e-6) for k in a["model"])
+    losses = lambda run: [
+        json.loads(x)["loss_bio"] for x in (curated.runs / run / "metrics.jsonl").read_text().splitlines()
+    ]  # noqa: E731
+    assert losses("r-unbroken") == pytest.approx(losses("r-broken"), rel=1e-5)  # same data, step by step
+    with curated.connect() as con:
+        status = con.execute("SELECT status FROM training_runs WHERE run_id = 'r-broken'").fetchall()[0][0]
+    assert status == "succeeded"

@@ -25,11 +25,28 @@ def _bio_sample(preprocess: Callable) -> Callable:
     return make
 
 
-def _pipeline(urls: list[str], seed: int, *stages) -> wds.DataPipeline:
+def _seeded(fn: Callable, seed: int, start: int) -> Callable:
+    """A pipeline stage applying `fn` with the torch RNG seeded by (seed, sample index): random crops depend
+    on the sample's position alone, not on the global RNG, lookahead in batching, or where a run resumed."""
+
+    def stage(samples: Iterator) -> Iterator:
+        for index, sample in enumerate(samples, start):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1_000_003 + index)
+                out = fn(sample)
+            yield out
+
+    return stage
+
+
+def _pipeline(urls: list[str], seed: int, skip: int, *stages) -> wds.DataPipeline:
+    """`skip` drops that many raw samples before decoding: how a resumed run continues the same data order
+    cheaply (exact with `workers=0`; with worker processes each worker has its own stream)."""
     return wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
         wds.shuffle(1000, rng=random.Random(seed)),
+        *([wds.slice(skip, None)] if skip else []),
         wds.decode("pilrgb", handler=wds.warn_and_continue),
         *stages,
     )
@@ -40,7 +57,7 @@ def _iterate(ds, workers: int):
 
 
 def bio_loader(
-    urls: list[str], preprocess: Callable, batch_size: int, seed: int, workers: int = 0
+    urls: list[str], preprocess: Callable, batch_size: int, seed: int, workers: int = 0, skip: int = 0
 ) -> Iterator[tuple[torch.Tensor, dict[str, list[str]]]]:
     """Endless batches (images, {text_type: captions}) from resampled shards, reproducible from `seed`."""
     if not urls:
@@ -48,7 +65,8 @@ def bio_loader(
     ds = _pipeline(
         urls,
         seed,
-        wds.map(_bio_sample(preprocess), handler=wds.warn_and_continue),
+        skip,
+        _seeded(_bio_sample(preprocess), seed, skip),
         wds.batched(batch_size, partial=False),
     )
     for images, *caps in _iterate(ds, workers):
@@ -56,7 +74,7 @@ def bio_loader(
 
 
 def replay_loader(
-    path: str, preprocess: Callable, batch_size: int, seed: int, workers: int = 0
+    path: str, preprocess: Callable, batch_size: int, seed: int, workers: int = 0, skip: int = 0
 ) -> Iterator[tuple[torch.Tensor, list[str]]]:
     urls = sorted(glob.glob(str(Path(path) / "*.tar")))
     if not urls:
@@ -64,8 +82,9 @@ def replay_loader(
     ds = _pipeline(
         urls,
         seed + 1,
+        skip,
         wds.to_tuple("jpg", "txt"),
-        wds.map_tuple(preprocess, str),
+        _seeded(lambda pair: (preprocess(pair[0]), str(pair[1])), seed + 1, skip),
         wds.batched(batch_size, partial=False),
     )
     for images, texts in _iterate(ds, workers):

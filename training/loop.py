@@ -117,12 +117,22 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+        torch.set_rng_state(state["torch_rng"])  # augmentations draw from it: same crops as an unbroken run
+        random.setstate(state["python_rng"])
     forward = torch.compile(model) if cfg.compile else model
     urls = shard_urls(catalog, cfg.dataset_version, "train")
-    # Seeded by (seed, starting step): a resumed run draws a fresh, reproducible data order.
-    bio = bio_loader(urls, preprocess, cfg.batch_size, cfg.seed + step, cfg.workers)
+    # A resumed run skips exactly the samples already consumed, so it sees the data an unbroken run would.
+    consumed = step * cfg.accum_steps
+    bio = bio_loader(urls, preprocess, cfg.batch_size, cfg.seed, cfg.workers, skip=consumed * cfg.batch_size)
     replay = (
-        replay_loader(cfg.replay_path, preprocess, cfg.replay_batch_size, cfg.seed + step, cfg.workers)
+        replay_loader(
+            cfg.replay_path,
+            preprocess,
+            cfg.replay_batch_size,
+            cfg.seed,
+            cfg.workers,
+            skip=consumed * cfg.replay_batch_size,
+        )
         if cfg.replay_batch_size
         else None
     )
@@ -205,6 +215,8 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
                             "step": step,
                             "config": cfg.to_dict(),
                             "model_cfg": mcfg,
+                            "torch_rng": torch.get_rng_state(),
+                            "python_rng": random.getstate(),
                         },
                         ckpt_path,
                     )
