@@ -53,7 +53,10 @@ def test_planted_duplicates_and_leaks_are_found(curated, world):
                 """SELECT r.media_url, d.kept, d.reason FROM dedup_decisions d JOIN raw_records r USING (record_id)"""
             ).fetchall()
         }
-    url = lambda u: u.replace("{{BASE_URL}}", base)  # noqa: E731
+
+    def url(u: str) -> str:
+        return u.replace("{{BASE_URL}}", base)
+
     for a, b in world.planted["exact_duplicate_urls"]:
         assert {decided[url(a)][1], decided[url(b)][1]} == {None, "exact_duplicate"}
     for a, b in world.planted["near_duplicate_urls"]:

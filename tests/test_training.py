@@ -134,9 +134,11 @@ def test_four_steps_equal_two_plus_resumed_two(curated, world, monkeypatch):
     b = torch.load(curated.runs / "r-broken" / "checkpoints" / "latest.pt", weights_only=False)
     assert a["step"] == b["step"] == 4
     assert all(torch.allclose(a["model"][k], b["model"][k], atol=1e-6) for k in a["model"])
-    losses = lambda run: [
-        json.loads(x)["loss_bio"] for x in (curated.runs / run / "metrics.jsonl").read_text().splitlines()
-    ]  # noqa: E731
+
+    def losses(run: str) -> list[float]:
+        lines = (curated.runs / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss_bio"] for x in lines]
+
     assert losses("r-unbroken") == pytest.approx(losses("r-broken"), rel=1e-5)  # same data, step by step
     with curated.connect() as con:
         status = con.execute("SELECT status FROM training_runs WHERE run_id = 'r-broken'").fetchall()[0][0]
