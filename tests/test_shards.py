@@ -103,13 +103,19 @@ def test_open_clip_trainer_pipeline_reads_the_version(curated):
 
 
 def test_our_training_loader_reads_the_version(curated):
+    import torch
+
     from training.data import bio_loader
     from warehouse.versions import shard_urls
 
-    batch_images, caps = next(
-        bio_loader(shard_urls(curated, "t1"), lambda im: __import__("torch").zeros(3, 8, 8), 4, 0)
-    )
-    assert batch_images.shape == (4, 3, 8, 8) and set(caps) == {"sci", "com", "taxon", "sci_com", "taxon_com"}
+    def preprocess(image):
+        return torch.zeros(3, 8, 8)
+
+    manifest = json.loads((curated.shards / "t1" / "manifest.json").read_text())
+    images, caps = next(bio_loader(shard_urls(curated, "t1"), preprocess, 4, 0))
+    assert images.shape == (4, 3, 8, 8) and set(caps) == {"sci", "com", "taxon", "sci_com", "taxon_com"}
+    one_pass = bio_loader(shard_urls(curated, "t1"), preprocess, 16, 0, resampled=False)
+    assert sum(batch.shape[0] for batch, _ in one_pass) == manifest["splits"]["train"]
 
 
 def test_squash_resize_and_txt_member(curated):

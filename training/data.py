@@ -39,13 +39,19 @@ def _seeded(fn: Callable, seed: int, start: int) -> Callable:
     return stage
 
 
-def _pipeline(urls: list[str], seed: int, skip: int, *stages) -> wds.DataPipeline:
+def _pipeline(urls: list[str], seed: int, skip: int, *stages, resampled: bool = True) -> wds.DataPipeline:
     """`skip` drops that many raw samples before decoding: how a resumed run continues the same data order
-    cheaply (exact with `workers=0`; with worker processes each worker has its own stream)."""
+    cheaply (exact with `workers=0`; with worker processes each worker has its own stream). Without
+    `resampled`, one ordered pass over the shards (for counting and evaluation)."""
+    source = (
+        [wds.ResampledShards(urls, seed=seed, deterministic=True)]
+        if resampled
+        else [wds.SimpleShardList(urls)]
+    )
     return wds.DataPipeline(
-        wds.ResampledShards(urls, seed=seed, deterministic=True),
+        *source,
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.shuffle(1000, rng=random.Random(seed)),
+        *([wds.shuffle(1000, rng=random.Random(seed))] if resampled else []),
         *([wds.slice(skip, None)] if skip else []),
         wds.decode("pilrgb", handler=wds.warn_and_continue),
         *stages,
@@ -57,9 +63,16 @@ def _iterate(ds, workers: int):
 
 
 def bio_loader(
-    urls: list[str], preprocess: Callable, batch_size: int, seed: int, workers: int = 0, skip: int = 0
+    urls: list[str],
+    preprocess: Callable,
+    batch_size: int,
+    seed: int,
+    workers: int = 0,
+    skip: int = 0,
+    resampled: bool = True,
 ) -> Iterator[tuple[torch.Tensor, dict[str, list[str]]]]:
-    """Endless batches (images, {text_type: captions}) from resampled shards, reproducible from `seed`."""
+    """Endless batches (images, {text_type: captions}) from resampled shards, reproducible from `seed`;
+    with `resampled=False`, one pass in shard order with a partial last batch."""
     if not urls:
         raise ValueError("no training shards: build a dataset version first (`tol shard`)")
     ds = _pipeline(
@@ -67,7 +80,8 @@ def bio_loader(
         seed,
         skip,
         _seeded(_bio_sample(preprocess), seed, skip),
-        wds.batched(batch_size, partial=False),
+        wds.batched(batch_size, partial=not resampled),
+        resampled=resampled,
     )
     for images, *caps in _iterate(ds, workers):
         yield images, {t: list(c) for t, c in zip(TEXT_TYPES, caps, strict=True)}
