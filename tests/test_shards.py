@@ -12,7 +12,7 @@ def test_version_reads_back_with_manifest_counts(curated):
     manifest = json.loads((curated.shards / "t1" / "manifest.json").read_text())
     for split in ("train", "val"):
         urls = sorted(glob.glob(str(curated.shards / "t1" / split / "*.tar")))
-        keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+        keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)]
         assert len(keys) == len(set(keys)) == manifest["splits"][split]
         sizes = json.loads((curated.shards / "t1" / split / "sizes.json").read_text())
         assert sum(sizes.values()) == manifest["splits"][split]

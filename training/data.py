@@ -1,7 +1,7 @@
 """Two WebDataset streams: a dataset version (image + every caption type) and a replay set (`jpg` + `txt`).
 
-Built from `ResampledShards(..., deterministic=True)`: `WebDataset(resampled=True)` seeds its shard sampler
-from the process id and the clock, which makes two runs with the same seed see different data.
+Shards are drawn by `SeededShardSampler`: `WebDataset(resampled=True)` seeds its shard sampler from the
+process id and the clock, which makes two runs with the same seed see different data.
 """
 
 from __future__ import annotations
@@ -39,15 +39,25 @@ def _seeded(fn: Callable, seed: int, start: int) -> Callable:
     return stage
 
 
+class SeededShardSampler(torch.utils.data.IterableDataset):
+    """Shards drawn with replacement from `random.Random(seed)`: the same sequence in every run (webdataset's
+    own samplers mix in pid and time unless told otherwise, and their arguments differ across versions)."""
+
+    def __init__(self, urls: list[str], seed: int) -> None:
+        super().__init__()
+        self.urls, self.seed = list(urls), seed
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        rng = random.Random(self.seed)
+        while True:
+            yield {"url": self.urls[rng.randrange(len(self.urls))]}
+
+
 def _pipeline(urls: list[str], seed: int, skip: int, *stages, resampled: bool = True) -> wds.DataPipeline:
     """`skip` drops that many raw samples before decoding: how a resumed run continues the same data order
     cheaply (exact with `workers=0`; with worker processes each worker has its own stream). Without
     `resampled`, one ordered pass over the shards (for counting and evaluation)."""
-    source = (
-        [wds.ResampledShards(urls, seed=seed, deterministic=True)]
-        if resampled
-        else [wds.SimpleShardList(urls)]
-    )
+    source = [SeededShardSampler(urls, seed)] if resampled else [wds.SimpleShardList(urls)]
     return wds.DataPipeline(
         *source,
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
