@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 from tqdm import tqdm
 
-from evaluation.datasets import LabelledImages, load_metadata_folder
+from evaluation.datasets import LabelledImages
 from taxonomy.captions import RANKS7
 
 SINGLE_TEMPLATE = (lambda c: f"a photo of {c}.",)
@@ -110,54 +109,3 @@ def metrics_from_logits(
             true = [class_lineages[c].get(rank) for c in labels]
             out[f"rank_acc_{rank}"] = float(np.mean([p == t for p, t in zip(pred, true, strict=True)]))
     return out
-
-
-def evaluate_zero_shot(
-    catalog,
-    model_spec: str,
-    data_dir: str | Path,
-    *,
-    task: str = "heldout",
-    text_type: str = "taxon",
-    templates: str = "openai",
-    run_id: str | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    from warehouse.stage_runs import StageRun
-
-    with StageRun(
-        catalog,
-        "evaluate",
-        config={
-            "model": model_spec,
-            "data": str(data_dir),
-            "task": task,
-            "text_type": text_type,
-            "templates": templates,
-        },
-    ) as stage:
-        m = load_model(model_spec)
-        data = load_metadata_folder(data_dir, text_type)
-        scores = zero_shot_scores(
-            m, data, templates, cache_dir=catalog.home / "cache" / "features", progress=progress
-        )
-        now = datetime.now(UTC)
-        with catalog.connect() as con:
-            for metric, value in scores.items():
-                if isinstance(value, float):
-                    con.execute(
-                        "INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            run_id,
-                            m.name,
-                            task,
-                            f"zero_shot_{text_type}_{metric}",
-                            value,
-                            scores["n"],
-                            json.dumps({"templates": templates}),
-                            now,
-                        ],
-                    )
-        stage.n_in = stage.n_out = scores["n"]
-        stage.details = {"task": task, **scores}
-    return scores

@@ -173,28 +173,39 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from evaluation.zero_shot import evaluate_zero_shot
-    from warehouse.catalog import fetch_first
+    from evaluation.tasks import adhoc_task, compare, load_registry, run_task
 
-    model = args.model
     catalog = _catalog(args)
-    with catalog.connect() as con:
-        row = fetch_first(con, "SELECT export_path FROM training_runs WHERE run_id = ?", [model])
-    run_id = model if row else None
-    if row:
-        model = row[0]
-    scores = evaluate_zero_shot(
-        catalog,
-        model,
-        args.data,
-        task=args.task,
-        text_type=args.text_type,
-        templates=args.templates,
-        run_id=run_id,
-    )
-    if args.json:
-        Path(args.json).write_text(json.dumps(scores, indent=1))
-    _print(scores)
+    if args.targets and args.targets[0] == "compare":
+        rows = compare(catalog, args.targets[1:] or None)
+        if not rows:
+            raise LookupError("no evaluation results to compare")
+        cols = list(rows[0])
+        print("\t".join(cols))
+        for r in rows:
+            print("\t".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+        return
+    if args.targets:
+        raise ValueError(f"unexpected arguments {args.targets}; did you mean `tol evaluate compare ...`?")
+    if not args.model:
+        raise ValueError(
+            "--model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
+        )
+    if args.data:
+        tasks = [adhoc_task(args.data, args.protocol, args.text_type, args.templates)]
+    else:
+        registry = load_registry(args.registry)
+        names = args.task or []
+        unknown = [n for n in names if n not in registry]
+        if not names or unknown:
+            raise ValueError(f"give --data DIR or --task NAME (registered: {', '.join(sorted(registry))})")
+        tasks = [registry[n] for n in names]
+    results = [
+        run_task(catalog, args.model, t, json_out=args.json if len(tasks) == 1 else None) for t in tasks
+    ]
+    if args.json and len(tasks) > 1:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    _print(results if len(results) > 1 else results[0])
 
 
 def cmd_sql(args) -> None:
@@ -320,12 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("evaluate", help="zero-shot evaluation on a labelled folder")
+    s = sub.add_parser("evaluate", help="run evaluation tasks, or compare stored results")
+    s.add_argument("targets", nargs="*", help="`compare [MODEL_OR_RUN ...]` to print a comparison table")
+    s.add_argument("--model", help="a training run id, an export folder, local-dir:PATH, hf-hub:ORG/NAME")
+    s.add_argument("--task", action="append", help="a registered task (repeatable)")
+    s.add_argument("--registry", help="an extra task registry YAML file")
+    s.add_argument("--data", help="an ad-hoc folder with metadata.csv instead of --task")
     s.add_argument(
-        "--model", required=True, help="local-dir:PATH, hf-hub:ORG/NAME, an export folder or a run id"
+        "--protocol", default="zero_shot", choices=["zero_shot", "few_shot", "linear_probe", "emergent"]
     )
-    s.add_argument("--data", required=True, help="folder with metadata.csv")
-    s.add_argument("--task", default="adhoc")
     s.add_argument(
         "--text-type", default="taxon", choices=["asis", "sci", "com", "taxon", "sci_com", "taxon_com"]
     )

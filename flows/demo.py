@@ -65,30 +65,25 @@ def demo_flow(
         replay_batch_size=replay_batch_size,
         steps=steps,
     )
-    scores = evaluate_flow(
-        home, model=trained["export_path"], data=str(world.eval_dir), run_id=trained["run_id"]
-    )
-    baseline = _random_init_scores(home, world)
+    scores = evaluate_flow(home, model=trained["run_id"])
+    baseline = evaluate_flow(home, model=str(_random_init_export(home)))
     summary = {
         "curate": curate,
         "training_run": trained["run_id"],
         "export_path": trained["export_path"],
-        "zero_shot": scores,
-        "random_init_zero_shot": baseline,
+        "evaluation": scores,
+        "random_init_evaluation": baseline,
         "seconds": time.perf_counter() - t0,
     }
     (Path(home) / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
-def _random_init_scores(home: str, world: SampleWorld) -> dict[str, Any]:
-    from evaluation.zero_shot import evaluate_zero_shot
+def _random_init_export(home: str) -> Path:
     from training.config import load_config
     from training.model import export_untrained
 
     out = Path(home) / "runs" / "random-init" / "export"
     if not (out / "open_clip_config.json").exists():
         export_untrained(load_config(preset="cpu-tiny", overrides={"replay_batch_size": 0}), out)
-    return evaluate_zero_shot(
-        open_catalog(home), str(out), world.eval_dir, run_id="random-init", progress=False
-    )
+    return out

@@ -189,29 +189,35 @@ def train_flow(
     return result
 
 
+SAMPLE_TASKS = [
+    "sample-heldout-zero-shot",
+    "sample-heldout-few-shot",
+    "sample-heldout-linear-probe",
+    "sample-heldout-life-stage",
+]
+
+
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
-    home: str = "tol-data",
-    model: str = "",
-    data: str = "",
-    task_name: str = "heldout",
-    text_type: str = "taxon",
-    templates: str = "openai",
-    run_id: str | None = None,
-) -> dict[str, Any]:
-    from evaluation.zero_shot import evaluate_zero_shot
+    home: str = "tol-data", model: str = "", tasks: list[str] | None = None, registry: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run registered tasks on a model (a training run id, an export folder, or any open_clip name)."""
+    from evaluation.tasks import load_registry, run_task
 
-    scores = evaluate_zero_shot(
-        open_catalog(home),
-        model,
-        data,
-        task=task_name,
-        text_type=text_type,
-        templates=templates,
-        run_id=run_id,
-        progress=False,
-    )
+    catalog = open_catalog(home)
+    known = load_registry(registry)
+    results = {}
+    for name in tasks or SAMPLE_TASKS:
+        if name not in known:
+            raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(known))}")
+        results[name] = run_task(catalog, model, known[name], progress=False)
     create_table_artifact(
-        key="evaluate-summary", table=[{"metric": k, "value": v} for k, v in scores.items()]
+        key="evaluate-summary",
+        table=[
+            {"task": t, "metric": k, "value": v}
+            for t, r in results.items()
+            for k, v in r.items()
+            if isinstance(v, float)
+        ],
     )
-    return scores
+    return results

@@ -29,7 +29,10 @@ def demo_report(catalog: Catalog, summary: dict[str, Any], since: datetime) -> s
         reasons = ", ".join(f"{k}={v}" for k, v in d.items()) or "-"
         lines.append(f"{stage:<18}{status:<11}{n_in or 0:>7}{n_out or 0:>7}  {seconds or 0:>8.1f}  {reasons}")
     shard = summary["curate"].get("shard", {})
-    zs, base = summary["zero_shot"], summary["random_init_zero_shot"]
+    tasks, base_tasks = summary["evaluation"], summary["random_init_evaluation"]
+    zs, base = tasks["sample-heldout-zero-shot"], base_tasks["sample-heldout-zero-shot"]
+    zs = {k.removeprefix("zero_shot_taxon_"): v for k, v in zs.items()}
+    base = {k.removeprefix("zero_shot_taxon_"): v for k, v in base.items()}
     lines += [
         "",
         f"dataset version : {shard.get('version')} ({shard.get('n_samples')} samples, "
@@ -43,6 +46,16 @@ def demo_report(catalog: Catalog, summary: dict[str, Any], since: datetime) -> s
         + ", ".join(
             f"{k.removeprefix('rank_acc_')} {v:.2f}" for k, v in zs.items() if k.startswith("rank_acc_")
         ),
+        "",
+        f"{'task metric':<44}{'trained':>10}{'random init':>13}",
+        *[
+            f"{t.removeprefix('sample-heldout-') + ' ' + k:<44}{v:>10.3f}{base_tasks[t].get(k, float('nan')):>13.3f}"
+            for t, r in tasks.items()
+            if t != "sample-heldout-zero-shot"
+            for k, v in r.items()
+            if isinstance(v, float) and not k.endswith("_std")
+        ],
+        f"plots           : {', '.join(tasks.get('sample-heldout-life-stage', {}).get('plots', [])[:2])} ...",
         f"total seconds   : {summary['seconds']:.0f}",
         'Query the catalog: tol sql "select stage, status, n_in, n_out from stage_runs"',
     ]

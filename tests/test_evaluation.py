@@ -74,3 +74,109 @@ def test_recall_at_k_matches_a_naive_reference():
     naive_t2i_r5 = np.mean([i in np.argsort(-sim[:, i])[:5] for i in range(30)])
     assert got["image_to_text_r1"] == pytest.approx(naive_i2t_r1)
     assert got["text_to_image_r5"] == pytest.approx(naive_t2i_r5)
+
+
+def _clusters(rng, variant_shift, n_species=8, per=10, dim=32, species_dims=8, spread=0.02):
+    """Species centroids in the first `species_dims` coordinates only; a two-valued variant adds
+    +/- `variant_shift(species)` to each image; small isotropic noise."""
+    centroids = np.zeros((n_species, dim))
+    centroids[:, :species_dims] = rng.normal(size=(n_species, species_dims))
+    feats, species, variant = [], [], []
+    for s in range(n_species):
+        for i in range(per):
+            sign = 1 if i % 2 else -1
+            feats.append(centroids[s] + sign * variant_shift(s) + rng.normal(scale=spread, size=dim))
+            species.append(s)
+            variant.append("juvenile" if sign > 0 else "adult")
+    return np.array(feats), np.array(species), np.array(variant)
+
+
+def test_orthogonality_share_on_constructed_cases():
+    from evaluation.emergent import orthogonality, separation
+
+    dim = 32
+    off_span = np.zeros(dim)
+    off_span[20] = 0.4  # a direction in which species do not differ
+
+    orth = orthogonality(*_clusters(np.random.default_rng(0), lambda s: off_span), k=7)
+    assert orth["orthogonality_rho"] < 0.1, orth
+
+    # The variant moves each image along its own species' centroid direction: inside the species span.
+    rng = np.random.default_rng(1)
+    feats, species, variant = _clusters(rng, lambda s: np.zeros(dim))
+    means = np.stack([feats[species == s].mean(0) for s in range(8)])
+    centred = means - means.mean(0)
+    feats = feats + np.where(variant == "juvenile", 1, -1)[:, None] * 0.3 * centred[species]
+    aligned = orthogonality(feats, species, variant, k=7)
+    assert aligned["orthogonality_rho"] > 0.9, aligned
+
+    weak = separation(*_clusters(np.random.default_rng(2), lambda s: 0.005 * np.ones(dim)))
+    strong = separation(*_clusters(np.random.default_rng(2), lambda s: 0.2 * np.ones(dim)))
+    assert strong["separation_fdr"] > 10 * weak["separation_fdr"]
+
+
+def test_simpleshot_matches_a_naive_reference():
+    import random
+
+    from evaluation.fewshot import simpleshot_fold
+
+    rng = np.random.default_rng(3)
+    feats, labels = rng.normal(size=(60, 16)), np.repeat(np.arange(6), 10)
+    got = simpleshot_fold(feats, labels, k=2, fold=4)
+    r = random.Random(4)
+    sup, qry = [], []
+    for c in range(6):
+        idx = list(np.flatnonzero(labels == c))
+        r.shuffle(idx)
+        sup += idx[:2]
+        qry += idx[2:]
+    mean = feats[sup].mean(0)
+
+    def norm(x):
+        return (x - mean) / np.linalg.norm(x - mean, axis=1, keepdims=True)
+
+    cents = {c: norm(feats[sup])[labels[sup] == c].mean(0) for c in range(6)}
+    pred = [max(cents, key=lambda c: float(norm(feats[[q]])[0] @ cents[c])) for q in qry]
+    assert got == pytest.approx(np.mean(np.array(pred) == labels[qry]))
+
+
+def test_registry_and_protocols(random_model, world, tmp_path):
+    from evaluation.tasks import Task, load_registry, run_task
+    from warehouse.catalog import open_catalog
+
+    registry = load_registry()
+    assert {"sample-heldout-zero-shot", "sample-heldout-life-stage"} <= set(registry)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        Task(name="x", path=".", protocol="vibes")
+    cat = open_catalog(tmp_path / "home")
+    export = random_model.name.removeprefix("local-dir:")
+    task = Task(
+        name="t-emergent",
+        path=str(world.eval_dir),
+        protocol="emergent",
+        options={"variant": "life_stage", "k": 5, "plots": True},
+    )
+    out = run_task(cat, export, task, progress=False)
+    assert 0 <= out["orthogonality_rho"] <= 1 and out["orthogonality_k"] == 5
+    assert all(__import__("pathlib").Path(p).exists() for p in out["plots"])
+    few = run_task(
+        cat,
+        export,
+        Task(name="t-few", path=str(world.eval_dir), protocol="few_shot", options={"ks": [1], "folds": 2}),
+        progress=False,
+    )
+    assert 0 <= few["few_shot_k1_acc"] <= 1
+    with cat.connect() as con:
+        metrics = {r[0] for r in con.execute("SELECT metric FROM eval_results").fetchall()}
+    assert {"orthogonality_rho", "separation_fdr", "few_shot_k1_acc"} <= metrics
+
+
+def test_rho_null_reference_separates_orthogonal_variation_from_noise():
+    from evaluation.emergent import orthogonality
+
+    off_span = np.zeros(32)
+    off_span[20] = 0.4
+    out = orthogonality(*_clusters(np.random.default_rng(5), lambda s: off_span, spread=0.05), k=7)
+    # isotropic noise spreads over all 32 dims: about 7/32 of it lies in a 7-dim span; the variant far less
+    assert out["orthogonality_rho"] < 0.5 * out["orthogonality_rho_null"]
+    assert 0.1 < out["orthogonality_rho_null"] < 0.4

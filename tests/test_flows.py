@@ -16,9 +16,22 @@ def test_demo_flow_end_to_end(prefect_harness, tmp_path):
             r[0] for r in con.execute("SELECT stage FROM stage_runs WHERE status = 'succeeded'").fetchall()
         }
     assert stages >= {"ingest", "resolve", "fetch", "dedup", "shard", "train", "evaluate"}
-    zs = summary["zero_shot"]
-    assert zs["top1"] > 3 * zs["chance"], zs
-    assert zs["top1"] > summary["random_init_zero_shot"]["top1"]
+    zs = summary["evaluation"]["sample-heldout-zero-shot"]
+    base = summary["random_init_evaluation"]["sample-heldout-zero-shot"]
+    assert zs["zero_shot_taxon_top1"] > 3 * zs["zero_shot_taxon_chance"], zs
+    assert zs["zero_shot_taxon_top1"] > base["zero_shot_taxon_top1"]
+    few = summary["evaluation"]["sample-heldout-few-shot"]
+    assert (
+        few["few_shot_k1_acc"]
+        > summary["random_init_evaluation"]["sample-heldout-few-shot"]["few_shot_k1_acc"]
+    )
+    from flows.report import demo_report
+
+    assert "zero-shot top-1" in demo_report(
+        open_catalog(home),
+        summary,
+        since=__import__("datetime").datetime.min.replace(tzinfo=__import__("datetime").UTC),
+    )
 
 
 def test_deployments_build_with_schedule(prefect_harness, tmp_path):

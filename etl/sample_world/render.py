@@ -2,7 +2,8 @@
 
 kingdom -> background palette, phylum -> body shape, class -> body hue, order -> stripe angle,
 family -> stripe count, genus -> stripe hue, species -> accent colour and position.
-Life stage (adult / juvenile) is orthogonal to species: juveniles are paler, smaller and ringed.
+Life stage (adult / juvenile) is orthogonal to species: juveniles keep their species' colours and pattern but
+are smaller, ringed in white and speckled with white dots (colour would entangle the trait with class).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def render_organism(
     angle = rng.uniform(-0.35, 0.35)
     shape = SHAPES[traits["phylum"] % len(SHAPES)]
     body_hue = traits["class"] * 0.143 + traits["order"] * 0.04
-    body = _rgb(body_hue, 0.35 if juvenile else 0.75, 0.95 if juvenile else 0.75)
+    body = _rgb(body_hue, 0.75, 0.75)
     outline = (250, 250, 250) if juvenile else None
     poly = _polygon(shape, cx, cy, rx, ry, angle)
     draw.polygon(poly, fill=body, outline=outline, width=max(2, w // 60) if juvenile else 0)
@@ -112,6 +113,13 @@ def render_organism(
     draw = ImageDraw.Draw(img)
     draw.ellipse([ax - ar, ay - ar, ax + ar, ay + ar], fill=accent, outline=(20, 20, 20), width=2)
 
+    if juvenile:
+        for _ in range(7):
+            t = rng.uniform(0, 2 * math.pi)
+            rr = rng.uniform(0.2, 0.75)
+            dx, dy = cx + math.cos(t) * rx * rr, cy + math.sin(t) * ry * rr
+            dot = max(2.0, min(rx, ry) * 0.08)
+            draw.ellipse([dx - dot, dy - dot, dx + dot, dy + dot], fill=(250, 250, 250))
     if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if rng.random() < 0.3:

@@ -1,0 +1,213 @@
+"""Task registry and runner: a task names an adapter, a path, a protocol and its options; every value goes to
+`eval_results` with the model or run id, and to a JSON file per run and task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from evaluation.datasets import LabelledImages, load_metadata_folder
+from warehouse.catalog import Catalog, fetch_first
+from warehouse.stage_runs import StageRun
+
+DEFAULT_REGISTRY = Path(__file__).with_name("tasks.yaml")
+ADAPTERS: dict[str, Callable[..., LabelledImages]] = {"metadata_folder": load_metadata_folder}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    path: str
+    protocol: str
+    adapter: str = "metadata_folder"
+    text_type: str = "taxon"
+    templates: str = "openai"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"task {self.name}: unknown protocol {self.protocol!r}; choose one of {sorted(PROTOCOLS)}"
+            )
+        if self.adapter not in ADAPTERS:
+            raise ValueError(
+                f"task {self.name}: unknown adapter {self.adapter!r}; choose one of {sorted(ADAPTERS)}"
+            )
+
+
+def load_registry(extra: str | Path | None = None) -> dict[str, Task]:
+    tasks: dict[str, Task] = {}
+    for path in [DEFAULT_REGISTRY, *([Path(extra)] if extra else [])]:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        for entry in doc.get("tasks", []):
+            task = Task(**entry)
+            tasks[task.name] = task
+    return tasks
+
+
+def resolve_model(catalog: Catalog, spec: str) -> tuple[str, str | None]:
+    """A training run id becomes its export path; anything else is passed to open_clip as is."""
+    with catalog.connect() as con:
+        row = fetch_first(con, "SELECT export_path FROM training_runs WHERE run_id = ?", [spec])
+    return (row[0], spec) if row and row[0] else (spec, None)
+
+
+def _features(catalog: Catalog, model, data: LabelledImages, progress: bool) -> np.ndarray:
+    from evaluation.zero_shot import image_features
+
+    return image_features(model, data.paths, cache_dir=catalog.home / "cache" / "features", progress=progress)
+
+
+def _zero_shot(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
+    from evaluation.zero_shot import zero_shot_scores
+
+    scores = zero_shot_scores(
+        model, data, task.templates, cache_dir=catalog.home / "cache" / "features", progress=progress
+    )
+    return {
+        f"zero_shot_{task.text_type}_{k}" if k not in ("n", "n_classes") else k: v for k, v in scores.items()
+    }
+
+
+def _few_shot(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
+    from evaluation.fewshot import simpleshot
+
+    feats = _features(catalog, model, data, progress)
+    return simpleshot(
+        feats, np.array(data.labels), tuple(task.options.get("ks", (1, 5))), task.options.get("folds", 5)
+    )
+
+
+def _linear_probe(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
+    from evaluation.fewshot import linear_probe
+
+    feats = _features(catalog, model, data, progress)
+    return linear_probe(
+        feats,
+        np.array(data.labels),
+        task.options.get("train_fraction", 0.5),
+        task.options.get("seed", 0),
+        task.options.get("c", 1.0),
+    )
+
+
+def _emergent(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
+    from evaluation.emergent import orthogonality, separation
+
+    column = task.options.get("variant", "life_stage")
+    if not data.extra or column not in data.extra[0]:
+        raise ValueError(f"task {task.name}: metadata has no {column!r} column")
+    feats = _features(catalog, model, data, progress)
+    species, variant = np.array(data.labels), np.array([e[column] for e in data.extra])
+    out = {
+        **separation(feats, species, variant),
+        **orthogonality(feats, species, variant, task.options.get("k", 10)),
+    }
+    if task.options.get("plots"):
+        from evaluation.plots import embedding_maps
+
+        colour = {
+            "class": [str(data.class_lineages[c].get("class")) for c in data.labels],
+            column: variant.tolist(),
+        }
+        out["plots"] = [str(p) for p in embedding_maps(feats, colour, out_dir / "plots")]
+    return out
+
+
+PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
+    "zero_shot": _zero_shot,
+    "few_shot": _few_shot,
+    "linear_probe": _linear_probe,
+    "emergent": _emergent,
+}
+
+
+def run_task(
+    catalog: Catalog,
+    model_spec: str,
+    task: Task,
+    *,
+    progress: bool = True,
+    json_out: str | Path | None = None,
+) -> dict[str, Any]:
+    from evaluation.zero_shot import load_model
+
+    spec, run_id = resolve_model(catalog, model_spec)
+    label = run_id or hashlib.sha1(spec.encode()).hexdigest()[:12]
+    out_dir = catalog.home / "eval" / label
+    with StageRun(catalog, "evaluate", config={"model": spec, "run_id": run_id, **asdict(task)}) as stage:
+        data = ADAPTERS[task.adapter](task.path.format(home=catalog.home), task.text_type)
+        model = load_model(spec)
+        scores = PROTOCOLS[task.protocol](catalog, model, data, task, out_dir, progress)
+        scores = {
+            "task": task.name,
+            "protocol": task.protocol,
+            "model": spec,
+            "run_id": run_id,
+            "n": len(data.paths),
+            **scores,
+        }
+        now = datetime.now(UTC)
+        with catalog.connect() as con:
+            for metric, value in scores.items():
+                if isinstance(value, float | int) and not isinstance(value, bool) and metric != "n":
+                    con.execute(
+                        "INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            run_id,
+                            spec,
+                            task.name,
+                            metric,
+                            float(value),
+                            len(data.paths),
+                            json.dumps({"protocol": task.protocol, "options": task.options}),
+                            now,
+                        ],
+                    )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(scores, indent=1, default=str)
+        (out_dir / f"{task.name}.json").write_text(text)
+        if json_out:
+            Path(json_out).write_text(text)
+        stage.n_in = stage.n_out = len(data.paths)
+        stage.details = {k: v for k, v in scores.items() if not isinstance(v, list)}
+    return scores
+
+
+def adhoc_task(data: str, protocol: str, text_type: str = "taxon", templates: str = "openai") -> Task:
+    return Task(
+        name=f"adhoc:{Path(data).name}:{protocol}",
+        path=str(Path(data).resolve()),
+        protocol=protocol,
+        text_type=text_type,
+        templates=templates,
+    )
+
+
+def compare(catalog: Catalog, models: list[str] | None = None) -> list[dict[str, Any]]:
+    """Latest value of each (task, metric) per model or run, one row per metric, models as columns."""
+    rows = catalog.query_arrow(
+        """SELECT coalesce(run_id, model) AS who, task, metric, value FROM eval_results
+           QUALIFY row_number() OVER (PARTITION BY coalesce(run_id, model), task, metric
+                                      ORDER BY created_at DESC) = 1
+           ORDER BY task, metric"""
+    ).to_pylist()
+    if models:
+        rows = [r for r in rows if r["who"] in models]
+    who = sorted(
+        {r["who"] for r in rows}, key=lambda w: (models or []).index(w) if models and w in models else 0
+    )
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        table.setdefault((r["task"], r["metric"]), {"task": r["task"], "metric": r["metric"]})[r["who"]] = r[
+            "value"
+        ]
+    return [{**row, **{w: row.get(w) for w in who}} for row in table.values()]
