@@ -21,6 +21,14 @@ from warehouse.catalog import open_catalog
 
 
 def main(home: str = "tol-data", steps: int = 300) -> None:
+    if not (Path(home) / "shards" / "sample-v1" / "manifest.json").exists():
+        emit(
+            {
+                "bench": Path(__file__).stem,
+                "skipped": f"needs the demo's dataset version under {home}: run make demo",
+            }
+        )
+        return
     catalog = open_catalog(home)
     world = Path(home) / "sample_world"
     result: dict = {"bench": "replay_effect", "steps": steps}

@@ -92,6 +92,14 @@ def run_open_clip(urls: list[str], tmp: Path) -> dict:
 
 
 def main(home: str = "tol-data") -> None:
+    if not (Path(home) / "shards" / "sample-v1" / "manifest.json").exists():
+        emit(
+            {
+                "bench": Path(__file__).stem,
+                "skipped": f"needs the demo's dataset version under {home}: run make demo",
+            }
+        )
+        return
     catalog = open_catalog(home)
     urls = shard_urls(catalog, "sample-v1", "train")
     with tempfile.TemporaryDirectory() as tmp:
