@@ -24,3 +24,13 @@ def emit(result: dict) -> None:
     json.dump(result, sys.stdout, default=str)
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def demo_version_missing(home: str, bench: str) -> bool:
+    """True (after printing a `skipped` JSON line) when the demo's dataset version is not under `home`."""
+    from pathlib import Path
+
+    if (Path(home) / "shards" / "sample-v1" / "manifest.json").exists():
+        return False
+    emit({"bench": bench, "skipped": f"needs the demo's dataset version under {home}: run make demo"})
+    return True

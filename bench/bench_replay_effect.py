@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import emit
+from _common import demo_version_missing, emit
 
 from evaluation.datasets import load_metadata_folder
 from evaluation.retrieval import retrieval_scores
@@ -21,13 +21,7 @@ from warehouse.catalog import open_catalog
 
 
 def main(home: str = "tol-data", steps: int = 300) -> None:
-    if not (Path(home) / "shards" / "sample-v1" / "manifest.json").exists():
-        emit(
-            {
-                "bench": Path(__file__).stem,
-                "skipped": f"needs the demo's dataset version under {home}: run make demo",
-            }
-        )
+    if demo_version_missing(home, Path(__file__).stem):
         return
     catalog = open_catalog(home)
     world = Path(home) / "sample_world"

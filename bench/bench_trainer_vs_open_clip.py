@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import emit
+from _common import demo_version_missing, emit
 
 from training.config import TINY_VIT_CFG, load_config
 from training.loop import train
@@ -92,13 +92,7 @@ def run_open_clip(urls: list[str], tmp: Path) -> dict:
 
 
 def main(home: str = "tol-data") -> None:
-    if not (Path(home) / "shards" / "sample-v1" / "manifest.json").exists():
-        emit(
-            {
-                "bench": Path(__file__).stem,
-                "skipped": f"needs the demo's dataset version under {home}: run make demo",
-            }
-        )
+    if demo_version_missing(home, Path(__file__).stem):
         return
     catalog = open_catalog(home)
     urls = shard_urls(catalog, "sample-v1", "train")
