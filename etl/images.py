@@ -86,6 +86,12 @@ def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None =
                 return ProcessedImage(
                     "decompression_bomb", f"{img.size[0]}x{img.size[1]} pixels", md5=out.md5
                 )
+            if crop_box is None and img.format == "JPEG" and max(img.size) > 2 * config.max_side:
+                # Decode straight to a reduced size in the DCT domain (1/2, 1/4, 1/8), never below the final
+                # size; the size gate below still reads the original size. Same path for every image,
+                # evaluation images included, so their hashes stay comparable.
+                ratio = config.max_side / max(img.size)
+                img.draft("RGB", (int(img.size[0] * ratio) + 1, int(img.size[1] * ratio) + 1))
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return ProcessedImage("decompression_bomb", str(exc)[:200], md5=out.md5)
@@ -100,8 +106,9 @@ def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None =
             if box == (0, 0, 0, 0):
                 return ProcessedImage("crop_outside_image", f"box {crop_box} outside {img.size}", md5=out.md5)
             img = img.crop(box)
-        if min(img.size) < config.min_side:
-            out.status, out.error = "too_small", f"short side {min(img.size)} < {config.min_side}"
+        short = min(img.size) if crop_box else min(out.original_width, out.original_height)
+        if short < config.min_side:
+            out.status, out.error = "too_small", f"short side {short} < {config.min_side}"
             out.width, out.height = img.size
             return out
         if max(img.size) > config.max_side:

@@ -269,3 +269,12 @@ def test_spark_executor_rows_equal_local_rows(bad_server):
     drop = ["seconds", "attempts"]
     for i in (0, 1):
         assert spark[i].drop_columns(drop).to_pylist() == local[i].drop_columns(drop).to_pylist()
+
+
+def test_large_jpeg_is_decoded_reduced_but_gated_and_recorded_at_full_size():
+    big = process_image(_jpeg((2400, 1800)), ImageConfig())
+    assert big.status == "ok" and (big.width, big.height) == (720, 540)
+    assert (big.original_width, big.original_height) == (2400, 1800)
+    # 3000 x 200: the draft must not rescue (or wrongly fail) the size gate, which reads the original size
+    thin = process_image(_jpeg((3000, 200)), ImageConfig())
+    assert thin.status == "too_small" and "200" in thin.error
