@@ -39,3 +39,19 @@ def test_bad_input_is_one_line_and_non_zero(curated, capsys):
 def test_versions_verify(curated, capsys):
     assert main(["--home", str(curated.home), "versions", "verify", "t1"]) == 0
     assert "match the manifest" in capsys.readouterr().out
+
+
+def test_resolve_names_csv(world, tmp_path, capsys):
+    import csv
+
+    home = str(tmp_path / "home")
+    assert main(["--home", home, "taxonomy", "load-backbone", str(world.backbone)]) == 0
+    genus = world.planted["homonym_genus"]
+    src = tmp_path / "names.csv"
+    src.write_text(f"scientific_name,kingdom\n{genus},Plantae\n{genus},\nNonexistus fictus,\n")
+    out = tmp_path / "out.csv"
+    assert main(["--home", home, "taxonomy", "resolve-names", str(src), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["match_type"] for r in rows] == ["exact", "none", "none"]
+    assert rows[0]["kingdom"] == "Plantae" and rows[0]["genus"] == genus
+    assert "homonym" in rows[1]["reason"]

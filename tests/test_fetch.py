@@ -278,3 +278,24 @@ def test_large_jpeg_is_decoded_reduced_but_gated_and_recorded_at_full_size():
     # 3000 x 200: the draft must not rescue (or wrongly fail) the size gate, which reads the original size
     thin = process_image(_jpeg((3000, 200)), ImageConfig())
     assert thin.status == "too_small" and "200" in thin.error
+
+
+def test_retry_failed_refetches_only_transient_failures(catalog, world):
+    """A 503 during the first fetch is transient: --retry-failed fetches it again and counts the attempt;
+    permanent failures (404, too small, corrupt) are left alone."""
+    from etl.ingest import run_ingest
+    from etl.sample_world import serve_sample_world
+    from etl.sources import IngestConfig
+
+    with serve_sample_world(world.root, faults={"/bioscan5m/images": [503] * 9}) as srv:
+        run_ingest(catalog, IngestConfig("bioscan", api_url=srv.base_url))
+        cfg = FetchConfig(allow_private_hosts=True, retries=0)
+        first = run_fetch(catalog, cfg, workers=1, progress=False)
+        assert first["dropped"].get("http_503") == 9
+        again = run_fetch(catalog, cfg, workers=1, progress=False, retry_failed=True)
+    assert again["n_in"] == 9 and again["n_out"] == 9
+    with catalog.connect() as con:
+        rows = con.execute("SELECT status, attempts FROM images WHERE attempts > 1").fetchall()
+        total = con.execute("SELECT count(*), count(DISTINCT record_id) FROM images").fetchall()[0]
+    assert len(rows) == 9 and all(status == "ok" and attempts == 2 for status, attempts in rows)
+    assert total[0] == total[1]
