@@ -115,7 +115,7 @@ def _emergent(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
         from evaluation.plots import embedding_maps
 
         colour = {
-            "class": [str(data.class_lineages[c].get("class")) for c in data.labels],
+            "class": [data.class_lineages[c].get("class") or "(no class)" for c in data.labels],
             column: variant.tolist(),
         }
         out["plots"] = [str(p) for p in embedding_maps(feats, colour, out_dir / "plots")]
