@@ -119,92 +119,91 @@ def run_dedup(catalog: Catalog, config: DedupConfig | None = None) -> dict:
 
 def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) -> None:
     catalog = run.catalog
-    if True:
-        con.execute(f"""CREATE TEMP TABLE cand AS
-            SELECT i.record_id AS id, i.md5, i.phash, i.status, r.source,
-                   {_priority_sql(config)} AS source_rank, coalesce(i.width * i.height, 0) AS pixels,
-                   r.ingested_at,
-                   bit_count(i.phash) < {config.degenerate_min_bits}
-                     OR bit_count(i.phash) > {64 - config.degenerate_min_bits} AS degenerate
-            FROM images i JOIN raw_records r USING (record_id)""")
-        run.n_in = fetch_first(con, "SELECT count(*) FROM cand")[0]
-        decisions: dict[str, tuple[bool, str | None, str | None, int | None]] = {}
-        for (rid,) in con.execute("SELECT id FROM cand WHERE status <> 'ok' OR phash IS NULL").fetchall():
-            decisions[rid] = (False, "no_hash", None, None)
-        con.execute("CREATE TEMP TABLE ok AS SELECT * FROM cand WHERE status = 'ok' AND phash IS NOT NULL")
-        # 1. leaks
-        if config.eval_sets:
-            con.execute("""CREATE TEMP TABLE ev AS SELECT eval_set || ':' || path AS id, eval_set, md5, phash
-                           FROM eval_hashes WHERE phash IS NOT NULL""")
-            leaks = con.execute(f"""
-                SELECT id, eval_set, eval_id, distance FROM (
-                  SELECT p.a AS id, e.eval_set, p.b AS eval_id, p.distance,
-                         row_number() OVER (PARTITION BY p.a ORDER BY p.distance, p.b) AS k
-                  FROM ({near_pairs_sql("ok", "ev", config.leak_k, False)}) p JOIN ev e ON e.id = p.b
-                  UNION ALL
-                  SELECT o.id, e.eval_set, e.id, 0, 0 FROM ok o JOIN ev e ON o.md5 = e.md5
-                ) WHERE k <= 1 QUALIFY row_number() OVER (PARTITION BY id ORDER BY distance) = 1""").fetchall()
-            for rid, eval_set, eval_id, dist in leaks:
-                decisions[rid] = (False, f"eval_leak:{eval_set}", eval_id, int(dist))
-        leaked = [rid for rid, d in decisions.items() if d[1] and d[1].startswith("eval_leak")]
-        con.execute("CREATE TEMP TABLE leaked (id VARCHAR)")
-        if leaked:
-            con.executemany("INSERT INTO leaked VALUES (?)", [[r] for r in leaked])
-        con.execute("CREATE TEMP TABLE pool AS SELECT * FROM ok WHERE id NOT IN (SELECT id FROM leaked)")
-        order = "source_rank, pixels DESC, ingested_at, id"
-        # 2. exact
-        exact = con.execute(f"""SELECT id, first_value(id) OVER w AS keeper FROM pool
-                                WINDOW w AS (PARTITION BY md5 ORDER BY {order})""").fetchall()
-        for rid, keeper in exact:
-            if rid != keeper:
-                decisions[rid] = (False, "exact_duplicate", keeper, 0)
-        con.execute("""CREATE TEMP TABLE uniq AS SELECT * FROM pool
-                       QUALIFY row_number() OVER (PARTITION BY md5 ORDER BY source_rank, pixels DESC,
-                                                  ingested_at, id) = 1""")
-        # 3. near, degenerate hashes excluded
-        con.execute("CREATE TEMP TABLE clusterable AS SELECT * FROM uniq WHERE NOT degenerate")
-        pairs = con.execute(near_pairs_sql("clusterable", "clusterable", config.near_k, True)).fetchall()
-        comp = _components([(a, b) for a, b, _ in pairs])
-        if comp:
-            con.execute("CREATE TEMP TABLE comp (id VARCHAR, root VARCHAR)")
-            con.executemany("INSERT INTO comp VALUES (?, ?)", [[k, v] for k, v in comp.items()])
-            keepers = dict(
-                con.execute(f"""SELECT root, first(id ORDER BY {order}) FROM comp JOIN clusterable
-                                           USING (id) GROUP BY root""").fetchall()
-            )
-            dist = {}
-            for a, b, d in pairs:
-                dist[(a, b)] = dist[(b, a)] = d
-            phash = dict(
-                con.execute("SELECT id, phash FROM clusterable WHERE id IN (SELECT id FROM comp)").fetchall()
-            )
-            for rid, root in comp.items():
-                keeper = keepers[root]
-                if rid != keeper:
-                    d = dist.get((rid, keeper), bin((phash[rid] ^ phash[keeper]) & (2**64 - 1)).count("1"))
-                    decisions[rid] = (False, "near_duplicate", keeper, int(d))
-        for (rid,) in con.execute("SELECT id FROM uniq WHERE degenerate").fetchall():
-            decisions.setdefault(rid, (True, "degenerate_hash", None, None))
-        for (rid,) in con.execute("SELECT id FROM cand").fetchall():
-            decisions.setdefault(rid, (True, None, None, None))
-        ids = sorted(decisions)
-        table = pa.Table.from_pydict(
-            {
-                "record_id": ids,
-                "kept": [decisions[i][0] for i in ids],
-                "reason": [decisions[i][1] for i in ids],
-                "duplicate_of": [decisions[i][2] for i in ids],
-                "distance": [decisions[i][3] for i in ids],
-                "run_id": [run.run_id] * len(ids),
-            },
-            schema=DEDUP_DECISIONS,
+    con.execute(f"""CREATE TEMP TABLE cand AS
+        SELECT i.record_id AS id, i.md5, i.phash, i.status, r.source,
+               {_priority_sql(config)} AS source_rank, coalesce(i.width * i.height, 0) AS pixels,
+               r.ingested_at,
+               bit_count(i.phash) < {config.degenerate_min_bits}
+                 OR bit_count(i.phash) > {64 - config.degenerate_min_bits} AS degenerate
+        FROM images i JOIN raw_records r USING (record_id)""")
+    run.n_in = fetch_first(con, "SELECT count(*) FROM cand")[0]
+    decisions: dict[str, tuple[bool, str | None, str | None, int | None]] = {}
+    for (rid,) in con.execute("SELECT id FROM cand WHERE status <> 'ok' OR phash IS NULL").fetchall():
+        decisions[rid] = (False, "no_hash", None, None)
+    con.execute("CREATE TEMP TABLE ok AS SELECT * FROM cand WHERE status = 'ok' AND phash IS NOT NULL")
+    # 1. leaks
+    if config.eval_sets:
+        con.execute("""CREATE TEMP TABLE ev AS SELECT eval_set || ':' || path AS id, eval_set, md5, phash
+                       FROM eval_hashes WHERE phash IS NOT NULL""")
+        leaks = con.execute(f"""
+            SELECT id, eval_set, eval_id, distance FROM (
+              SELECT p.a AS id, e.eval_set, p.b AS eval_id, p.distance,
+                     row_number() OVER (PARTITION BY p.a ORDER BY p.distance, p.b) AS k
+              FROM ({near_pairs_sql("ok", "ev", config.leak_k, False)}) p JOIN ev e ON e.id = p.b
+              UNION ALL
+              SELECT o.id, e.eval_set, e.id, 0, 0 FROM ok o JOIN ev e ON o.md5 = e.md5
+            ) WHERE k <= 1 QUALIFY row_number() OVER (PARTITION BY id ORDER BY distance) = 1""").fetchall()
+        for rid, eval_set, eval_id, dist in leaks:
+            decisions[rid] = (False, f"eval_leak:{eval_set}", eval_id, int(dist))
+    leaked = [rid for rid, d in decisions.items() if d[1] and d[1].startswith("eval_leak")]
+    con.execute("CREATE TEMP TABLE leaked (id VARCHAR)")
+    if leaked:
+        con.executemany("INSERT INTO leaked VALUES (?)", [[r] for r in leaked])
+    con.execute("CREATE TEMP TABLE pool AS SELECT * FROM ok WHERE id NOT IN (SELECT id FROM leaked)")
+    order = "source_rank, pixels DESC, ingested_at, id"
+    # 2. exact
+    exact = con.execute(f"""SELECT id, first_value(id) OVER w AS keeper FROM pool
+                            WINDOW w AS (PARTITION BY md5 ORDER BY {order})""").fetchall()
+    for rid, keeper in exact:
+        if rid != keeper:
+            decisions[rid] = (False, "exact_duplicate", keeper, 0)
+    con.execute("""CREATE TEMP TABLE uniq AS SELECT * FROM pool
+                   QUALIFY row_number() OVER (PARTITION BY md5 ORDER BY source_rank, pixels DESC,
+                                              ingested_at, id) = 1""")
+    # 3. near, degenerate hashes excluded
+    con.execute("CREATE TEMP TABLE clusterable AS SELECT * FROM uniq WHERE NOT degenerate")
+    pairs = con.execute(near_pairs_sql("clusterable", "clusterable", config.near_k, True)).fetchall()
+    comp = _components([(a, b) for a, b, _ in pairs])
+    if comp:
+        con.execute("CREATE TEMP TABLE comp (id VARCHAR, root VARCHAR)")
+        con.executemany("INSERT INTO comp VALUES (?, ?)", [[k, v] for k, v in comp.items()])
+        keepers = dict(
+            con.execute(f"""SELECT root, first(id ORDER BY {order}) FROM comp JOIN clusterable
+                                       USING (id) GROUP BY root""").fetchall()
         )
-        write_parquet_atomic(table, catalog.lake / "dedup" / f"run={run.run_id}" / "decisions.parquet")
-        for _, (kept, reason, _, _) in decisions.items():
-            if not kept:
-                run.drop((reason or "").split(":")[0] if reason == "no_hash" else reason)
-        run.n_out = sum(1 for d in decisions.values() if d[0])
-        run.details = {"near_candidate_pairs": len(pairs), "clusters": len(set(comp.values()))}
+        dist = {}
+        for a, b, d in pairs:
+            dist[(a, b)] = dist[(b, a)] = d
+        phash = dict(
+            con.execute("SELECT id, phash FROM clusterable WHERE id IN (SELECT id FROM comp)").fetchall()
+        )
+        for rid, root in comp.items():
+            keeper = keepers[root]
+            if rid != keeper:
+                d = dist.get((rid, keeper), bin((phash[rid] ^ phash[keeper]) & (2**64 - 1)).count("1"))
+                decisions[rid] = (False, "near_duplicate", keeper, int(d))
+    for (rid,) in con.execute("SELECT id FROM uniq WHERE degenerate").fetchall():
+        decisions.setdefault(rid, (True, "degenerate_hash", None, None))
+    for (rid,) in con.execute("SELECT id FROM cand").fetchall():
+        decisions.setdefault(rid, (True, None, None, None))
+    ids = sorted(decisions)
+    table = pa.Table.from_pydict(
+        {
+            "record_id": ids,
+            "kept": [decisions[i][0] for i in ids],
+            "reason": [decisions[i][1] for i in ids],
+            "duplicate_of": [decisions[i][2] for i in ids],
+            "distance": [decisions[i][3] for i in ids],
+            "run_id": [run.run_id] * len(ids),
+        },
+        schema=DEDUP_DECISIONS,
+    )
+    write_parquet_atomic(table, catalog.lake / "dedup" / f"run={run.run_id}" / "decisions.parquet")
+    for kept, reason, _, _ in decisions.values():
+        if not kept:
+            run.drop(reason)
+    run.n_out = sum(1 for d in decisions.values() if d[0])
+    run.details = {"near_candidate_pairs": len(pairs), "clusters": len(set(comp.values()))}
 
 
 def latest_dedup_run(con: duckdb.DuckDBPyConnection) -> str | None:

@@ -41,7 +41,8 @@ def verify_version(catalog: Catalog, version: str) -> list[str]:
         if not path.exists():
             problems.append(f"{s['split']}/{s['name']}: missing")
             continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()  # streamed: shards can be GBs
         if digest != s["sha256"]:
             problems.append(f"{s['split']}/{s['name']}: sha256 {digest[:12]} != manifest {s['sha256'][:12]}")
         try:
