@@ -31,7 +31,8 @@ lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(STAMP)  ## run the benchmarks (JSON on stdout)
+bench: $(STAMP)  ## run the benchmarks (JSON on stdout), with the peer tools they compare against
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	@for f in bench/bench_*.py; do $(BIN)/python $$f; done
 
 serve: $(STAMP)  ## start a local Prefect server with the deployments

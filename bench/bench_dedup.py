@@ -1,64 +1,218 @@
-"""Dedup: near-duplicate search (band join + popcount in DuckDB) over N synthetic 64-bit hashes with planted
-neighbours: seconds, recall of the planted pairs, growth exponent between sizes."""
+"""Dedup benchmarks, JSON lines on stdout.
+
+1. `near_search`: exact near-duplicate search (etl/near_dup.py) over N synthetic 64-bit hashes with 1,000
+   planted neighbours at 1..k bits; each size runs in its own process so peak RSS is per size; the growth
+   exponent is log(t_10M / t_1M) / log(10).
+2. `vs_imagededup`: rendered images with planted near duplicates (resize, JPEG re-encode, 2% crop, resize +
+   re-encode) among look-alike distractors (same species, other individuals): pairwise precision and recall
+   and seconds for our hashing + search next to imagededup's PHash `encode_images` + `find_duplicates`, on
+   the same files in the same run, both with 2 workers.
+
+Usage: bench_dedup.py [--sizes 1000000,10000000] [--images 1500] [--skip-synthetic] [--skip-images]
+"""
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import math
 import random
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import duckdb
 import numpy as np
-import pyarrow as pa
-from _common import emit, peak_rss_mb, timer
+from _common import emit, peak_rss_mb
 
-from etl.dedup import near_pairs_sql
+from etl.near_dup import near_pairs, plan_layout
 
 
-def run(n: int, k: int, planted: int = 1000, seed: int = 0) -> dict:
+def synthetic(n: int, k: int, planted: int = 1000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    hashes = rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64)
-    prng = random.Random(seed)
-    pairs = set()
-    for i in range(planted):
-        a, b = 2 * i, 2 * i + 1
-        h = int(hashes[a])
-        for bit in prng.sample(range(64), prng.randint(0, k)):
-            h ^= 1 << bit
-        hashes[b] = h - 2**64 if h >= 2**63 else (h + 2**64 if h < -(2**63) else h)
-        pairs.add((f"{a:09d}", f"{b:09d}"))
-    con = duckdb.connect()
-    con.register("src", pa.table({"id": [f"{i:09d}" for i in range(n)], "phash": hashes}))
-    con.execute("CREATE TABLE h AS SELECT * FROM src")
-    out: dict = {"n": n, "k": k}
-    with timer(out, "seconds"):
-        found = con.execute(near_pairs_sql("h", "h", k, True)).fetchall()
-    got = {(a, b) for a, b, _ in found}
-    out.update(pairs_found=len(found), planted_recall=len(pairs & got) / len(pairs))
-    return out
+    hashes = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+    src = rng.choice(n, planted, replace=False)
+    dst = rng.choice(np.setdiff1d(np.arange(n), src), planted, replace=False)
+    flips = rng.integers(1, k + 1, planted)
+    for s, d, f in zip(src, dst, flips, strict=True):
+        v = hashes[s]
+        for bit in rng.choice(64, f, replace=False):
+            v ^= np.uint64(1) << np.uint64(bit)
+        hashes[d] = v
+    t0 = time.perf_counter()
+    i, j, _ = near_pairs(hashes, k)
+    seconds = time.perf_counter() - t0
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    want = {(min(a, b), max(a, b)) for a, b in zip(src.tolist(), dst.tolist(), strict=True)}
+    layout = plan_layout(k, n)
+    return {
+        "n": n,
+        "k": k,
+        "layout": f"{layout.segments} segments, {layout.match} must match ({len(layout.subsets)} keys)",
+        "seconds": round(seconds, 2),
+        "pairs_found": len(found),
+        "planted_recall": len(want & found) / len(want),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+
+
+def bench_synthetic(sizes: list[int], k: int) -> dict:
+    runs = []
+    for n in sizes:  # one process per size: peak RSS then belongs to that size alone
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--k", str(k)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        runs.append(json.loads(out.stdout))
+    result = {"bench": "dedup_near_search", "k": k, "runs": runs}
+    if len(runs) >= 2:
+        a, b = runs[0], runs[-1]
+        result["growth_exponent"] = round(
+            math.log(b["seconds"] / a["seconds"]) / math.log(b["n"] / a["n"]), 2
+        )
+    return result
+
+
+# --- images vs imagededup ----------------------------------------------------------------------------------
+
+
+def _variants(img, rng: random.Random) -> dict[str, bytes]:
+    from etl.sample_world.render import jpeg_bytes
+
+    w, h = img.size
+    dx, dy = max(1, round(w * 0.02)), max(1, round(h * 0.02))
+    half = img.resize((w // 2, h // 2))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=40)
+    return {
+        "resize": jpeg_bytes(half),
+        "reencode": buf.getvalue(),
+        "crop2": jpeg_bytes(img.crop((dx, dy, w - dx, h - dy))),
+        "resize_reencode": (lambda b: (half.save(b, "JPEG", quality=50), b.getvalue())[1])(io.BytesIO()),
+    }
+
+
+def make_images(folder: Path, n_base: int, n_dup_groups: int, seed: int = 0) -> list[set[str]]:
+    """n_base renders (20 individuals per species: look-alike distractors); the first n_dup_groups get
+    their four variants. Returns the duplicate groups (file names)."""
+    from etl.sample_world.render import jpeg_bytes, render_organism
+
+    rng = random.Random(seed)
+    groups = []
+    for b in range(n_base):
+        species = b // 20
+        traits = {
+            r: (species * p) % 7
+            for r, p in zip(("kingdom", "phylum", "class", "order"), (1, 3, 5, 2), strict=True)
+        }
+        traits.update(family=species % 5, genus=species % 11, species=species)
+        size = (rng.randint(300, 900), rng.randint(300, 900))
+        img = render_organism(traits, rng, size)
+        name = f"{b:05d}.jpg"
+        (folder / name).write_bytes(jpeg_bytes(img))
+        if b < n_dup_groups:
+            group = {name}
+            for kind, data in _variants(img, rng).items():
+                (folder / f"{b:05d}_{kind}.jpg").write_bytes(data)
+                group.add(f"{b:05d}_{kind}.jpg")
+            groups.append(group)
+    return groups
+
+
+def _our_hash(path: str) -> int | None:
+    from etl.images import ImageConfig, process_image
+
+    return process_image(Path(path).read_bytes(), ImageConfig(min_side=1, encode=False)).phash  # as eval sets
+
+
+def _score(found: set[tuple[str, str]], truth: set[tuple[str, str]]) -> dict:
+    tp = len(found & truth)
+    return {
+        "pairs_found": len(found),
+        "precision": round(tp / len(found), 4) if found else None,
+        "recall": round(tp / len(truth), 4),
+    }
+
+
+def bench_images(n_base: int, n_dup_groups: int, ks: list[int]) -> dict:
+    try:
+        from imagededup.methods import PHash
+    except ImportError as exc:  # a peer comparison without the peer is not a benchmark
+        raise SystemExit(
+            "imagededup is not installed: `pip install -e '.[bench]'` (or `make bench`)"
+        ) from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        groups = make_images(folder, n_base, n_dup_groups)
+        truth = {tuple(sorted(p)) for g in groups for p in _pairs(sorted(g))}
+        files = sorted(p.name for p in folder.iterdir())
+        out: dict = {"bench": "dedup_vs_imagededup", "images": len(files), "true_pairs": len(truth)}
+
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(2) as pool:
+            hashes = list(pool.map(_our_hash, [str(folder / f) for f in files], chunksize=32))
+        ours_hash_s = time.perf_counter() - t0
+        arr = np.array([h if h is not None else 0 for h in hashes], dtype=np.int64)
+        out["ours"] = {"hash_seconds": round(ours_hash_s, 2)}
+        for k in ks:
+            t0 = time.perf_counter()
+            i, j, _ = near_pairs(arr, k)
+            search_s = time.perf_counter() - t0
+            found = {tuple(sorted((files[a], files[b]))) for a, b in zip(i.tolist(), j.tolist(), strict=True)}
+            out["ours"][f"k={k}"] = {**_score(found, truth), "search_seconds": round(search_s, 3)}
+
+        phasher = PHash(verbose=False)
+        t0 = time.perf_counter()
+        encodings = phasher.encode_images(image_dir=str(folder), num_enc_workers=2)
+        theirs_hash_s = time.perf_counter() - t0
+        out["imagededup"] = {"hash_seconds": round(theirs_hash_s, 2)}
+        for k in ks:
+            t0 = time.perf_counter()
+            dups = phasher.find_duplicates(
+                encoding_map=encodings, max_distance_threshold=k, num_enc_workers=2, num_dist_workers=2
+            )
+            search_s = time.perf_counter() - t0
+            found = {tuple(sorted((a, b))) for a, bs in dups.items() for b in bs}
+            out["imagededup"][f"k={k}"] = {**_score(found, truth), "search_seconds": round(search_s, 3)}
+        default = 6
+        ours, theirs = out["ours"][f"k={default}"], out["imagededup"][f"k={default}"]
+        out["at_k"] = default
+        out["recall_ratio"] = round(ours["recall"] / theirs["recall"], 3) if theirs["recall"] else None
+        out["total_seconds_ratio"] = round(
+            (theirs_hash_s + theirs["search_seconds"]) / (ours_hash_s + ours["search_seconds"]), 2
+        )
+        return out
+
+
+def _pairs(items: list[str]) -> list[tuple[str, str]]:
+    return [(a, b) for x, a in enumerate(items) for b in items[x + 1 :]]
 
 
 def main() -> None:
-    k = 6
-    sizes = [100_000, 200_000, 400_000]
-    runs = [run(n, k) for n in sizes]
-    exponent = math.log(runs[-1]["seconds"] / runs[0]["seconds"]) / math.log(sizes[-1] / sizes[0])
-    emit(
-        {
-            "bench": "dedup_near_band_join",
-            "k": k,
-            "segments": k + 1,
-            "runs": runs,
-            "growth_exponent": round(exponent, 2),
-            "peak_rss_mb": round(peak_rss_mb()),
-            "note": "k+1 exact segments (~9 bits each at k=6): buckets grow with N, so the join is quadratic "
-            "past a few hundred thousand hashes; issue 6 replaces it with a multi-index probe layout",
-        }
-    )
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000000,10000000")
+    ap.add_argument("--k", type=int, default=6)
+    ap.add_argument("--images", type=int, default=1500, help="base renders for the imagededup comparison")
+    ap.add_argument("--dup-groups", type=int, default=300)
+    ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--skip-images", action="store_true")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(synthetic(args.one, args.k)))
+        return
+    if not args.skip_synthetic:
+        emit(bench_synthetic([int(s) for s in args.sizes.split(",")], args.k))
+    if not args.skip_images:
+        emit(bench_images(args.images, args.dup_groups, [4, 6, 8, 10]))
 
 
 if __name__ == "__main__":

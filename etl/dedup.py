@@ -11,14 +11,19 @@ bits, from blank or uniform images) are flagged and never clustered.
 from __future__ import annotations
 
 import csv
-import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import webdataset as wds
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from etl.images import ImageConfig, process_image
+from etl.near_dup import near_pairs
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES
@@ -36,24 +41,50 @@ class DedupConfig:
     eval_sets: dict[str, str] = field(default_factory=dict)
 
 
-def _image_files(path: Path) -> list[Path]:
+def _shards(path: Path) -> list[Path]:
+    if path.is_file() and path.suffix == ".tar":
+        return [path]
+    if path.is_dir() and not (path / "metadata.csv").exists():
+        return sorted(path.glob("*.tar"))
+    return []
+
+
+def eval_images(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(relative path, bytes) of every image in an evaluation set.
+
+    Accepts a folder with `metadata.csv` (its `filepath` column), WebDataset shards (one `.tar`, or a folder
+    of them; the image member of each sample), or a plain folder of image files, searched recursively.
+    """
     meta = path / "metadata.csv"
     if meta.exists():
         with open(meta, newline="", encoding="utf-8") as fh:
-            return [path / row["filepath"] for row in csv.DictReader(fh)]
-    return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            for row in csv.DictReader(fh):
+                yield row["filepath"], (path / row["filepath"]).read_bytes()
+        return
+    if shards := _shards(path):
+        for shard in shards:
+            for sample in wds.WebDataset(str(shard), shardshuffle=False):
+                member = next((m for m in sample if "." + m.lower() in IMAGE_SUFFIXES), None)
+                if member is not None:
+                    yield f"{shard.name}/{sample['__key__']}.{member}", sample[member]
+        return
+    for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        yield str(file.relative_to(path)), file.read_bytes()
 
 
 def hash_eval_set(catalog: Catalog, name: str, path: str | Path, run_id: str) -> pa.Table:
-    """Hash an evaluation folder (with `metadata.csv` or plain) the same way fetched images are hashed."""
+    """Hash an evaluation set (see `eval_images`) the same way fetched images are hashed; stored per set, so
+    later runs check against it without the folder."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"evaluation set {name}: {path} does not exist")
     rows: dict[str, list] = {f.name: [] for f in EVAL_HASHES}
-    config = ImageConfig(min_side=1)
-    for file in _image_files(path):
-        img = process_image(file.read_bytes(), config)
+    config = ImageConfig(min_side=1, encode=False)
+    for rel, data in eval_images(path):
+        img = process_image(data, config)
         for k, v in (
             ("eval_set", name),
-            ("path", str(file.relative_to(path))),
+            ("path", rel),
             ("md5", img.md5),
             ("phash", img.phash),
             ("run_id", run_id),
@@ -64,42 +95,10 @@ def hash_eval_set(catalog: Catalog, name: str, path: str | Path, run_id: str) ->
     return table
 
 
-def _segment_exprs(k: int, alias: str) -> list[str]:
-    """k+1 bit ranges covering the 64 bits; equal on at least one for any pair within distance k."""
-    m = k + 1
-    bounds = [round(i * 64 / m) for i in range(m + 1)]
-    return [f"(({alias}.phash >> {lo}) & {(1 << (hi - lo)) - 1})" for lo, hi in itertools.pairwise(bounds)]
-
-
-def near_pairs_sql(left: str, right: str, k: int, same_table: bool) -> str:
-    """SQL for pairs (a, b) with Hamming distance <= k, via an exact join on each segment (a band index)."""
-    parts = []
-    for seg_a, seg_b in zip(_segment_exprs(k, "a"), _segment_exprs(k, "b"), strict=False):
-        cond = "a.id < b.id AND " if same_table else ""
-        parts.append(
-            f"SELECT a.id AS a, b.id AS b FROM {left} a JOIN {right} b ON {seg_a} = {seg_b} "
-            f"WHERE {cond}bit_count(xor(a.phash, b.phash)) <= {k}"
-        )
-    union = " UNION ".join(parts)
-    return f"""SELECT p.a, p.b, bit_count(xor(x.phash, y.phash))::INT AS distance
-               FROM ({union}) p JOIN {left} x ON x.id = p.a JOIN {right} y ON y.id = p.b"""
-
-
-def _components(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {x: find(x) for x in parent}
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component label per node 0..n-1 (scipy's union-find over a sparse graph)."""
+    graph = coo_matrix((np.ones(i.size, dtype=np.int8), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 def _priority_sql(config: DedupConfig) -> str:
@@ -117,8 +116,64 @@ def run_dedup(catalog: Catalog, config: DedupConfig | None = None) -> dict:
     return run.summary()
 
 
+def _hashes(con: duckdb.DuckDBPyConnection, table: str) -> tuple[pa.Array, np.ndarray]:
+    t = con.sql(f"SELECT id, phash FROM {table} ORDER BY id").arrow()
+    if isinstance(t, pa.RecordBatchReader):
+        t = t.read_all()
+    return t["id"].combine_chunks(), t["phash"].to_numpy()
+
+
+def find_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) -> None:
+    """Step 1. Table `leaks(id, eval_set, eval_id, distance)`: nearest evaluation image per training image."""
+    con.execute("CREATE TEMP TABLE leak_pairs (id VARCHAR, eval_id VARCHAR, distance INTEGER)")
+    # Every stored evaluation set counts, including those hashed by earlier runs.
+    if fetch_first(con, "SELECT count(*) FROM eval_hashes")[0]:
+        con.execute("""CREATE TEMP TABLE ev AS SELECT eval_set || ':' || path AS id, eval_set, md5, phash
+                       FROM eval_hashes WHERE phash IS NOT NULL""")
+        ok_ids, ok_hashes = _hashes(con, "ok")
+        ev_ids, ev_hashes = _hashes(con, "ev")
+        with run.timed("leak_search"):
+            i, j, d = near_pairs(ok_hashes, config.leak_k, other=ev_hashes)
+        pairs = pa.table({"id": ok_ids.take(i), "eval_id": ev_ids.take(j), "distance": d.astype(np.int32)})
+        con.register("leak_pairs_found", pairs)
+        con.execute("""INSERT INTO leak_pairs SELECT * FROM leak_pairs_found
+                       UNION ALL SELECT o.id, e.id, 0 FROM ok o JOIN ev e ON o.md5 = e.md5""")
+        run.details["leak_pairs"] = int(i.size)
+        run.details["eval_sets"] = dict(
+            con.execute("SELECT eval_set, count(*) FROM ev GROUP BY ALL").fetchall()
+        )
+    con.execute("""CREATE TEMP TABLE leaks AS
+        SELECT p.id, split_part(p.eval_id, ':', 1) AS eval_set, p.eval_id, p.distance FROM leak_pairs p
+        QUALIFY row_number() OVER (PARTITION BY p.id ORDER BY p.distance, p.eval_id) = 1""")
+
+
+def find_exact(con: duckdb.DuckDBPyConnection, order: str) -> None:
+    """Step 2. Tables `exact(id, keeper)` for the dropped copies and `uniq`, one image per MD5."""
+    con.execute("CREATE TEMP TABLE pool AS SELECT * FROM ok WHERE id NOT IN (SELECT id FROM leaks)")
+    con.execute(f"""CREATE TEMP TABLE exact AS SELECT * FROM (
+                      SELECT id, first_value(id) OVER (PARTITION BY md5 ORDER BY {order}) AS keeper FROM pool)
+                    WHERE id <> keeper""")
+    con.execute("CREATE TEMP TABLE uniq AS SELECT * FROM pool WHERE id NOT IN (SELECT id FROM exact)")
+
+
+def find_near(con: duckdb.DuckDBPyConnection, config: DedupConfig, order: str, run: StageRun) -> None:
+    """Step 3. Table `near(id, keeper, distance)`: clusters of the non-degenerate unique images."""
+    con.execute("CREATE TEMP TABLE clusterable AS SELECT * FROM uniq WHERE NOT degenerate")
+    ids, hashes = _hashes(con, "clusterable")
+    with run.timed("near_search"):
+        i, j, _ = near_pairs(hashes, config.near_k)
+    labels = _components(len(hashes), i, j) if len(hashes) else np.zeros(0, dtype=np.int32)
+    members = np.union1d(i, j)
+    con.register("comp", pa.table({"id": ids.take(members), "root": labels[members]}))
+    con.execute(f"""CREATE TEMP TABLE near AS
+        WITH k AS (SELECT comp.root, first(c.id ORDER BY {order}) AS keeper, first(c.phash ORDER BY {order}) AS kh
+                   FROM comp JOIN clusterable c USING (id) GROUP BY comp.root)
+        SELECT c.id, k.keeper, bit_count(xor(c.phash, k.kh))::INT AS distance
+        FROM comp JOIN clusterable c USING (id) JOIN k USING (root) WHERE c.id <> k.keeper""")
+    run.details.update(near_candidate_pairs=int(i.size), clusters=int(np.unique(labels[members]).size))
+
+
 def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) -> None:
-    catalog = run.catalog
     con.execute(f"""CREATE TEMP TABLE cand AS
         SELECT i.record_id AS id, i.md5, i.phash, i.status, r.source,
                {_priority_sql(config)} AS source_rank, coalesce(i.width * i.height, 0) AS pixels,
@@ -127,83 +182,39 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
                  OR bit_count(i.phash) > {64 - config.degenerate_min_bits} AS degenerate
         FROM images i JOIN raw_records r USING (record_id)""")
     run.n_in = fetch_first(con, "SELECT count(*) FROM cand")[0]
-    decisions: dict[str, tuple[bool, str | None, str | None, int | None]] = {}
-    for (rid,) in con.execute("SELECT id FROM cand WHERE status <> 'ok' OR phash IS NULL").fetchall():
-        decisions[rid] = (False, "no_hash", None, None)
     con.execute("CREATE TEMP TABLE ok AS SELECT * FROM cand WHERE status = 'ok' AND phash IS NOT NULL")
-    # 1. leaks
-    if config.eval_sets:
-        con.execute("""CREATE TEMP TABLE ev AS SELECT eval_set || ':' || path AS id, eval_set, md5, phash
-                       FROM eval_hashes WHERE phash IS NOT NULL""")
-        leaks = con.execute(f"""
-            SELECT id, eval_set, eval_id, distance FROM (
-              SELECT p.a AS id, e.eval_set, p.b AS eval_id, p.distance,
-                     row_number() OVER (PARTITION BY p.a ORDER BY p.distance, p.b) AS k
-              FROM ({near_pairs_sql("ok", "ev", config.leak_k, False)}) p JOIN ev e ON e.id = p.b
-              UNION ALL
-              SELECT o.id, e.eval_set, e.id, 0, 0 FROM ok o JOIN ev e ON o.md5 = e.md5
-            ) WHERE k <= 1 QUALIFY row_number() OVER (PARTITION BY id ORDER BY distance) = 1""").fetchall()
-        for rid, eval_set, eval_id, dist in leaks:
-            decisions[rid] = (False, f"eval_leak:{eval_set}", eval_id, int(dist))
-    leaked = [rid for rid, d in decisions.items() if d[1] and d[1].startswith("eval_leak")]
-    con.execute("CREATE TEMP TABLE leaked (id VARCHAR)")
-    if leaked:
-        con.executemany("INSERT INTO leaked VALUES (?)", [[r] for r in leaked])
-    con.execute("CREATE TEMP TABLE pool AS SELECT * FROM ok WHERE id NOT IN (SELECT id FROM leaked)")
     order = "source_rank, pixels DESC, ingested_at, id"
-    # 2. exact
-    exact = con.execute(f"""SELECT id, first_value(id) OVER w AS keeper FROM pool
-                            WINDOW w AS (PARTITION BY md5 ORDER BY {order})""").fetchall()
-    for rid, keeper in exact:
-        if rid != keeper:
-            decisions[rid] = (False, "exact_duplicate", keeper, 0)
-    con.execute("""CREATE TEMP TABLE uniq AS SELECT * FROM pool
-                   QUALIFY row_number() OVER (PARTITION BY md5 ORDER BY source_rank, pixels DESC,
-                                              ingested_at, id) = 1""")
-    # 3. near, degenerate hashes excluded
-    con.execute("CREATE TEMP TABLE clusterable AS SELECT * FROM uniq WHERE NOT degenerate")
-    pairs = con.execute(near_pairs_sql("clusterable", "clusterable", config.near_k, True)).fetchall()
-    comp = _components([(a, b) for a, b, _ in pairs])
-    if comp:
-        con.execute("CREATE TEMP TABLE comp (id VARCHAR, root VARCHAR)")
-        con.executemany("INSERT INTO comp VALUES (?, ?)", [[k, v] for k, v in comp.items()])
-        keepers = dict(
-            con.execute(f"""SELECT root, first(id ORDER BY {order}) FROM comp JOIN clusterable
-                                       USING (id) GROUP BY root""").fetchall()
-        )
-        dist = {}
-        for a, b, d in pairs:
-            dist[(a, b)] = dist[(b, a)] = d
-        phash = dict(
-            con.execute("SELECT id, phash FROM clusterable WHERE id IN (SELECT id FROM comp)").fetchall()
-        )
-        for rid, root in comp.items():
-            keeper = keepers[root]
-            if rid != keeper:
-                d = dist.get((rid, keeper), bin((phash[rid] ^ phash[keeper]) & (2**64 - 1)).count("1"))
-                decisions[rid] = (False, "near_duplicate", keeper, int(d))
-    for (rid,) in con.execute("SELECT id FROM uniq WHERE degenerate").fetchall():
-        decisions.setdefault(rid, (True, "degenerate_hash", None, None))
-    for (rid,) in con.execute("SELECT id FROM cand").fetchall():
-        decisions.setdefault(rid, (True, None, None, None))
-    ids = sorted(decisions)
-    table = pa.Table.from_pydict(
-        {
-            "record_id": ids,
-            "kept": [decisions[i][0] for i in ids],
-            "reason": [decisions[i][1] for i in ids],
-            "duplicate_of": [decisions[i][2] for i in ids],
-            "distance": [decisions[i][3] for i in ids],
-            "run_id": [run.run_id] * len(ids),
-        },
-        schema=DEDUP_DECISIONS,
-    )
-    write_parquet_atomic(table, catalog.lake / "dedup" / f"run={run.run_id}" / "decisions.parquet")
-    for kept, reason, _, _ in decisions.values():
-        if not kept:
-            run.drop(reason)
-    run.n_out = sum(1 for d in decisions.values() if d[0])
-    run.details = {"near_candidate_pairs": len(pairs), "clusters": len(set(comp.values()))}
+    find_leaks(con, config, run)
+    find_exact(con, order)
+    find_near(con, config, order, run)
+    # One row per image: the first reason that applies, in step order.
+    decisions = con.sql(
+        """SELECT c.id AS record_id,
+                  (l.id IS NULL AND x.id IS NULL AND n.id IS NULL AND c.status = 'ok' AND c.phash IS NOT NULL)
+                    AS kept,
+                  CASE WHEN c.status <> 'ok' OR c.phash IS NULL THEN 'no_hash'
+                       WHEN l.id IS NOT NULL THEN 'eval_leak:' || l.eval_set
+                       WHEN x.id IS NOT NULL THEN 'exact_duplicate'
+                       WHEN n.id IS NOT NULL THEN 'near_duplicate'
+                       WHEN c.degenerate THEN 'degenerate_hash' END AS reason,
+                  coalesce(l.eval_id, x.keeper, n.keeper) AS duplicate_of,
+                  CASE WHEN l.id IS NOT NULL THEN l.distance WHEN x.id IS NOT NULL THEN 0
+                       ELSE n.distance END::INT AS distance,
+                  $run_id AS run_id
+           FROM cand c LEFT JOIN leaks l USING (id) LEFT JOIN exact x USING (id) LEFT JOIN near n USING (id)
+           ORDER BY c.id""",
+        params={"run_id": run.run_id},
+    ).arrow()
+    if isinstance(decisions, pa.RecordBatchReader):
+        decisions = decisions.read_all()
+    decisions = decisions.cast(DEDUP_DECISIONS)
+    write_parquet_atomic(decisions, run.catalog.lake / "dedup" / f"run={run.run_id}" / "decisions.parquet")
+    con.register("decided", decisions)
+    for reason, n in con.execute(
+        "SELECT reason, count(*) FROM decided WHERE NOT kept GROUP BY reason ORDER BY reason"
+    ).fetchall():
+        run.drop(reason, n)
+    run.n_out = fetch_first(con, "SELECT count(*) FROM decided WHERE kept")[0]
 
 
 def latest_dedup_run(con: duckdb.DuckDBPyConnection) -> str | None:

@@ -20,6 +20,7 @@ class ImageConfig:
     max_side: int = 720
     jpeg_quality: int = 90
     max_pixels: int = 89_478_485  # Pillow's own default bomb limit, made explicit
+    encode: bool = True  # False: hashes only (evaluation sets), no JPEG re-encode
 
 
 @dataclass
@@ -113,9 +114,10 @@ def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None =
             return out
         if max(img.size) > config.max_side:
             img.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=config.jpeg_quality)
-        out.jpeg = buf.getvalue()
+        if config.encode:
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=config.jpeg_quality)
+            out.jpeg = buf.getvalue()
         out.width, out.height = img.size
         out.phash, out.phash_hex = phash64(img)
     except (OSError, ValueError) as exc:

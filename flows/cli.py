@@ -122,8 +122,8 @@ def cmd_dedup(args) -> None:
 
     evals = _kv(args.eval, "--eval")
     for name, path in evals.items():
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"--eval {name}: {path} is not a folder")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--eval {name}: {path} does not exist (a folder or a .tar shard)")
     _print(run_dedup(_catalog(args), DedupConfig(near_k=args.near_k, leak_k=args.leak_k, eval_sets=evals)))
 
 

@@ -1,40 +1,65 @@
-import random
-
-import duckdb
+import numpy as np
 import pytest
 
-from etl.dedup import near_pairs_sql
+from etl.near_dup import Layout, brute_force_pairs, near_pairs, plan_layout
 
 
-def _popcount(x: int) -> int:
-    return bin(x & (2**64 - 1)).count("1")
+def _planted(seed: int, n: int, n_pairs: int, max_flips: int) -> np.ndarray:
+    """Random hashes with neighbours planted at 0..max_flips bits (some beyond k on purpose)."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 2**64, n, dtype=np.uint64)
+    for a in range(0, 2 * n_pairs, 2):
+        v = h[a]
+        for bit in rng.choice(64, rng.integers(0, max_flips + 1), replace=False):
+            v ^= np.uint64(1) << np.uint64(bit)
+        h[a + 1] = v
+    return h
 
 
-def _signed(x: int) -> int:
-    return x - 2**64 if x >= 2**63 else x
+def _as_set(pairs) -> set:
+    return set(zip(*(p.tolist() for p in pairs), strict=True))
 
 
-@pytest.mark.parametrize("k", [2, 4, 6, 8])
-def test_band_join_finds_exactly_the_pairs_brute_force_finds(k):
-    rng = random.Random(k)
-    hashes = [rng.getrandbits(64) for _ in range(600)]
-    for i in range(0, 200, 2):  # planted neighbours at distances 0..k+2 (some beyond k on purpose)
-        flips = rng.sample(range(64), rng.randint(0, k + 2))
-        h = hashes[i]
-        for b in flips:
-            h ^= 1 << b
-        hashes[i + 1] = h
-    con = duckdb.connect()
-    con.execute("CREATE TABLE t (id VARCHAR, phash BIGINT)")
-    con.executemany("INSERT INTO t VALUES (?, ?)", [[f"{i:04d}", _signed(h)] for i, h in enumerate(hashes)])
-    got = {(a, b, d) for a, b, d in con.execute(near_pairs_sql("t", "t", k, True)).fetchall()}
-    want = {
-        (f"{i:04d}", f"{j:04d}", _popcount(hashes[i] ^ hashes[j]))
-        for i in range(len(hashes))
-        for j in range(i + 1, len(hashes))
-        if _popcount(hashes[i] ^ hashes[j]) <= k
-    }
-    assert got == want and len(want) >= 50
+@pytest.mark.parametrize("k", [0, 2, 4, 6, 8])
+@pytest.mark.parametrize("layout_extra", [None, 0, 2])
+def test_near_pairs_equal_brute_force_for_every_layout(k, layout_extra):
+    h = _planted(k, 1500, 200, k + 2)
+    layout = None if layout_extra is None else Layout(k + 1 + layout_extra, 1 + layout_extra)
+    got = _as_set(near_pairs(h, k, layout=layout))
+    want = _as_set(brute_force_pairs(h, k))
+    assert got == want
+    assert len(want) >= (40 if k == 0 else 100)
+
+
+@pytest.mark.parametrize("k", [3, 8])
+def test_query_against_corpus_equals_brute_force(k):
+    corpus = _planted(10 + k, 2000, 0, 0)
+    rng = np.random.default_rng(k)
+    queries = corpus[rng.choice(2000, 60, replace=False)] ^ rng.integers(
+        0, 2**64, 60, dtype=np.uint64
+    ) & np.uint64(0x0101010100000000)
+    got = _as_set(near_pairs(corpus, k, other=queries))
+    assert got == _as_set(brute_force_pairs(corpus, k, other=queries)) and len(got) >= 30
+
+
+def test_crowded_keys_and_signed_hashes():
+    """A burst of 300 near-identical frames (long runs of equal keys) among random hashes, stored as int64."""
+    rng = np.random.default_rng(7)
+    base = np.uint64(0xF0F0_1234_ABCD_0F0F)
+    burst = base ^ (np.uint64(1) << rng.integers(0, 64, 300).astype(np.uint64))
+    h = np.concatenate([burst, rng.integers(0, 2**64, 3000, dtype=np.uint64)]).view(np.int64)
+    got = _as_set(near_pairs(h, 2))
+    assert got == _as_set(brute_force_pairs(h, 2))
+    assert len(got) >= 300 * 299 // 2 * 0.9
+
+
+def test_layout_is_chosen_from_n_and_is_always_exact():
+    small, large = plan_layout(6, 1_000), plan_layout(6, 10_000_000)
+    assert small.match == 1 and large.match > 1  # wider keys as N grows
+    for layout in (small, large, plan_layout(8, 10_000_000, 2_000)):
+        assert layout.segments - layout.match in (6, 8)
+    with pytest.raises(ValueError, match="not exact"):
+        near_pairs(np.arange(10, dtype=np.uint64), 4, layout=Layout(6, 3))
 
 
 def test_planted_duplicates_and_leaks_are_found(curated, world):
@@ -79,3 +104,62 @@ def test_every_image_has_one_decision_per_run(curated):
             "SELECT (SELECT count(*) FROM images), count(*), count(DISTINCT record_id) FROM dedup_decisions"
         ).fetchall()[0]
     assert n_images == n_decisions == n_distinct
+
+
+def test_eval_sets_from_metadata_folder_plain_folder_and_webdataset_shards_hash_alike(world, tmp_path):
+    import webdataset as wds
+
+    from etl.dedup import eval_images
+    from etl.images import ImageConfig, process_image
+
+    from_meta = dict(eval_images(world.eval_dir))
+    plain = tmp_path / "plain" / "nested"
+    plain.mkdir(parents=True)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "eval-000000.tar")) as sink:
+        for i, (_rel, data) in enumerate(sorted(from_meta.items())):
+            (plain / f"{i:04d}.jpg").write_bytes(data)
+            sink.write({"__key__": f"{i:06d}", "jpg": data, "json": b"{}"})
+
+    def phashes(items) -> list[int]:
+        return sorted(process_image(data, ImageConfig(min_side=1)).phash for _, data in items)
+
+    want = phashes(from_meta.items())
+    assert len(want) >= 100
+    assert phashes(eval_images(tmp_path / "plain")) == want
+    assert phashes(eval_images(shards)) == want
+    assert phashes(eval_images(shards / "eval-000000.tar")) == want
+    assert all(p.startswith("eval-000000.tar/") for p, _ in eval_images(shards))
+
+
+def test_rerun_without_eval_folder_uses_stored_hashes_and_decides_the_same(curated, tmp_path):
+    import shutil
+
+    from etl.dedup import run_dedup
+    from warehouse.catalog import open_catalog
+
+    shutil.copytree(curated.home, tmp_path / "home")
+    cat = open_catalog(tmp_path / "home")
+    summary = run_dedup(cat)  # no --eval this time: the stored evaluation hashes still apply
+    cols = "record_id, kept, reason, duplicate_of, distance"
+    with cat.connect() as con:
+        runs = [
+            r
+            for (r,) in con.execute(
+                "SELECT DISTINCT run_id FROM dedup_decisions_history ORDER BY 1"
+            ).fetchall()
+        ]
+        assert len(runs) == 2
+        first, second = (
+            con.execute(
+                f"SELECT {cols} FROM dedup_decisions_history WHERE run_id = ? ORDER BY 1", [r]
+            ).fetchall()
+            for r in runs
+        )
+        details = con.execute(
+            "SELECT details FROM stage_runs WHERE run_id = ?", [summary["run_id"]]
+        ).fetchall()[0][0]
+    assert first == second
+    assert sum(1 for r in second if r[2] and r[2].startswith("eval_leak:heldout")) >= 6
+    assert '"near_search"' in details

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +57,15 @@ class StageRun:
 
     def error(self, kind: str, n: int = 1) -> None:
         self.errors[kind] += n
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Record the seconds a step takes under `details["seconds"][step]`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.details.setdefault("seconds", {})[step] = round(time.perf_counter() - t0, 3)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "succeeded" if exc is None else "failed"
