@@ -75,7 +75,7 @@ def cmd_taxonomy(args) -> None:
 
     catalog = _catalog(args)
     if args.taxonomy_cmd == "load-backbone":
-        print(load_backbone(catalog, args.path))
+        print(load_backbone(catalog, args.path, common_name_fallback=args.common_name_fallback))
         return
     with open(args.input, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -275,16 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = s.add_subparsers(dest="taxonomy_cmd", required=True)
     t = tsub.add_parser("load-backbone", help="load a DwC-A checklist (zip or folder)")
     t.add_argument("path")
+    t.add_argument(
+        "--common-name-fallback",
+        action="store_true",
+        help="a taxon without an English name borrows its genus's or family's (flagged by common_name_rank)",
+    )
     t = tsub.add_parser(
         "resolve-names", help="resolve a CSV of names (scientific_name [, kingdom ... genus])"
     )
     t.add_argument("input")
     t.add_argument("--out", required=True)
-    t.add_argument("--backbone")
+    t.add_argument(
+        "--backbone", action="append", help="a backbone version; repeat for a priority order (first wins)"
+    )
     s.set_defaults(fn=cmd_taxonomy)
 
     s = sub.add_parser("resolve", help="resolve all usable records against the latest backbone")
-    s.add_argument("--backbone")
+    s.add_argument(
+        "--backbone", action="append", help="a backbone version; repeat for a priority order (first wins)"
+    )
     s.set_defaults(fn=cmd_resolve)
 
     s = sub.add_parser("fetch", help="download, resize and hash images")

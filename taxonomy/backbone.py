@@ -11,6 +11,9 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from duckdb.sqltypes import VARCHAR
+
+from taxonomy.names import canonical_name
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.stage_runs import StageRun
 
@@ -38,15 +41,19 @@ def backbone_dir(catalog: Catalog, version: str) -> Path:
     return catalog.lake / "taxa" / f"backbone={version}"
 
 
-def load_backbone(catalog: Catalog, path: str | Path) -> str:
+def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool = False) -> str:
     """Load the checklist at `path` (folder or zip); returns its version. English common names are chosen
-    deterministically: the shortest English name, ties broken alphabetically."""
+    deterministically: the shortest English name, ties broken alphabetically. With `common_name_fallback`, a
+    taxon without one borrows its genus's, else its family's; `common_name_rank` then names the rank it came
+    from (a flag: it differs from `taxon_rank`)."""
     path = Path(path)
     folder = _extract(path, catalog.lake / "taxa" / "_extracted" / path.stem)
     taxon, vern = folder / "Taxon.tsv", folder / "VernacularName.tsv"
     if not taxon.exists():
         raise FileNotFoundError(f"{taxon} not found: expected a DwC-A checklist with Taxon.tsv")
     version = _checksum([taxon] + ([vern] if vern.exists() else []))
+    if common_name_fallback:
+        version += "-cnfallback"  # different common names, so a different version of the same files
     with catalog.connect() as con:
         if fetch_first(con, "SELECT 1 FROM backbones WHERE backbone_version = ?", [version]):
             return version
@@ -58,6 +65,10 @@ def load_backbone(catalog: Catalog, path: str | Path) -> str:
     ):
         opts = "delim='\t', header=true, quote='', escape='', all_varchar=true, null_padding=true"
         con.execute(f"CREATE TEMP TABLE t AS SELECT * FROM read_csv('{taxon}', {opts})")
+        # The GBIF backbone leaves canonicalName empty for hybrids and BOLD BINs: parse scientificName there.
+        con.create_function("canonical_of", lambda s: canonical_name(s)[0], [VARCHAR], VARCHAR)
+        con.execute("""UPDATE t SET canonicalName = canonical_of(scientificName)
+                       WHERE nullif(trim(canonicalName), '') IS NULL AND scientificName IS NOT NULL""")
         if vern.exists():
             con.execute(f"CREATE TEMP TABLE v AS SELECT * FROM read_csv('{vern}', {opts})")
         else:
@@ -95,6 +106,18 @@ def load_backbone(catalog: Catalog, path: str | Path) -> str:
             """,
             [version],
         )
+        if common_name_fallback:
+            for rank in ("genus", "family"):
+                con.execute(
+                    f"""UPDATE taxa SET common_name = h.common_name, common_name_rank = h.taxon_rank
+                        FROM taxa h
+                        WHERE taxa.backbone_version = $v AND h.backbone_version = $v AND taxa.common_name IS NULL
+                          AND h.taxon_rank = '{rank}' AND h.common_name_rank = '{rank}'
+                          AND taxa.taxon_rank <> '{rank}' AND taxa.{rank} = h.{rank}
+                          AND taxa.kingdom IS NOT DISTINCT FROM h.kingdom
+                          AND (taxa.family IS NULL OR h.family IS NULL OR taxa.family = h.family)""",
+                    {"v": version},
+                )
         n_taxa = fetch_first(con, "SELECT count(*) FROM t")[0]
         n_vern = fetch_first(con, "SELECT count(*) FROM v")[0]
         con.execute(

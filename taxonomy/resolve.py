@@ -8,14 +8,19 @@ disambiguated by the record's higher ranks; when they cannot be, the resolver do
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rapidfuzz import process as rf_process
+from rapidfuzz.distance import Levenshtein
 
 from taxonomy.backbone import backbone_dir, latest_backbone
-from taxonomy.names import canonical_name, normalize_kingdom
+from taxonomy.names import INCERTAE_SEDIS, canonical_name, normalize_kingdom, parse_name
 from warehouse.catalog import Catalog
 from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import RESOLUTIONS
@@ -23,7 +28,9 @@ from warehouse.stage_runs import StageRun
 
 HIGHER = ("phylum", "class", "order", "family")
 FALLBACK_RANKS = ("genus", "family", "order", "class", "phylum", "kingdom")
-CONFIDENCE = {"exact": 1.0, "synonym": 0.95, "doubtful": 0.8, "higherrank": 0.6, "none": 0.0}
+LINEAGE_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
+CONFIDENCE = {"exact": 1.0, "synonym": 0.95, "fuzzy": 0.9, "doubtful": 0.8, "higherrank": 0.6, "none": 0.0}
+TIERS = ("exact", "synonym", "doubtful")
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,10 @@ class Query:
     genus: str | None
 
     def given(self, rank: str) -> str | None:
-        return getattr(self, "class_" if rank == "class" else rank)
+        if rank == "kingdom":
+            return normalize_kingdom(self.kingdom)
+        value = getattr(self, "class_" if rank == "class" else rank)
+        return value.strip() or None if value else None
 
 
 @dataclass(frozen=True)
@@ -50,130 +60,258 @@ class Resolution:
     confidence: float | None = None
 
 
+def _max_edits(word: str) -> int:
+    """Edits a misspelling may have: none for short words (too many neighbours), 1 from 5 letters, 2 from 8."""
+    return 2 if len(word) >= 8 else 1 if len(word) >= 5 else 0
+
+
+class Usage(NamedTuple):
+    taxon_id: str
+    canonical: str
+    rank: str
+    status: str
+    accepted_id: str | None
+
+
+class Lineages(Mapping):
+    """Accepted taxon id -> lineage row (a dict), built on access from column lists: a 1 M-taxon backbone
+    costs one list per column instead of a million dicts up front."""
+
+    def __init__(self, taxa: pa.Table) -> None:
+        self._cols = {name: taxa[name].to_pylist() for name in taxa.column_names}
+        self._pos = {tid: i for i, tid in enumerate(self._cols["taxon_id"])}
+
+    def __getitem__(self, taxon_id: str) -> dict:
+        i = self._pos[taxon_id]
+        return {name: col[i] for name, col in self._cols.items()}
+
+    def __contains__(self, taxon_id: object) -> bool:
+        return taxon_id in self._pos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pos)
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def column(self, name: str) -> list:
+        return self._cols[name]
+
+
 class BackboneIndex:
-    """Canonical name -> usages, and accepted taxon id -> lineage, for one backbone version."""
+    """Canonical name -> usages, accepted taxon id -> lineage, and the lookups fuzzy matching needs."""
 
     def __init__(self, taxon: pa.Table, taxa: pa.Table) -> None:
-        self.usages: dict[str, list[dict]] = defaultdict(list)
-        for row in taxon.select(
-            [
-                "taxonID",
-                "canonicalName",
-                "scientificName",
-                "taxonRank",
-                "taxonomicStatus",
-                "acceptedNameUsageID",
-            ]
-        ).to_pylist():
-            name = row["canonicalName"] or canonical_name(row["scientificName"])[0]
-            if name and row["taxonID"] != "0":
-                self.usages[name].append(row)
-        self.lineage: dict[str, dict] = {r["taxon_id"]: r for r in taxa.to_pylist()}
-
-    def candidates(self, name: str, rank: str | None = None) -> dict[str, list[str]]:
-        """Accepted taxon ids reachable from `name`, grouped by how they were reached."""
-        tiers: dict[str, list[str]] = {"exact": [], "synonym": [], "doubtful": []}
-        for u in self.usages.get(name, []):
-            status = (u["taxonomicStatus"] or "").lower()
-            if rank and (u["taxonRank"] or "").lower() != rank:
+        self.usages: dict[str, list[Usage]] = defaultdict(list)
+        self.epithets: dict[str, list[str]] = defaultdict(list)  # genus -> epithets of its species usages
+        columns = [
+            taxon[c].to_pylist()
+            for c in ("taxonID", "canonicalName", "scientificName", "taxonRank", "taxonomicStatus")
+        ]
+        accepted = (
+            taxon["acceptedNameUsageID"].to_pylist()
+            if "acceptedNameUsageID" in taxon.column_names
+            else [None] * taxon.num_rows
+        )
+        for tid, canonical, scientific, rank, status, acc in zip(*columns, accepted, strict=True):
+            name = canonical or canonical_name(scientific)[0]
+            if not name or tid == "0":
                 continue
-            if status == "accepted" and u["taxonID"] in self.lineage:
-                tiers["exact"].append(u["taxonID"])
-            elif "synonym" in status or status == "misapplied":
-                acc = u["acceptedNameUsageID"]
-                if acc in self.lineage:
-                    tiers["synonym"].append(acc)
-            elif status == "doubtful" and u["taxonID"] in self.lineage:
-                tiers["doubtful"].append(u["taxonID"])
-        return {k: sorted(set(v)) for k, v in tiers.items()}
+            rank, status = (rank or "").lower(), (status or "").lower()
+            self.usages[name].append(Usage(tid, name, rank, status, acc))
+            if rank == "species" and " " in name:
+                genus, epithet = name.split(" ", 1)
+                self.epithets[genus].append(epithet)
+        self.lineage = Lineages(taxa)
+        self.genera: dict[str, list[str]] = defaultdict(list)  # family -> accepted genera
+        for rank, family, genus in zip(
+            *(self.lineage.column(c) for c in ("taxon_rank", "family", "genus")), strict=True
+        ):
+            if rank == "genus" and family:
+                self.genera[family].append(genus)
+
+    def candidates(self, name: str, rank: str | None = None) -> list[tuple[str, str]]:
+        """(tier, accepted taxon id) pairs reachable from `name`, optionally only from usages at `rank`."""
+        out = set()
+        for u in self.usages.get(name, ()):
+            if rank and u.rank != rank:
+                continue
+            if u.status == "accepted" and u.taxon_id in self.lineage:
+                out.add(("exact", u.taxon_id))
+            elif "synonym" in u.status or u.status == "misapplied":
+                if u.accepted_id in self.lineage:
+                    out.add(("synonym", u.accepted_id))
+            elif u.status == "doubtful" and u.taxon_id in self.lineage:
+                out.add(("doubtful", u.taxon_id))
+        return sorted(out)
+
+    def accepted_at(self, rank: str, name: str, kingdom: str | None) -> str | None:
+        ids = [i for t, i in self.candidates(name, rank) if t == "exact"]
+        ids = [i for i in ids if kingdom is None or self.lineage[i]["kingdom"] == kingdom]
+        return ids[0] if len(ids) == 1 else None
 
 
-def _disambiguate(index: BackboneIndex, ids: list[str], q: Query) -> tuple[list[str], str | None]:
-    """Narrow homonyms with the record's own kingdom, then phylum ... family."""
-    if len(ids) <= 1:
-        return ids, None
-    kingdom = normalize_kingdom(q.kingdom)
-    narrowed = ids
+def _narrow(index: BackboneIndex, ids: list[str], q: Query) -> tuple[list[str], list[str]]:
+    """Keep the candidates that agree with the record's own kingdom, then phylum ... family."""
     used = []
-    for rank, value in (("kingdom", kingdom), *((r, q.given(r)) for r in HIGHER)):
-        if not value:
+    for rank in ("kingdom", *HIGHER):
+        value = q.given(rank)
+        if not value or len(set(ids)) <= 1:
             continue
-        keep = [i for i in narrowed if index.lineage[i].get(rank) == value]
-        if keep:
-            narrowed, used = keep, [*used, rank]
-        if len(narrowed) == 1:
-            break
-    if len(narrowed) == 1:
-        return narrowed, f"homonym resolved by {'+'.join(used)}"
-    return narrowed, f"homonym: {len(narrowed)} candidates, higher ranks do not decide"
+        keep = [i for i in ids if index.lineage[i].get(rank) == value]
+        if keep and len(keep) < len(ids):
+            ids, used = keep, [*used, rank]
+    return ids, used
+
+
+def _lowest_common(index: BackboneIndex, ids: list[str]) -> tuple[str, str] | None:
+    """(rank, name) of the lowest rank on which every candidate's lineage agrees, from the kingdom down (so
+    two homonymous genera never agree on `genus` just by sharing the name)."""
+    for depth in range(len(LINEAGE_RANKS), 0, -1):
+        paths = {tuple(index.lineage[i].get(r) for r in LINEAGE_RANKS[:depth]) for i in ids}
+        if len(paths) == 1 and (path := paths.pop())[-1] is not None:
+            return LINEAGE_RANKS[depth - 1], path[-1]
+    return None
 
 
 def _try(index: BackboneIndex, name: str, q: Query, rank: str | None) -> Resolution | None:
-    tiers = index.candidates(name, rank)
-    for match_type in ("exact", "synonym", "doubtful"):
-        ids = tiers[match_type]
-        if not ids:
-            continue
-        chosen, note = _disambiguate(index, ids, q)
-        if len(chosen) != 1:
-            return Resolution(None, "ambiguous", name, note)
-        taxon_id = chosen[0]
-        kingdom = normalize_kingdom(q.kingdom)
-        reason = note
-        confidence = CONFIDENCE[match_type]
-        if kingdom and index.lineage[taxon_id].get("kingdom") not in (kingdom, None):
-            reason = f"given kingdom {kingdom} contradicts backbone {index.lineage[taxon_id]['kingdom']}"
-            confidence *= 0.7
-        return Resolution(taxon_id, match_type, name, reason, confidence)
-    return None
+    """Exact, synonym or doubtful match of one name; homonyms narrowed by the record's ranks, never guessed."""
+    found = index.candidates(name, rank)
+    if not found:
+        return None
+    narrowed, used = _narrow(index, [i for _, i in found], q)
+    found = [(t, i) for t, i in found if i in narrowed]
+    kingdoms = {index.lineage[i]["kingdom"] for _, i in found}
+    best = next(t for t in TIERS if any(tier == t for tier, _ in found))
+    ids = sorted({i for t, i in found if t == best})
+    if len(kingdoms) > 1 or len(ids) > 1:
+        ids = sorted({i for _, i in found})
+        common = _lowest_common(index, ids)
+        why = f"homonym: {len(ids)} candidates for {name!r}, the record's ranks do not decide"
+        if common is None:
+            return Resolution(None, "ambiguous", name, why)
+        taxon = index.accepted_at(common[0], common[1], index.lineage[ids[0]]["kingdom"])
+        if taxon is None:
+            return Resolution(None, "ambiguous", name, why)
+        return Resolution(taxon, "higherrank", common[1], f"{why}; lowest common rank {common[0]}", 0.5)
+    taxon_id = ids[0]
+    reason = f"homonym resolved by {'+'.join(used)}" if used else None
+    confidence = CONFIDENCE[best]
+    kingdom = q.given("kingdom")
+    if kingdom and index.lineage[taxon_id].get("kingdom") not in (kingdom, None):
+        contradiction = f"given kingdom {kingdom} contradicts backbone {index.lineage[taxon_id]['kingdom']}"
+        reason = "; ".join(filter(None, [reason, contradiction]))
+        confidence *= 0.7
+    return Resolution(taxon_id, best, name, reason, confidence)
+
+
+def _fuzzy(index: BackboneIndex, name: str, q: Query) -> Resolution | None:
+    """A misspelt epithet within its genus, or a misspelt genus within the record's family; unique best only."""
+    genus, _, epithet = name.partition(" ")
+    tries = []
+    if epithet and genus in index.epithets:
+        tries = [(genus, e, d) for e, d in _closest(epithet, index.epithets[genus])]
+    elif q.given("family") and genus not in index.usages:
+        tries = [(g, epithet, d) for g, d in _closest(genus, index.genera.get(q.given("family"), []))]
+    if len(tries) != 1:
+        return None
+    g, e, distance = tries[0]
+    fixed = f"{g} {e}".strip()
+    res = _try(index, fixed, q, None)
+    if res is None or res.taxon_id is None or res.match_type == "higherrank":
+        return None
+    why = f"fuzzy: {name!r} -> {fixed!r} (edit distance {distance})"
+    if res.match_type != "exact":
+        why += f", then {res.match_type}"
+    reason = "; ".join(filter(None, [why, res.reason]))
+    confidence = round(CONFIDENCE["fuzzy"] * (res.confidence or 1.0) - 0.05 * (distance - 1), 3)
+    return Resolution(res.taxon_id, "fuzzy", fixed, reason, confidence)
+
+
+def _closest(word: str, choices: list[str]) -> list[tuple[str, int]]:
+    """The choices at the smallest edit distance (within `_max_edits`), all of them when tied."""
+    limit = _max_edits(word)
+    if not limit or not choices:
+        return []
+    hits = rf_process.extract(word, choices, scorer=Levenshtein.distance, score_cutoff=limit, limit=None)
+    if not hits:
+        return []
+    best = min(d for _, d, _ in hits)
+    return sorted({(c, int(d)) for c, d, _ in hits if d == best})
 
 
 def resolve_query(index: BackboneIndex, q: Query) -> Resolution:
     ambiguous: Resolution | None = None
     notes: list[str] = []
     for raw in (q.species, q.name):
-        name, note = canonical_name(raw)
-        if note and note != "empty_name":
-            notes.append(f"{raw!r}: {note}")
+        parsed = parse_name(raw)
+        if parsed.note and parsed.note != "empty_name":
+            notes.append(f"{raw!r}: {parsed.note}")
+        name = parsed.canonical
         if not name:
             continue
         res = _try(index, name, q, None)
+        if res is None and " " in name:
+            res = _fuzzy(index, name, q)
         if res and res.match_type != "ambiguous":
-            return (
-                res
-                if not notes
-                else Resolution(
-                    res.taxon_id,
-                    res.match_type,
-                    res.query_name,
-                    "; ".join(filter(None, [res.reason, *notes])),
-                    res.confidence,
-                )
-            )
+            return _with_notes(res, notes)
         ambiguous = ambiguous or res
         if " " in name and not q.genus:
             q = Query(q.species, q.name, q.kingdom, q.phylum, q.class_, q.order, q.family, name.split(" ")[0])
     for rank in FALLBACK_RANKS:
-        value = q.given(rank) if rank != "kingdom" else normalize_kingdom(q.kingdom)
+        value = q.given(rank)
         name = canonical_name(value)[0] if value else None
         if not name:
             continue
-        res = _try(index, name, q, rank)
+        res = _try(index, name, q, rank) or (_fuzzy(index, name, q) if rank == "genus" else None)
         if res and res.match_type != "ambiguous":
             why = [f"fell back to {rank}"]
             if ambiguous:
                 why.append(ambiguous.reason or "")
+            conf = min(CONFIDENCE["higherrank"], res.confidence or 0)
             return Resolution(
-                res.taxon_id,
-                "higherrank",
-                name,
-                "; ".join(filter(None, [*why, *notes])),
-                CONFIDENCE["higherrank"],
+                res.taxon_id, "higherrank", res.query_name, "; ".join(filter(None, [*why, *notes])), conf
             )
         ambiguous = ambiguous or res
     if ambiguous:
-        return Resolution(None, "none", ambiguous.query_name, ambiguous.reason, 0.0)
-    return Resolution(None, "none", q.species or q.name, "; ".join(notes) or "no_match", 0.0)
+        return Resolution(
+            None, "none", ambiguous.query_name, "; ".join(filter(None, [ambiguous.reason, *notes])), 0.0
+        )
+    empty = all(parse_name(raw).note == "empty_name" for raw in (q.species, q.name))
+    return Resolution(
+        None, "none", q.species or q.name, "; ".join(notes) or ("empty_name" if empty else "no_match"), 0.0
+    )
+
+
+def _with_notes(res: Resolution, notes: list[str]) -> Resolution:
+    if not notes:
+        return res
+    reason = "; ".join(filter(None, [res.reason, *notes]))
+    return Resolution(res.taxon_id, res.match_type, res.query_name, reason, res.confidence)
+
+
+NAME_MATCHES = ("exact", "synonym", "fuzzy", "doubtful")
+
+
+def resolve_prioritised(indexes: list[tuple[str, BackboneIndex]], q: Query) -> tuple[str, Resolution]:
+    """(backbone version, resolution): the first backbone, in priority order, that matches the name itself;
+    else the first that resolves a higher rank; else the first backbone's answer (the paper's order was the
+    GBIF backbone, then Catalogue of Life, then Open Tree of Life)."""
+    answers = []
+    for k, (version, index) in enumerate(indexes):
+        res = resolve_query(index, q)
+        if res.match_type in NAME_MATCHES:
+            if k:
+                res = _with_notes(res, [f"from backbone {version} (priority {k + 1})"])
+            return version, res
+        answers.append((version, res))
+    return next((a for a in answers if a[1].taxon_id), answers[0])
+
+
+def _versions(catalog: Catalog, backbone_version: str | Sequence[str] | None) -> list[str]:
+    if backbone_version is None:
+        return [latest_backbone(catalog)]
+    return [backbone_version] if isinstance(backbone_version, str) else list(backbone_version)
 
 
 def load_index(catalog: Catalog, version: str) -> BackboneIndex:
@@ -182,19 +320,22 @@ def load_index(catalog: Catalog, version: str) -> BackboneIndex:
     return BackboneIndex(taxon, taxa)
 
 
-def run_resolve(catalog: Catalog, backbone_version: str | None = None) -> dict:
-    """Resolve all usable raw records (those without a drop reason) against the backbone."""
-    version = backbone_version or latest_backbone(catalog)
-    with StageRun(catalog, "resolve", config={"backbone_version": version}) as run:
+def run_resolve(catalog: Catalog, backbone_version: str | Sequence[str] | None = None) -> dict:
+    """Resolve all usable raw records (those without a drop reason) against one backbone, or several in
+    priority order (default: the latest loaded)."""
+    versions = _versions(catalog, backbone_version)
+    with StageRun(catalog, "resolve", config={"backbone_versions": versions}) as run:
         records = catalog.query_arrow(
             """SELECT record_id, verbatim_species, verbatim_name, verbatim_kingdom, verbatim_phylum,
                       verbatim_class, verbatim_order, verbatim_family, verbatim_genus
                FROM raw_records WHERE drop_reason IS NULL ORDER BY record_id"""
         ).to_pylist()
-        index = load_index(catalog, version)
-        cache: dict[Query, Resolution] = {}
+        indexes = [(v, load_index(catalog, v)) for v in versions]
+        cache: dict[Query, tuple[str, Resolution]] = {}
         out: dict[str, list] = {f.name: [] for f in RESOLUTIONS}
         counts: Counter = Counter()
+        flags: Counter = Counter()
+        by_backbone: Counter = Counter()
         for r in records:
             q = Query(
                 r["verbatim_species"],
@@ -206,10 +347,18 @@ def run_resolve(catalog: Catalog, backbone_version: str | None = None) -> dict:
                 r["verbatim_family"],
                 r["verbatim_genus"],
             )
-            res = cache.get(q)
-            if res is None:
-                res = cache[q] = resolve_query(index, q)
+            hit = cache.get(q)
+            if hit is None:
+                hit = cache[q] = resolve_prioritised(indexes, q)
+            version, res = hit
             counts[res.match_type] += 1
+            by_backbone[version] += 1
+            if (q.kingdom or "").strip().lower() == INCERTAE_SEDIS:
+                flags["kingdom_incertae_sedis"] += 1
+            if res.reason and "contradicts" in res.reason:
+                flags["kingdom_contradicted"] += 1
+            if res.reason and "homonym" in res.reason:
+                flags["homonym"] += 1
             for k, v in (
                 ("record_id", r["record_id"]),
                 ("taxon_id", res.taxon_id),
@@ -226,14 +375,34 @@ def run_resolve(catalog: Catalog, backbone_version: str | None = None) -> dict:
         table = pa.Table.from_pydict(out, schema=RESOLUTIONS)
         write_parquet_atomic(table, catalog.lake / "resolved" / f"run={run.run_id}" / "part-00000.parquet")
         run.n_in, run.n_out = len(records), len(records) - counts["none"]
-        run.details = {"match_type": dict(counts), "distinct_queries": len(cache)}
+        parsers = Counter(parse_name(n).parser for q in cache for n in (q.species, q.name) if n)
+        run.details = {
+            "match_type": dict(counts),
+            "distinct_queries": len(cache),
+            "flags": dict(flags),
+            "names_parsed_by": dict(parsers),
+            "backbone": dict(by_backbone),
+        }
     return run.summary()
 
 
-def resolve_names(catalog: Catalog, names: list[dict], backbone_version: str | None = None) -> list[dict]:
-    """Resolve plain name rows (`scientific_name` plus optional rank columns) for `tol taxonomy resolve-names`."""
-    version = backbone_version or latest_backbone(catalog)
-    index = load_index(catalog, version)
+def resolve_names(
+    catalog: Catalog,
+    names: list[dict],
+    backbone_version: str | Sequence[str] | None = None,
+    timings: dict | None = None,
+) -> list[dict]:
+    """Resolve plain name rows (`scientific_name` plus optional rank columns) for `tol taxonomy resolve-names`.
+
+    Each distinct (name, ranks) is resolved once. `timings`, when given, receives the index build seconds.
+    """
+    t0 = time.perf_counter()
+    indexes = [(v, load_index(catalog, v)) for v in _versions(catalog, backbone_version)]
+    by_version = dict(indexes)
+    if timings is not None:
+        timings["index_seconds"] = round(time.perf_counter() - t0, 2)
+    ranks = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+    cache: dict[Query, dict] = {}
     out = []
     for row in names:
         q = Query(
@@ -246,20 +415,18 @@ def resolve_names(catalog: Catalog, names: list[dict], backbone_version: str | N
             row.get("family"),
             row.get("genus"),
         )
-        res = resolve_query(index, q)
-        lin = index.lineage.get(res.taxon_id or "", {})
-        out.append(
-            {
-                **row,
-                **{
-                    r: lin.get(r)
-                    for r in ("kingdom", "phylum", "class", "order", "family", "genus", "species")
-                },
+        result = cache.get(q)
+        if result is None:
+            version, res = resolve_prioritised(indexes, q)
+            lin = by_version[version].lineage.get(res.taxon_id or "", {})
+            result = cache[q] = {
+                **{r: lin.get(r) for r in ranks},
                 "accepted_name": lin.get("scientific_name"),
                 "common_name": lin.get("common_name"),
                 "match_type": res.match_type,
                 "confidence": res.confidence,
                 "reason": res.reason,
+                "backbone_version": version,
             }
-        )
+        out.append({**row, **result})
     return out

@@ -64,9 +64,9 @@ def test_exact_species_with_authorship(index):
 
 
 def test_synonym_resolves_to_accepted(index):
-    syn = next(u for us in index.usages.values() for u in us if u["taxonomicStatus"] == "synonym")
-    res = resolve_query(index, _q(syn["canonicalName"]))
-    assert res.match_type == "synonym" and res.taxon_id == syn["acceptedNameUsageID"]
+    syn = next(u for us in index.usages.values() for u in us if u.status == "synonym")
+    res = resolve_query(index, _q(syn.canonical))
+    assert res.match_type == "synonym" and res.taxon_id == syn.accepted_id
 
 
 def test_homonym_genus_needs_higher_ranks(index, world):
@@ -135,3 +135,50 @@ def test_caption_fallbacks():
     assert no_common["com"] == "a photo of Poa angustifolia." and no_common["sci_com"] == no_common["sci"]
     genus_only = {**lineage, "species": None}
     assert scientific_name(genus_only) == "Poa" and taxonomic_name(genus_only).endswith("Poaceae Poa")
+
+
+PARSER_PARITY = [
+    "Puma concolor (Linnaeus, 1771)",
+    "Testudo hermanni Gmelin, 1789",
+    "Zea mays L.",
+    "Helianthus canus (Britton) Wooton & Standl.",
+    "Aus bus O'Brien, 1900",
+    "Abies alba Mill.",
+    "Parus major Linnaeus, 1758",
+    "Quercus robur",
+    "Bufo bufo",
+    "Carex flava L.",
+]
+
+
+@pytest.mark.parametrize("raw", PARSER_PARITY)
+def test_direct_path_agrees_with_gnparser(raw):
+    """Clean names skip the parser call; they must come out exactly as gnparser's canonical form."""
+    from taxonomy.names import gnparse, parse_name
+
+    parsed = parse_name(raw)
+    assert parsed.parser == "direct"
+    assert parsed.canonical == gnparse(raw)["canonical"]["simple"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical", "note"),
+    [
+        (
+            "Aus bus Smith var. cus Jones",
+            "Aus bus",
+            "authorship removed; infraspecific 'cus' matched at species",
+        ),
+        ("Carex flava × Carex viridula", "Carex", "hybrid formula: only the genus is certain"),
+        ("Aus bus sp. Smith", "Aus", "approximation: only the genus is certain"),
+        ("Puma aff. concolor", "Puma", "approximation: only the genus is certain"),
+        ("BOLD:AAA1234", None, "not_a_name"),
+        ("", None, "empty_name"),
+        (None, None, "empty_name"),
+    ],
+)
+def test_parser_path_reasons(raw, canonical, note):
+    from taxonomy.names import parse_name
+
+    parsed = parse_name(raw)
+    assert (parsed.canonical, parsed.note) == (canonical, note)
