@@ -141,7 +141,7 @@ class BackboneIndex:
             elif "synonym" in u.status or u.status == "misapplied":
                 if u.accepted_id in self.lineage:
                     out.add(("synonym", u.accepted_id))
-            elif u.status == "doubtful" and u.taxon_id in self.lineage:
+            elif u.status in ("doubtful", "provisionally accepted") and u.taxon_id in self.lineage:
                 out.add(("doubtful", u.taxon_id))
         return sorted(out)
 

@@ -336,3 +336,37 @@ def test_backbones_in_priority_order(tmp_path):
     assert (out[2]["match_type"], out[2]["backbone_version"]) == ("none", first)
     alone = resolve_names(cat, rows[:1], first)
     assert (alone[0]["match_type"], alone[0]["accepted_name"]) == ("higherrank", "Felidae")
+
+
+def test_catalogue_of_life_style_checklist_loads(tmp_path):
+    """CoL's DwC-A: `dwc:`-prefixed headers, no canonicalName, authorship in its own column."""
+    from taxonomy.resolve import resolve_names
+    from warehouse.catalog import open_catalog
+
+    col = tmp_path / "col"
+    col.mkdir()
+    lines = [
+        "dwc:taxonID\tdwc:scientificName\tdwc:scientificNameAuthorship\tdwc:taxonRank\tdwc:taxonomicStatus\t"
+        "dwc:acceptedNameUsageID\tdwc:kingdom\tdwc:family\tdwc:genus",
+        "1\tPuma\tJardine, 1834\tgenus\taccepted\t\tAnimalia\tFelidae\tPuma",
+        "2\tPuma concolor (Linnaeus, 1771)\t(Linnaeus, 1771)\tspecies\taccepted\t\tAnimalia\tFelidae\tPuma",
+        "3\tFelis concolor\tLinnaeus, 1771\tspecies\tsynonym\t2\tAnimalia\tFelidae\t",
+        "4\tPuma yagouaroundi\t(É. Geoffroy, 1803)\tspecies\tprovisionally accepted\t\tAnimalia\tFelidae\tPuma",
+    ]
+    (col / "Taxon.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cat = open_catalog(tmp_path / "home")
+    version = load_backbone(cat, col)
+    out = resolve_names(
+        cat,
+        [{"scientific_name": n} for n in ("Puma concolor", "Felis concolor", "Puma yagouaroundi")],
+        version,
+    )
+    assert [(r["match_type"], r["accepted_name"]) for r in out] == [
+        ("exact", "Puma concolor"),
+        ("synonym", "Puma concolor"),
+        ("doubtful", "Puma yagouaroundi"),
+    ]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "Taxon.tsv").write_text("id\tname\n1\tPuma\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="missing column"):
+        load_backbone(cat, tmp_path / "bad")
