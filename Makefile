@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 HOME_DIR ?= tol-data
 
-.PHONY: help install demo test test-fast lint bench serve clean
+.PHONY: help install peers demo test test-fast lint bench serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,7 +31,16 @@ lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(STAMP)  ## run the benchmarks (JSON on stdout), with the peer tools they compare against
+PEERS ?= .venv-peers
+$(PEERS)/.installed: Makefile
+	test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q --upgrade pip
+	$(PEERS)/bin/pip install -q img2dataset==1.47.0
+	touch $@
+
+peers: $(PEERS)/.installed  ## a separate venv with img2dataset, the fetch benchmark's peer
+
+bench: $(STAMP) $(PEERS)/.installed  ## run the benchmarks (JSON on stdout), with the peer tools they compare against
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	@for f in bench/bench_*.py; do $(BIN)/python $$f; done
 

@@ -1,10 +1,22 @@
-"""Fetch: images/s for download + decode + resize + MD5 + pHash over loopback, local executor and Spark
-local[2] on the same URLs. Realistic JPEGs of 300-1600 px with texture (not flat colour)."""
+"""Fetch: images/s for download + decode + resize + MD5 + pHash + write over loopback, local executor and
+Spark local[2], next to img2dataset on the same URL list, same server, same 2 cores, in the same run.
+Realistic JPEGs of 300-1600 px with texture (not flat colour).
+
+img2dataset runs from its own venv (its dependencies, wandb and opencv among them, stay out of the project's):
+`make peers` creates `.venv-peers`; pass another with `--img2dataset PATH`. It resizes the long side to 720
+(`keep_ratio_largest`, only if bigger), re-encodes at quality 90, writes files, and computes no pHash.
+
+Usage: bench_fetch.py [--images 1500] [--img2dataset .venv-peers/bin/img2dataset]
+"""
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,6 +35,7 @@ from PIL import Image
 
 from etl.executors import get_executor
 from etl.fetch import FETCH_OUTPUT, FetchConfig, fetch_partition
+from warehouse.lake import write_parquet_atomic
 
 
 def make_corpus(folder: Path, n: int, seed: int = 0) -> None:
@@ -42,20 +55,47 @@ class _Quiet(SimpleHTTPRequestHandler):
         pass
 
 
-def main(n: int = 600) -> None:
+def run_img2dataset(binary: Path, urls: list[str], workdir: Path) -> dict:
+    """img2dataset on the same URLs with 2 processes (the machine's cores); wall time includes its start-up."""
+    url_list = workdir / "urls.txt"
+    url_list.write_text("\n".join(urls) + "\n", encoding="utf-8")
+    out = workdir / "i2d_out"
+    cmd = [
+        str(binary), "--url_list", str(url_list), "--input_format", "txt", "--output_folder", str(out),
+        "--output_format", "files", "--image_size", "720", "--resize_mode", "keep_ratio_largest",
+        "--resize_only_if_bigger", "True", "--encode_quality", "90", "--processes_count", "2",
+        "--thread_count", "16", "--number_sample_per_shard", "1000", "--enable_wandb", "False",
+        "--retries", "0", "--timeout", "20",
+    ]  # fmt: skip
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"img2dataset failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    ok = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
+    return {"seconds": round(seconds, 2), "images_per_s": round(len(urls) / seconds, 1), "ok": ok}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=1500)
+    ap.add_argument("--img2dataset", type=Path, default=Path(".venv-peers/bin/img2dataset"))
+    args = ap.parse_args()
+    n = args.images
+    if not args.img2dataset.exists():  # a peer comparison without the peer is not a benchmark
+        raise SystemExit(f"{args.img2dataset} not found: run `make peers` (or pass --img2dataset PATH)")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(tmp) / "corpus"
+        folder.mkdir()
         make_corpus(folder, n)
         server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(folder)))
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_address[1]}"
+        urls = [f"{base}/{i:05d}.jpg" for i in range(n)]
         table = pa.table(
-            {
-                "record_id": [f"r{i}" for i in range(n)],
-                "media_url": [f"{base}/{i:05d}.jpg" for i in range(n)],
-                "source": ["bench"] * n,
-            }
+            {"record_id": [f"r{i}" for i in range(n)], "media_url": urls, "source": ["bench"] * n}
         )
         parts = [table.slice(o, 64) for o in range(0, n, 64)]
         fn = partial(fetch_partition, config=FetchConfig(allow_private_hosts=True))
@@ -63,19 +103,24 @@ def main(n: int = 600) -> None:
             "bench": "fetch",
             "images": n,
             "corpus_mb": round(sum(p.stat().st_size for p in folder.iterdir()) / 2**20, 1),
+            "work": "download, decode, resize to 720, MD5, pHash, JPEG (kept as sent when already small)",
         }
         for name in ("local", "spark"):
             executor = get_executor(name, workers=2, spark_master="local[2]")
             if name == "spark":  # warm the session so its ~7 s start is not counted as fetch time
                 list(executor.map_partitions(fn, [table.slice(0, 2)], FETCH_OUTPUT))
+            out_dir = Path(tmp) / f"out_{name}"
             t0 = time.perf_counter()
-            ok = sum(
-                sum(1 for s in t.column("status").to_pylist() if s == "ok")
-                for _, t in executor.map_partitions(fn, parts, FETCH_OUTPUT)
-            )
+            ok = 0
+            for idx, t in executor.map_partitions(fn, parts, FETCH_OUTPUT):
+                write_parquet_atomic(t, out_dir / f"part-{idx:05d}.parquet")  # as the stage writes its parts
+                ok += sum(1 for s in t.column("status").to_pylist() if s == "ok")
             seconds = time.perf_counter() - t0
             result[name] = {"seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1), "ok": ok}
-        result["peer"] = "img2dataset not measured in this run (not installed in the project venv)"
+        result["img2dataset"] = run_img2dataset(args.img2dataset, urls, Path(tmp))
+        peer = result["img2dataset"]["images_per_s"]
+        result["ratio_local_vs_img2dataset"] = round(result["local"]["images_per_s"] / peer, 2)
+        result["ratio_spark_vs_img2dataset"] = round(result["spark"]["images_per_s"] / peer, 2)
         server.shutdown()
         emit(result)
 

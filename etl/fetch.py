@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import random
 import socket
 import threading
 import time
@@ -23,7 +24,7 @@ from warehouse.schemas import IMAGES
 
 FETCH_OUTPUT = pa.schema([f for f in IMAGES if f.name not in ("run_id", "fetched_at")])
 TRANSIENT = frozenset(
-    {"timeout", "connection_error", "http_429", "http_500", "http_502", "http_503", "http_504"}
+    {"timeout", "connection_error", "http_420", "http_429", "http_500", "http_502", "http_503", "http_504"}
 )
 
 
@@ -37,7 +38,10 @@ class FetchConfig:
     retries: int = 2
     retry_after_cap: float = 10.0
     threads: int = 8
-    per_host: int = 4
+    per_host: int = 4  # concurrent requests per host, per worker process
+    host_rate: float = 20.0  # starting requests/s per host, per worker process; adapts between the bounds
+    host_rate_min: float = 0.5
+    host_rate_max: float = 500.0
     allow_private_hosts: bool = False
     user_agent: str = USER_AGENT
 
@@ -59,8 +63,76 @@ class DownloadError(Exception):
 
 
 _local = threading.local()
-_host_locks: dict[str, threading.Semaphore] = {}
-_host_guard = threading.Lock()
+THROTTLED = frozenset({420, 429, 500, 502, 503, 504})  # GBIF answers 420 when it wants clients to slow down
+
+
+class HostThrottle:
+    """Per-host concurrency cap and adaptive request rate, shared by the threads of one process.
+
+    Multiplicative increase and decrease on the gap between request starts. A success shortens it by 10%,
+    but only a second or more after the last cut (right after a cut, successes are the server recovering,
+    not spare capacity). A 420/429/5xx doubles it, unless the refused request was scheduled before the last
+    cut (at the old rate: a refused burst of parallel requests counts once), and blocks the host for the
+    back-off or the server's `Retry-After`: every thread waits, not just the one refused.
+    """
+
+    def __init__(self, per_host: int, rate: float, rate_min: float, rate_max: float, clock=time.monotonic):
+        self.per_host, self.rate_min, self.rate_max = per_host, rate_min, rate_max
+        self.start_gap = 1.0 / rate
+        self.clock = clock
+        self._guard = threading.Lock()
+        self._slots: dict[str, threading.Semaphore] = {}
+        self._gap: dict[str, float] = {}
+        self._next: dict[str, float] = {}
+        self._last_cut: dict[str, float] = {}
+        self._blocked: dict[str, float] = {}
+
+    def gap(self, host: str) -> float:
+        return self._gap.get(host, self.start_gap)
+
+    @contextlib.contextmanager
+    def slot(self, host: str) -> Iterator[float]:
+        """Hold one of the host's request slots, starting no earlier than its rate allows; yields the time the
+        start was scheduled (`throttled` compares it with the last cut)."""
+        with self._guard:
+            sem = self._slots.setdefault(host, threading.Semaphore(self.per_host))
+        with sem:
+            with self._guard:
+                now = self.clock()
+                start = max(now, self._next.get(host, now))
+                self._next[host] = start + self.gap(host)
+            if start > now:
+                time.sleep(start - now)
+            # A refusal while this request waited blocks the host: wait that out too, rather than be refused.
+            while (blocked := self._blocked.get(host, 0.0) - self.clock()) > 0:
+                time.sleep(blocked)
+            yield now  # when it was scheduled, at the rate of that moment
+
+    def success(self, host: str) -> None:
+        with self._guard:
+            if self.clock() - self._last_cut.get(host, -1e18) >= 1.0:
+                self._gap[host] = max(1.0 / self.rate_max, self.gap(host) * 0.9)
+
+    def throttled(self, host: str, wait: float, sent_at: float | None = None) -> None:
+        with self._guard:
+            now = self.clock()
+            if sent_at is None or sent_at >= self._last_cut.get(host, -1e18):
+                self._gap[host] = min(1.0 / self.rate_min, self.gap(host) * 2.0)
+                self._last_cut[host] = now
+            self._next[host] = max(self._next.get(host, 0.0), now + wait)
+            self._blocked[host] = max(self._blocked.get(host, 0.0), now + wait)
+
+
+_throttles: dict[tuple, HostThrottle] = {}
+_throttles_guard = threading.Lock()
+
+
+def _throttle(config: FetchConfig) -> HostThrottle:
+    key = (config.per_host, config.host_rate, config.host_rate_min, config.host_rate_max)
+    with _throttles_guard:
+        if key not in _throttles:
+            _throttles[key] = HostThrottle(*key)
+        return _throttles[key]
 
 
 def _session(config: FetchConfig) -> requests.Session:
@@ -71,13 +143,6 @@ def _session(config: FetchConfig) -> requests.Session:
         s.max_redirects = config.max_redirects
         _local.session = s
     return s
-
-
-def _host_slot(host: str, limit: int) -> threading.Semaphore:
-    with _host_guard:
-        if host not in _host_locks:
-            _host_locks[host] = threading.Semaphore(limit)
-        return _host_locks[host]
 
 
 def check_url(url: str, allow_private: bool) -> str:
@@ -103,8 +168,10 @@ def check_url(url: str, allow_private: bool) -> str:
 def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
     host = check_url(url, config.allow_private_hosts)
     session = _session(config)
+    throttle = _throttle(config)
     for attempt in range(config.retries + 1):
-        with _host_slot(host, config.per_host):
+        retry_after = None
+        with throttle.slot(host) as sent_at:
             try:
                 resp = session.get(url, stream=True, timeout=(config.connect_timeout, config.read_timeout))
             except requests.TooManyRedirects as exc:
@@ -118,34 +185,40 @@ def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
             if resp is not None:
                 with resp:
                     if resp.status_code < 400:
-                        declared = int(resp.headers.get("Content-Length") or 0)
-                        if declared > config.max_bytes:
-                            raise DownloadError(
-                                "too_large", f"Content-Length {declared} > {config.max_bytes}"
-                            )
-                        chunks, size = [], 0
-                        try:
-                            for chunk in resp.iter_content(1 << 16):
-                                size += len(chunk)
-                                if size > config.max_bytes:
-                                    raise DownloadError("too_large", f"body over {config.max_bytes} bytes")
-                                chunks.append(chunk)
-                        except requests.RequestException as exc:
-                            kind = "timeout" if "timed out" in str(exc).lower() else "connection_error"
-                            raise DownloadError(kind, str(exc)[:200]) from exc
-                        return b"".join(chunks), resp.status_code
+                        throttle.success(host)
+                        return _read_body(resp, config), resp.status_code
                     err = DownloadError(
                         f"http_{resp.status_code}", f"HTTP {resp.status_code}", resp.status_code
                     )
                     retry_after = resp.headers.get("Retry-After")
-        if err.status not in TRANSIENT or attempt == config.retries:
-            raise err
-        delay = 0.5 * 2**attempt
-        if resp is not None and retry_after:
+        delay = min(config.retry_after_cap, 0.5 * 2**attempt) * random.uniform(0.75, 1.0)  # jitter: no herd
+        if retry_after:
             with contextlib.suppress(ValueError):
                 delay = min(float(retry_after), config.retry_after_cap)
-        time.sleep(delay)
+        if err.http_status in THROTTLED:
+            throttle.throttled(host, delay, sent_at)  # the whole host waits, and its rate is halved
+        if err.status not in TRANSIENT or attempt == config.retries:
+            raise err
+        if err.http_status not in THROTTLED:
+            time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _read_body(resp: requests.Response, config: FetchConfig) -> bytes:
+    declared = int(resp.headers.get("Content-Length") or 0)
+    if declared > config.max_bytes:
+        raise DownloadError("too_large", f"Content-Length {declared} > {config.max_bytes}")
+    chunks, size = [], 0
+    try:
+        for chunk in resp.iter_content(1 << 16):
+            size += len(chunk)
+            if size > config.max_bytes:
+                raise DownloadError("too_large", f"body over {config.max_bytes} bytes")
+            chunks.append(chunk)
+    except requests.RequestException as exc:
+        kind = "timeout" if "timed out" in str(exc).lower() else "connection_error"
+        raise DownloadError(kind, str(exc)[:200]) from exc
+    return b"".join(chunks)
 
 
 def fetch_one(row: dict[str, Any], config: FetchConfig) -> dict[str, Any]:

@@ -37,8 +37,18 @@ class ProcessedImage:
     original_height: int | None = None
 
 
+PHASH_INPUT_SIDE = 128
+
+
 def phash64(img: Image.Image) -> tuple[int, str]:
-    """64-bit DCT pHash (imagehash) as a signed int64 (for Parquet/DuckDB) and as hex."""
+    """64-bit DCT pHash (imagehash) as a signed int64 (for Parquet/DuckDB) and as hex.
+
+    imagehash shrinks to 32x32 with Lanczos; a box reduction by an integer factor first (short side kept at
+    >= 128 px) makes that 8x cheaper and leaves the low-frequency DCT block the hash reads intact. Every image,
+    evaluation images included, is hashed this same way, so hashes stay comparable."""
+    factor = min(img.size) // PHASH_INPUT_SIDE
+    if factor >= 2:
+        img = img.reduce(factor)
     h = imagehash.phash(img)
     hex_ = str(h)
     value = int(hex_, 16)
@@ -55,7 +65,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return bg
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         return img.point(lambda v: v / 256).convert("L").convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert() would copy an RGB image
 
 
 def clip_box(box: list[int] | None, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -101,7 +111,11 @@ def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None =
     except (OSError, SyntaxError, ValueError) as exc:
         return ProcessedImage("corrupt_image", str(exc)[:200], md5=out.md5)
     try:
-        img = to_rgb(ImageOps.exif_transpose(img))
+        source_format, source_mode = img.format, img.mode
+        rotated = img.getexif().get(0x0112, 1) not in (1, None)  # EXIF Orientation
+        if rotated:
+            img = ImageOps.exif_transpose(img)
+        img = to_rgb(img)
         if crop_box:
             box = clip_box(crop_box, *img.size)
             if box == (0, 0, 0, 0):
@@ -112,9 +126,23 @@ def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None =
             out.status, out.error = "too_small", f"short side {short} < {config.min_side}"
             out.width, out.height = img.size
             return out
+        # A JPEG already within the size cap, upright, RGB and uncropped is stored as sent: re-encoding would
+        # only lose quality and time (about 10% of a typical corpus, FETCH_SPEED.md).
+        keep_original = (
+            config.encode
+            and crop_box is None
+            and source_format == "JPEG"
+            and source_mode == "RGB"
+            and not rotated
+            and max(out.original_width, out.original_height) <= config.max_side
+        )
         if max(img.size) > config.max_side:
-            img.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        if config.encode:
+            # Box filter (area average): a proper anti-aliased downscale, 1.6x faster than bilinear and 2.5x
+            # faster than bicubic in Pillow on this hardware; only ever used to shrink.
+            img.thumbnail((config.max_side, config.max_side), Image.Resampling.BOX, reducing_gap=2.0)
+        if keep_original:
+            out.jpeg = data
+        elif config.encode:
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=config.jpeg_quality)
             out.jpeg = buf.getvalue()

@@ -103,6 +103,8 @@ def cmd_fetch(args) -> None:
         image=ImageConfig(min_side=args.min_side, max_side=args.max_side),
         allow_private_hosts=args.allow_private_hosts,
         threads=args.threads,
+        per_host=args.per_host,
+        host_rate=args.host_rate,
     )
     _print(
         run_fetch(
@@ -300,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=["local", "spark"], default="local")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--threads", type=int, default=8, help="download threads per worker")
+    s.add_argument("--per-host", type=int, default=4, help="concurrent requests per host, per worker")
+    s.add_argument(
+        "--host-rate", type=float, default=20.0, help="starting requests/s per host, per worker (adapts)"
+    )
     s.add_argument("--partition-rows", type=int, default=128)
     s.add_argument("--spark-master")
     s.add_argument("--allow-private-hosts", action="store_true")

@@ -121,6 +121,11 @@ def bad_server():
     srv.server_close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    fetch_mod._throttles.clear()  # per-process host state must not leak from one test into the next
+
+
 CFG = FetchConfig(
     allow_private_hosts=True, read_timeout=0.8, max_bytes=200_000, retries=2, retry_after_cap=1.5
 )
@@ -299,3 +304,80 @@ def test_retry_failed_refetches_only_transient_failures(catalog, world):
         total = con.execute("SELECT count(*), count(DISTINCT record_id) FROM images").fetchall()[0]
     assert len(rows) == 9 and all(status == "ok" and attempts == 2 for status, attempts in rows)
     assert total[0] == total[1]
+
+
+def test_host_throttle_adapts_its_rate_and_blocks_the_host():
+    now = [100.0]
+    throttle = fetch_mod.HostThrottle(
+        per_host=2, rate=10.0, rate_min=1.0, rate_max=40.0, clock=lambda: now[0]
+    )
+    assert throttle.gap("h") == pytest.approx(0.1)
+    for _ in range(100):
+        throttle.success("h")
+    assert throttle.gap("h") == pytest.approx(1 / 40)  # raised on success, up to the cap
+    throttle.throttled("h", wait=3.0, sent_at=99.9)
+    assert throttle.gap("h") == pytest.approx(2 / 40)  # halved on 429/5xx
+    assert throttle._next["h"] == pytest.approx(103.0)  # the whole host waits out Retry-After
+    throttle.throttled("h", wait=0.0, sent_at=99.95)
+    assert throttle.gap("h") == pytest.approx(2 / 40)  # sent before the cut, at the old rate: no second cut
+    for _ in range(20):
+        now[0] += 1.0
+        throttle.throttled("h", wait=0.0, sent_at=now[0])
+    assert throttle.gap("h") == pytest.approx(1.0)  # never below the minimum rate
+    assert throttle.gap("other") == pytest.approx(0.1)  # hosts are independent
+
+
+class _RateLimited(BaseHTTPRequestHandler):
+    """Answers 429 (no Retry-After) whenever more than `limit` requests arrived in the last second."""
+
+    protocol_version = "HTTP/1.1"
+    limit = 15
+    times: ClassVar[list[float]] = []
+    refused: ClassVar[list[int]] = [0]
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        with self.lock:
+            now = time.monotonic()
+            self.times[:] = [t for t in self.times if now - t < 1.0] + [now]
+            over = len(self.times) > self.limit
+            self.refused[0] += over
+        body = b"slow down" if over else _jpeg()
+        self.send_response(429 if over else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _fetch_from_rate_limited_server(n: int, cfg: FetchConfig) -> tuple[list[str], int]:
+    _RateLimited.times.clear()
+    _RateLimited.refused[0] = 0
+    srv = _QuietServer(("127.0.0.1", 0), _RateLimited)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    urls = [f"{base}/{i}.jpg" for i in range(n)]
+    table = pa.table({"record_id": [f"r{i}" for i in range(n)], "media_url": urls, "source": ["t"] * n})
+    try:
+        out = pa.Table.from_batches(list(fetch_partition(iter(table.to_batches(max_chunksize=n)), cfg)))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    return out.column("status").to_pylist(), _RateLimited.refused[0]
+
+
+def test_fetch_slows_down_for_a_rate_limited_host():
+    """A host allowing 30 requests/s, asked at 100/s: the adaptive rate is refused far less than a fixed one."""
+    _RateLimited.limit = 30
+    n = 150
+    common = {"allow_private_hosts": True, "threads": 8, "per_host": 8, "retries": 8, "retry_after_cap": 1.0}
+    adaptive = FetchConfig(host_rate=100.0, **common)
+    fixed = FetchConfig(host_rate=100.0, host_rate_min=100.0, host_rate_max=100.0, **common)
+    statuses, refused = _fetch_from_rate_limited_server(n, adaptive)
+    _, refused_fixed = _fetch_from_rate_limited_server(n, fixed)
+    assert statuses == ["ok"] * n  # every image arrives in the end
+    assert refused < n // 5
+    assert refused < refused_fixed
