@@ -19,7 +19,7 @@ import pyarrow as pa
 import requests
 
 from etl.http import USER_AGENT
-from etl.images import ImageConfig, process_image
+from etl.images import ImageConfig, process_image, require_pdq
 from warehouse.schemas import IMAGES
 
 FETCH_OUTPUT = pa.schema([f for f in IMAGES if f.name not in ("run_id", "fetched_at")])
@@ -295,6 +295,8 @@ def run_fetch(
     from warehouse.stage_runs import StageRun
 
     config = config or FetchConfig()
+    if config.image.pdq:
+        require_pdq()  # fail before any download, not once per row
     settings = {"executor": executor, "workers": workers, "retry_failed": retry_failed, **config.to_dict()}
     with StageRun(catalog, "fetch", config=settings) as run:
         inputs = _select_inputs(catalog, retry_failed, max_attempts)

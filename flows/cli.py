@@ -100,7 +100,7 @@ def cmd_fetch(args) -> None:
     from etl.images import ImageConfig
 
     cfg = FetchConfig(
-        image=ImageConfig(min_side=args.min_side, max_side=args.max_side),
+        image=ImageConfig(min_side=args.min_side, max_side=args.max_side, pdq=args.pdq),
         allow_private_hosts=args.allow_private_hosts,
         threads=args.threads,
         per_host=args.per_host,
@@ -171,6 +171,12 @@ def cmd_train(args) -> None:
     from training.loop import train
 
     cfg = load_config(args.config, args.overrides, preset=args.preset)
+    if args.devices > 1:
+        from training.distributed import launch
+
+        _catalog(args)  # create or migrate the home before the ranks start
+        _print(launch(args.home, cfg.to_dict(), args.devices))
+        return
     _print(train(_catalog(args), cfg))
 
 
@@ -312,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-failed", action="store_true", help="retry transient failures only")
     s.add_argument("--min-side", type=int, default=224)
     s.add_argument("--max-side", type=int, default=720)
+    s.add_argument("--pdq", action="store_true", help="also a 256-bit PDQ hash (needs the `pdq` extra)")
     s.set_defaults(fn=cmd_fetch)
 
     s = sub.add_parser("dedup", help="exact, near and eval-leak decisions")
@@ -343,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train BioCLIP 2 with replay")
     s.add_argument("--config", help="YAML config file")
     s.add_argument("--preset", default="cpu-tiny", help="cpu-tiny or gpu-paper")
+    s.add_argument(
+        "--devices", type=int, default=1, help="processes (GPUs) for data-parallel training through torchrun"
+    )
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_train)
 

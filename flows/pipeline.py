@@ -159,7 +159,7 @@ def train_flow(
     devices: int = 1,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train from the UI: parameters are the common knobs. `devices` is reserved for DDP (only 1 for now)."""
+    """Train from the UI: parameters are the common knobs; `devices` > 1 launches torchrun (DDP)."""
     from training.config import load_config
     from training.loop import train
 
@@ -177,10 +177,13 @@ def train_flow(
     }
     values.update(overrides or {})
     cfg = load_config(preset=preset, overrides=values)
+    catalog = open_catalog(home)
     if devices > 1:
-        # The loop has no DDP yet: launching torchrun would start independent runs, not one run on N devices.
-        raise ValueError("multi-device training (DDP through torchrun) is not implemented yet; use devices=1")
-    result = train(open_catalog(home), cfg, progress=False)
+        from training.distributed import launch
+
+        result = launch(catalog.home, cfg.to_dict(), devices)  # torchrun, one process per device
+    else:
+        result = train(catalog, cfg, progress=False)
     create_markdown_artifact(
         key="train-summary",
         markdown=f"Run `{result['run_id']}`: {result['steps']} steps, final {result['final']}",

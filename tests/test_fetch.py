@@ -8,6 +8,7 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
@@ -381,3 +382,39 @@ def test_fetch_slows_down_for_a_rate_limited_host():
     assert statuses == ["ok"] * n  # every image arrives in the end
     assert refused < n // 5
     assert refused < refused_fixed
+
+
+def test_pdq_is_an_optional_second_hash():
+    from etl.images import pdq256
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize((800, 600))
+    other = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize((800, 600))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    with_pdq = process_image(buf.getvalue(), ImageConfig(pdq=True))
+    without = process_image(buf.getvalue(), ImageConfig())
+    assert without.pdq_hex is None and len(with_pdq.pdq_hex) == 64 and 0 <= with_pdq.pdq_quality <= 100
+    assert with_pdq.phash == without.phash  # the pHash does not depend on the option
+
+    def bits(hex_: str) -> int:
+        return int(hex_, 16)
+
+    resized = pdq256(img.resize((400, 300)))[0]
+    assert bin(bits(resized) ^ bits(with_pdq.pdq_hex)).count("1") <= 30  # same picture: close
+    assert bin(bits(pdq256(other)[0]) ^ bits(with_pdq.pdq_hex)).count("1") >= 80  # another: far
+
+
+def test_pdq_requested_without_pdqhash_fails_before_any_download(catalog, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pdqhash(name, *args, **kwargs):
+        if name == "pdqhash":
+            raise ImportError("not installed")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pdqhash)
+    with pytest.raises(RuntimeError, match="pdqhash is not installed"):
+        run_fetch(catalog, FetchConfig(image=ImageConfig(pdq=True)), progress=False)

@@ -143,3 +143,31 @@ def test_four_steps_equal_two_plus_resumed_two(curated, world, monkeypatch):
     with curated.connect() as con:
         status = con.execute("SELECT status FROM training_runs WHERE run_id = 'r-broken'").fetchall()[0][0]
     assert status == "succeeded"
+
+
+def test_two_ranks_with_torchrun_equal_one_process_on_the_global_batch(curated, world):
+    """DDP through torchrun (gloo on CPU): 2 ranks x (4 + 2 replay) per step must take the same steps as one
+    process with 8 + 4 per step: same samples, same augmentations, features gathered with gradients."""
+    from training.distributed import launch
+
+    common = {"steps": 2, "threads": 1, "checkpoint_every": 2}
+    single = train(curated, _cfg(world, run_id="r-one", batch_size=8, replay_batch_size=4, **common), False)
+    ddp_cfg = _cfg(world, run_id="r-ddp", batch_size=4, replay_batch_size=2, **common)
+    ddp = launch(curated.home, ddp_cfg.to_dict(), devices=2, timeout=600)
+    assert ddp["devices"] == 2 and ddp["samples_seen"] == single["samples_seen"] == 16
+    one = torch.load(curated.runs / "r-one" / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    two = torch.load(curated.runs / "r-ddp" / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    start = ReplayCLIP(build_clip(ddp_cfg)[0]).state_dict()
+    moved = [k for k in one if not torch.equal(one[k], start[k])]
+    assert len(moved) > 10  # the steps did change the weights
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"largest weight difference between 2 ranks and 1 process: {worst:.2e}")
+    assert worst < 1e-4, f"largest weight difference {worst}"
+    for key in ("loss_bio", "loss_replay"):
+        assert ddp["final"][key] == pytest.approx(single["final"][key], abs=1e-4)
+    with curated.connect() as con:
+        status, config = con.execute(
+            "SELECT status, config FROM training_runs WHERE run_id = 'r-ddp'"
+        ).fetchall()[0]
+    assert status == "succeeded" and json.loads(config)["devices"] == 2
+    assert open_clip.create_model_and_transforms(f"local-dir:{ddp['export_path']}")[0] is not None

@@ -11,16 +11,19 @@ import time
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
 from torch.nn.functional import normalize
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.config import TEXT_TYPES, TrainConfig
 from training.data import bio_loader, replay_loader
+from training.distributed import broadcast, init_distributed, mean_across
 from training.model import NORMALIZATION, ReplayCLIP, build_clip, export_open_clip
 from warehouse.catalog import Catalog
 from warehouse.lake import new_run_id
@@ -87,17 +90,24 @@ def _clip_loss(loss_fn: ClipLoss, img: torch.Tensor, txt: torch.Tensor, scale: t
 
 
 def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a run; returns its summary. Rows go to `training_runs` and `stage_runs`."""
-    run_id = cfg.run_id or new_run_id("train")
+    """Train (or resume) a run; returns its summary. Rows go to `training_runs` and `stage_runs`.
+
+    Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel run (training/distributed.py):
+    `batch_size` and `replay_batch_size` are per device, and only rank 0 writes to the catalog and disk."""
+    dist = init_distributed()
+    run_id = broadcast(cfg.run_id or new_run_id("train"), dist)
     run_dir = catalog.runs / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     random.seed(cfg.seed)
     device = _device(cfg)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     clip, mcfg = build_clip(cfg)
     model = ReplayCLIP(clip).to(device)
+    model.replay_proj.requires_grad_(bool(cfg.replay_batch_size))  # unused without replay (DDP needs to know)
     if cfg.grad_checkpointing:
         clip.set_grad_checkpointing(True)
     image_size = mcfg["vision_cfg"]["image_size"]
@@ -119,11 +129,18 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
         step = state["step"]
         torch.set_rng_state(state["torch_rng"])  # augmentations draw from it: same crops as an unbroken run
         random.setstate(state["python_rng"])
-    forward = torch.compile(model) if cfg.compile else model
-    urls = shard_urls(catalog, cfg.dataset_version, "train")
+    wrapped = model
+    if dist.enabled:
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
+    # Only rank 0 reads the catalog: DuckDB allows one writing process, and the others need only the URLs.
+    urls = broadcast(shard_urls(catalog, cfg.dataset_version, "train") if dist.main else None, dist)
     # A resumed run skips exactly the samples already consumed, so it sees the data an unbroken run would.
-    consumed = step * cfg.accum_steps
-    bio = bio_loader(urls, preprocess, cfg.batch_size, cfg.seed, cfg.workers, skip=consumed * cfg.batch_size)
+    consumed = step * cfg.accum_steps * dist.world
+    ranks = {"rank": dist.rank, "world": dist.world}
+    bio = bio_loader(
+        urls, preprocess, cfg.batch_size, cfg.seed, cfg.workers, skip=consumed * cfg.batch_size, **ranks
+    )
     replay = (
         replay_loader(
             cfg.replay_path,
@@ -132,21 +149,37 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
             cfg.seed,
             cfg.workers,
             skip=consumed * cfg.replay_batch_size,
+            **ranks,
         )
         if cfg.replay_batch_size
         else None
     )
-    loss_fn = ClipLoss()
+    # Across ranks: each rank's images against every rank's captions, gradients flowing through the gather.
+    loss_fn = ClipLoss(
+        local_loss=dist.enabled, gather_with_grad=dist.enabled, rank=dist.rank, world_size=dist.world
+    )
     started = datetime.now(UTC)
-    with catalog.connect() as con:
-        con.execute(
-            """INSERT OR REPLACE INTO training_runs (run_id, version, config, status, steps, started_at)
-                       VALUES (?, ?, ?, 'running', ?, ?)""",
-            [run_id, cfg.dataset_version, json.dumps(cfg.to_dict()), cfg.steps, started],
-        )
+    if dist.main:
+        with catalog.connect() as con:
+            con.execute(
+                """INSERT OR REPLACE INTO training_runs (run_id, version, config, status, steps, started_at)
+                           VALUES (?, ?, ?, 'running', ?, ?)""",
+                [
+                    run_id,
+                    cfg.dataset_version,
+                    json.dumps({**cfg.to_dict(), "devices": dist.world}),
+                    cfg.steps,
+                    started,
+                ],
+            )
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
-    with StageRun(catalog, "train", config=cfg.to_dict(), run_id=f"stage-{run_id}-{step}") as stage:
+    stage_run = (
+        StageRun(catalog, "train", config=cfg.to_dict(), run_id=f"stage-{run_id}-{step}")
+        if dist.main
+        else nullcontext(SimpleNamespace(details={}))
+    )
+    with stage_run as stage:
         try:
             model.train()
             bar = tqdm(
@@ -164,37 +197,35 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
                 text_type = text_type_for_step(cfg, step)
                 optimizer.zero_grad(set_to_none=True)
                 logs = {"loss_bio": 0.0, "loss_replay": 0.0}
-                for _ in range(cfg.accum_steps):
+                for micro in range(cfg.accum_steps):
                     images, caps = next(bio)
-                    tokens = tokenizer(caps[text_type]).to(device)
-                    with _autocast(cfg, device):
-                        scale = forward.logit_scale.exp()
-                        loss_bio = _clip_loss(
-                            loss_fn,
-                            forward.encode_image(images.to(device)),
-                            forward.encode_text(tokens),
-                            scale,
-                        )
-                        loss = loss_bio
-                        if replay is not None:
-                            r_images, r_texts = next(replay)
-                            loss_replay = _clip_loss(
-                                loss_fn,
-                                forward.encode_image(r_images.to(device), replay=True),
-                                forward.encode_text(tokenizer(r_texts).to(device)),
-                                scale,
-                            )
-                            loss = loss + cfg.replay_weight * loss_replay
-                            logs["loss_replay"] += loss_replay.item() / cfg.accum_steps
-                    (loss / cfg.accum_steps).backward()
+                    inputs = [images.to(device), tokenizer(caps[text_type]).to(device)]
+                    if replay is not None:
+                        r_images, r_texts = next(replay)
+                        inputs += [r_images.to(device), tokenizer(r_texts).to(device)]
+                    # Gradients are averaged across ranks once per step, on the last micro-batch.
+                    last = micro == cfg.accum_steps - 1
+                    sync = wrapped.no_sync() if dist.enabled and not last else nullcontext()
+                    with sync:
+                        with _autocast(cfg, device):
+                            feats = forward(*inputs)
+                            scale = model.logit_scale.exp()
+                            loss_bio = _clip_loss(loss_fn, feats[0], feats[1], scale)
+                            loss = loss_bio
+                            if replay is not None:
+                                loss_replay = _clip_loss(loss_fn, feats[2], feats[3], scale)
+                                loss = loss + cfg.replay_weight * loss_replay
+                                logs["loss_replay"] += loss_replay.item() / cfg.accum_steps
+                        (loss / cfg.accum_steps).backward()
                     logs["loss_bio"] += loss_bio.item() / cfg.accum_steps
-                    seen += images.shape[0]
+                    seen += images.shape[0] * dist.world
                 optimizer.step()
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
                 step += 1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
+                    logs = {k: mean_across(v, dist) for k, v in logs.items()}  # every rank's batch counts
                     rec = {
                         "step": step,
                         "text_type": text_type,
@@ -204,10 +235,11 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
                         **logs,
                     }
                     history.append(rec)
-                    with open(metrics_path, "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
+                    if dist.main:
+                        with open(metrics_path, "a") as fh:
+                            fh.write(json.dumps(rec) + "\n")
                     bar.set_postfix(loss=f"{logs['loss_bio']:.3f}", replay=f"{logs['loss_replay']:.3f}")
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                if dist.main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                     _save(
                         {
                             "model": model.state_dict(),
@@ -221,27 +253,31 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
                         ckpt_path,
                     )
             bar.close()
-            export = export_open_clip(model, mcfg, run_dir / "export")
+            export = run_dir / "export"
             final = history[-1] if history else {}
             metrics = {
                 "final": final,
                 "samples_seen": seen,
                 "seconds": time.perf_counter() - t0,
                 "normalization": cfg.normalization,
+                "devices": dist.world,
             }
-            with catalog.connect() as con:
-                con.execute(
-                    """UPDATE training_runs SET status = 'succeeded', checkpoint = ?, export_path = ?,
-                               metrics = ?, ended_at = ? WHERE run_id = ?""",
-                    [str(ckpt_path), str(export), json.dumps(metrics), datetime.now(UTC), run_id],
-                )
-            stage.n_in, stage.n_out = seen, step
-            stage.details = {"training_run": run_id, **metrics}
+            if dist.main:
+                export_open_clip(model, mcfg, export)
+                with catalog.connect() as con:
+                    con.execute(
+                        """UPDATE training_runs SET status = 'succeeded', checkpoint = ?, export_path = ?,
+                                   metrics = ?, ended_at = ? WHERE run_id = ?""",
+                        [str(ckpt_path), str(export), json.dumps(metrics), datetime.now(UTC), run_id],
+                    )
+                stage.n_in, stage.n_out = seen, step
+                stage.details = {"training_run": run_id, **metrics}
         except BaseException:
-            with catalog.connect() as con:
-                con.execute(
-                    "UPDATE training_runs SET status = 'failed', ended_at = ? WHERE run_id = ?",
-                    [datetime.now(UTC), run_id],
-                )
+            if dist.main:
+                with catalog.connect() as con:
+                    con.execute(
+                        "UPDATE training_runs SET status = 'failed', ended_at = ? WHERE run_id = ?",
+                        [datetime.now(UTC), run_id],
+                    )
             raise
     return {"run_id": run_id, "export_path": str(export), "steps": step, **metrics}

@@ -76,6 +76,20 @@ class ReplayCLIP(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text(tokens)
 
+    def forward(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        replay_images: torch.Tensor | None = None,
+        replay_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Features of one step: biology images and captions, and (when given) replay images and captions.
+        One call per step, so DDP sees every parameter use in a single forward."""
+        out = (self.encode_image(images), self.encode_text(tokens))
+        if replay_images is not None:
+            out += (self.encode_image(replay_images, replay=True), self.encode_text(replay_tokens))
+        return out
+
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """A plain open_clip state dict: `visual.proj` is the biology projector; the replay one is dropped."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.clip.state_dict().items()}

@@ -79,6 +79,8 @@ IMAGES = pa.schema(
         ("md5", pa.string()),
         ("phash", pa.int64()),
         ("phash_hex", pa.string()),
+        ("pdq_hex", pa.string()),  # 256-bit PDQ, only when fetched with --pdq
+        ("pdq_quality", pa.int32()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("original_width", pa.int32()),
