@@ -1,12 +1,20 @@
-"""Dataset adapters. A folder with `metadata.csv`: `filepath` plus either `class` or the 7 rank columns
-(and optionally `common_name`), the layout of the paper's annotation files."""
+"""Dataset adapters, each giving `LabelledImages`:
+- `metadata_folder`: a folder with `metadata.csv`: `filepath` plus either `class` or the 7 rank columns (and
+  optionally `common_name`), the layout of the paper's annotation files;
+- `image_folder`: an ImageFolder tree, `ROOT/<class name>/<image>`;
+- `webdataset`: WebDataset shards (one `.tar`, a folder of them, or a catalog dataset version's split folder
+  such as `shards/NAME/val`), labelled by each sample's `json` lineage (our shards) or its `cls`/`txt` member.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etl.dedup import IMAGE_SUFFIXES
 from taxonomy.captions import RANKS7, captions
 
 
@@ -29,7 +37,9 @@ def class_text(lineage: dict[str, str | None], common: str | None, text_type: st
     return text.removeprefix("a photo of ").removesuffix(".")
 
 
-def load_metadata_folder(root: str | Path, text_type: str = "taxon") -> LabelledImages:
+def load_metadata_folder(
+    root: str | Path, text_type: str = "taxon", cache_dir: Path | None = None
+) -> LabelledImages:
     root = Path(root)
     meta = root / "metadata.csv"
     if not meta.exists():
@@ -63,3 +73,84 @@ def load_metadata_folder(root: str | Path, text_type: str = "taxon") -> Labelled
         names = [class_text(lin, com, text_type) for lin, com in zip(lineages, commons, strict=True)]
     extra = [{k: v for k, v in r.items() if k not in ("filepath", *RANKS7)} for r in rows]
     return LabelledImages(root, [root / r["filepath"] for r in rows], labels, names, lineages, extra)
+
+
+def load_image_folder(
+    root: str | Path, text_type: str = "asis", cache_dir: Path | None = None
+) -> LabelledImages:
+    """`ROOT/<class>/<image>`: classes are the sub-folder names (underscores read as spaces), sorted."""
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            paths.append(file)
+            labels.append(label)
+    if not paths:
+        raise FileNotFoundError(f"{root}: no ROOT/<class>/<image> files found")
+    names = [c.replace("_", " ") for c in classes]
+    return LabelledImages(root, paths, labels, names, [{} for _ in classes], [{} for _ in paths])
+
+
+def load_webdataset(
+    root: str | Path, text_type: str = "taxon", cache_dir: Path | None = None
+) -> LabelledImages:
+    """WebDataset shards; images are written once to `cache_dir` (feature extraction reads files)."""
+    import webdataset as wds
+
+    root = Path(root)
+    shards = [root] if root.is_file() else sorted(root.glob("*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"{root}: no .tar shards")
+    key = hashlib.sha1("|".join(f"{s.resolve()}:{s.stat().st_mtime_ns}" for s in shards).encode()).hexdigest()
+    images_dir = (cache_dir or root.parent / ".wds-cache") / f"wds-{key[:16]}"
+    rows: list[dict] = []
+    for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False):
+        member = next((m for m in ("jpg", "jpeg", "png", "webp") if m in sample), None)
+        if member is None:
+            continue
+        path = images_dir / f"{sample['__key__']}.{member}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(sample[member])
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        label = sample.get("cls", sample.get("txt", b"")).decode() if not meta else None
+        rows.append({"path": path, "meta": meta, "label": label})
+    if not rows:
+        raise ValueError(f"{root}: shards hold no images")
+    has_ranks = text_type != "asis" and all(
+        rows[0]["meta"].get(r) is not None or r in rows[0]["meta"] for r in RANKS7
+    )
+    index: dict[str, int] = {}
+    lineages, commons, labels, keys = [], [], [], []
+    for row in rows:
+        if has_ranks:
+            lineage = {r: row["meta"].get(r) for r in RANKS7}
+            k = "|".join(lineage[r] or "" for r in RANKS7)
+        else:
+            lineage, k = {}, row["label"] or row["meta"].get("scientific_name") or ""
+        if k not in index:
+            index[k] = len(keys)
+            keys.append(k)
+            lineages.append(lineage)
+            commons.append(row["meta"].get("common_name"))
+        labels.append(index[k])
+    names = (
+        [class_text(lin, com, text_type) for lin, com in zip(lineages, commons, strict=True)]
+        if has_ranks
+        else keys
+    )
+    extra = [{k: str(v) for k, v in r["meta"].items() if k not in RANKS7} for r in rows]
+    return LabelledImages(root, [r["path"] for r in rows], labels, names, lineages, extra)
+
+
+def detect_adapter(path: str | Path) -> str:
+    """The adapter a path looks like: `metadata.csv` inside, `.tar` shards, or class sub-folders."""
+    path = Path(path)
+    if (path / "metadata.csv").exists():
+        return "metadata_folder"
+    if path.suffix == ".tar" or any(path.glob("*.tar")):
+        return "webdataset"
+    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+        return "image_folder"
+    raise ValueError(f"{path}: neither metadata.csv, .tar shards nor ROOT/<class>/<image> folders")

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.metrics import binary_f1, macro_f1
+
 
 def _cl2n(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     x = x - mean
@@ -61,4 +63,41 @@ def linear_probe(
     x, y = features[keep], labels[keep]
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, train_size=train_fraction, stratify=y, random_state=seed)
     clf = LogisticRegression(C=c, max_iter=2000).fit(x_tr, y_tr)
-    return {"linear_probe_acc": float(clf.score(x_te, y_te)), "linear_probe_n_test": len(y_te)}
+    pred = clf.predict(x_te)
+    return {
+        "linear_probe_acc": float(np.mean(pred == y_te)),
+        "linear_probe_macro_f1": macro_f1(y_te, pred),
+        "linear_probe_n_test": len(y_te),
+    }
+
+
+def multi_label_probe(
+    features: np.ndarray, targets: np.ndarray, train_fraction: float = 0.5, seed: int = 0, c: float = 1.0
+) -> dict[str, Any]:
+    """One logistic regression per binary label (FishNet-style traits) on a seeded split. The headline is the
+    paper's all-labels-correct accuracy: an image counts only when every one of its labels is right."""
+    from sklearn.linear_model import LogisticRegression
+
+    targets = np.asarray(targets, dtype=int)
+    order = np.random.default_rng(seed).permutation(len(features))
+    cut = round(train_fraction * len(features))
+    tr, te = order[:cut], order[cut:]
+    if len(tr) == 0 or len(te) == 0:
+        raise ValueError("multi-label probe needs images on both sides of the split")
+    pred = np.zeros((len(te), targets.shape[1]), dtype=int)
+    for j in range(targets.shape[1]):
+        y = targets[tr, j]
+        if len(set(y.tolist())) < 2:
+            pred[:, j] = y[0]  # a label constant in training is predicted as that constant
+        else:
+            pred[:, j] = LogisticRegression(C=c, max_iter=2000).fit(features[tr], y).predict(features[te])
+    truth = targets[te]
+    return {
+        "multi_label_all_correct": float(np.mean(np.all(pred == truth, axis=1))),
+        "multi_label_label_acc": float(np.mean(pred == truth)),
+        "multi_label_macro_f1": float(
+            np.mean([binary_f1(truth[:, j], pred[:, j]) for j in range(truth.shape[1])])
+        ),
+        "multi_label_n_labels": int(targets.shape[1]),
+        "multi_label_n_test": len(te),
+    }

@@ -14,12 +14,22 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evaluation.datasets import LabelledImages, load_metadata_folder
+from evaluation.datasets import (
+    LabelledImages,
+    detect_adapter,
+    load_image_folder,
+    load_metadata_folder,
+    load_webdataset,
+)
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.stage_runs import StageRun
 
 DEFAULT_REGISTRY = Path(__file__).with_name("tasks.yaml")
-ADAPTERS: dict[str, Callable[..., LabelledImages]] = {"metadata_folder": load_metadata_folder}
+ADAPTERS: dict[str, Callable[..., LabelledImages]] = {
+    "metadata_folder": load_metadata_folder,
+    "image_folder": load_image_folder,
+    "webdataset": load_webdataset,
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,35 @@ def _linear_probe(catalog, model, data, task, out_dir, progress) -> dict[str, An
     )
 
 
+TRUE = {"1", "true", "yes", "y", "t"}
+FALSE = {"0", "false", "no", "n", "f", ""}
+
+
+def _multi_label(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
+    """FishNet-style binary traits: `options.labels` names the metadata columns (0/1, true/false, yes/no)."""
+    from evaluation.fewshot import multi_label_probe
+
+    columns = task.options.get("labels") or []
+    missing = [c for c in columns if not data.extra or c not in data.extra[0]]
+    if not columns or missing:
+        raise ValueError(f"task {task.name}: options.labels must name metadata columns; missing {missing}")
+    targets = np.zeros((len(data.paths), len(columns)), dtype=int)
+    for i, row in enumerate(data.extra):
+        for j, col in enumerate(columns):
+            value = str(row[col]).strip().lower()
+            if value not in TRUE | FALSE:
+                raise ValueError(f"task {task.name}: {col}={row[col]!r} on row {i} is not a binary label")
+            targets[i, j] = value in TRUE
+    feats = _features(catalog, model, data, progress)
+    return multi_label_probe(
+        feats,
+        targets,
+        task.options.get("train_fraction", 0.5),
+        task.options.get("seed", 0),
+        task.options.get("c", 1.0),
+    )
+
+
 def _emergent(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
     from evaluation.emergent import orthogonality, separation
 
@@ -112,13 +151,15 @@ def _emergent(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
         **orthogonality(feats, species, variant, task.options.get("k", 10)),
     }
     if task.options.get("plots"):
-        from evaluation.plots import embedding_maps
+        from evaluation.plots import embedding_maps, variant_directions_3d
 
         colour = {
             "class": [data.class_lineages[c].get("class") or "(no class)" for c in data.labels],
             column: variant.tolist(),
         }
-        out["plots"] = [str(p) for p in embedding_maps(feats, colour, out_dir / "plots")]
+        paths = embedding_maps(feats, colour, out_dir / "plots")
+        paths.append(variant_directions_3d(feats, species, variant, out_dir / "plots" / f"{column}_3d.png"))
+        out["plots"] = [str(p) for p in paths]
     return out
 
 
@@ -127,6 +168,7 @@ PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
     "few_shot": _few_shot,
     "linear_probe": _linear_probe,
     "emergent": _emergent,
+    "multi_label": _multi_label,
 }
 
 
@@ -144,7 +186,9 @@ def run_task(
     label = run_id or hashlib.sha1(spec.encode()).hexdigest()[:12]
     out_dir = catalog.home / "eval" / label
     with StageRun(catalog, "evaluate", config={"model": spec, "run_id": run_id, **asdict(task)}) as stage:
-        data = ADAPTERS[task.adapter](task.path.format(home=catalog.home), task.text_type)
+        data = ADAPTERS[task.adapter](
+            task.path.format(home=catalog.home), task.text_type, cache_dir=catalog.home / "cache" / "datasets"
+        )
         model = load_model(spec)
         scores = PROTOCOLS[task.protocol](catalog, model, data, task, out_dir, progress)
         scores = {
@@ -182,13 +226,19 @@ def run_task(
     return scores
 
 
-def adhoc_task(data: str, protocol: str, text_type: str = "taxon", templates: str = "openai") -> Task:
+def adhoc_task(
+    data: str, protocol: str, text_type: str = "taxon", templates: str = "openai", options: dict | None = None
+) -> Task:
+    """A task for a folder given on the command line; the adapter is detected from what the folder holds."""
+    adapter = detect_adapter(data)
     return Task(
         name=f"adhoc:{Path(data).name}:{protocol}",
         path=str(Path(data).resolve()),
         protocol=protocol,
-        text_type=text_type,
+        adapter=adapter,
+        text_type="asis" if adapter == "image_folder" else text_type,
         templates=templates,
+        options=options or {},
     )
 
 

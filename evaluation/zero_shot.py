@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from evaluation.datasets import LabelledImages
+from evaluation.metrics import macro_f1
 from taxonomy.captions import RANKS7
 
 SINGLE_TEMPLATE = (lambda c: f"a photo of {c}.",)
@@ -102,6 +103,7 @@ def metrics_from_logits(
         "chance": 1.0 / k,
         "top1": float(np.mean(top1 == labels)),
         "top5": float(np.mean([labels[i] in order[i, :5] for i in range(n)])),
+        "macro_f1": macro_f1(labels, top1),
     }
     if class_lineages and class_lineages[0]:
         for rank in RANKS7:

@@ -200,7 +200,12 @@ def cmd_evaluate(args) -> None:
             "--model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
         )
     if args.data:
-        tasks = [adhoc_task(args.data, args.protocol, args.text_type, args.templates)]
+        options: dict = {}
+        if args.labels:
+            options["labels"] = [c.strip() for c in args.labels.split(",") if c.strip()]
+        if args.variant:
+            options["variant"] = args.variant
+        tasks = [adhoc_task(args.data, args.protocol, args.text_type, args.templates, options)]
     else:
         registry = load_registry(args.registry)
         names = args.task or []
@@ -361,10 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="a training run id, an export folder, local-dir:PATH, hf-hub:ORG/NAME")
     s.add_argument("--task", action="append", help="a registered task (repeatable)")
     s.add_argument("--registry", help="an extra task registry YAML file")
-    s.add_argument("--data", help="an ad-hoc folder with metadata.csv instead of --task")
     s.add_argument(
-        "--protocol", default="zero_shot", choices=["zero_shot", "few_shot", "linear_probe", "emergent"]
+        "--data",
+        help="an ad-hoc dataset instead of --task: metadata.csv folder, ImageFolder tree or .tar shards",
     )
+    s.add_argument(
+        "--protocol",
+        default="zero_shot",
+        choices=["zero_shot", "few_shot", "linear_probe", "emergent", "multi_label"],
+    )
+    s.add_argument(
+        "--labels", help="multi_label: comma-separated binary metadata columns (FishNet-style traits)"
+    )
+    s.add_argument("--variant", help="emergent: the intra-species metadata column (default life_stage)")
     s.add_argument(
         "--text-type", default="taxon", choices=["asis", "sci", "com", "taxon", "sci_com", "taxon_com"]
     )

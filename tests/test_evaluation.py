@@ -180,3 +180,127 @@ def test_rho_null_reference_separates_orthogonal_variation_from_noise():
     # isotropic noise spreads over all 32 dims: about 7/32 of it lies in a 7-dim span; the variant far less
     assert out["orthogonality_rho"] < 0.5 * out["orthogonality_rho_null"]
     assert 0.1 < out["orthogonality_rho_null"] < 0.4
+
+
+def test_macro_f1_matches_a_naive_reference():
+    from evaluation.metrics import macro_f1
+
+    rng = np.random.default_rng(1)
+    labels, pred = rng.integers(0, 5, 80), rng.integers(0, 5, 80)
+    scores = []
+    for c in sorted(set(labels.tolist()) | set(pred.tolist())):
+        tp = int(np.sum((pred == c) & (labels == c)))
+        fp, fn = int(np.sum((pred == c) & (labels != c))), int(np.sum((pred != c) & (labels == c)))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    assert macro_f1(labels, pred) == pytest.approx(np.mean(scores))
+
+
+def test_multi_label_probe_all_labels_correct():
+    """Traits that are linear in the features are learnt (all-correct near 1); random traits are not, and the
+    all-labels-correct rate equals a naive count on the predictions."""
+    from evaluation.fewshot import multi_label_probe
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 16))
+    learnable = (x[:, :3] > 0).astype(int)
+    good = multi_label_probe(x, learnable, 0.5, seed=0)
+    assert good["multi_label_all_correct"] > 0.8 and good["multi_label_label_acc"] > 0.93
+    assert good["multi_label_n_labels"] == 3
+    noise = multi_label_probe(x, rng.integers(0, 2, (400, 3)), 0.5, seed=0)
+    assert noise["multi_label_all_correct"] < 0.35  # chance for 3 binary labels is 1/8
+    assert noise["multi_label_label_acc"] >= noise["multi_label_all_correct"]
+
+
+def test_image_folder_and_webdataset_adapters_match_the_metadata_folder(world, tmp_path):
+    import shutil
+
+    import webdataset as wds
+
+    from evaluation.datasets import detect_adapter, load_image_folder, load_webdataset
+
+    meta = load_metadata_folder(world.eval_dir, "taxon")
+    tree = tmp_path / "tree"
+    with wds.TarWriter(str(tmp_path / "eval-0.tar")) as sink:
+        for i, (path, label) in enumerate(zip(meta.paths, meta.labels, strict=True)):
+            lineage = meta.class_lineages[label]
+            folder = tree / (lineage["genus"] + "_" + lineage["species"])
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.name)
+            sink.write(
+                {"__key__": f"{i:05d}", "jpg": path.read_bytes(), "json": __import__("json").dumps(lineage)}
+            )
+    assert detect_adapter(world.eval_dir) == "metadata_folder"
+    assert detect_adapter(tree) == "image_folder" and detect_adapter(tmp_path / "eval-0.tar") == "webdataset"
+
+    def groups(data) -> set[frozenset[str]]:
+        by_label: dict[int, set[str]] = {}
+        for p, y in zip(data.paths, data.labels, strict=True):
+            by_label.setdefault(y, set()).add(__import__("hashlib").md5(p.read_bytes()).hexdigest())
+        return {frozenset(v) for v in by_label.values()}
+
+    folder = load_image_folder(tree)
+    shards = load_webdataset(tmp_path / "eval-0.tar", "taxon", cache_dir=tmp_path / "cache")
+    assert groups(folder) == groups(meta) == groups(shards)  # the same images grouped into the same classes
+    assert sorted(shards.classnames) == sorted(meta.classnames)  # same class texts from the json lineage
+    assert all(" " in name for name in folder.classnames)  # underscores read as spaces
+
+
+def test_variant_direction_plot_on_constructed_embeddings(tmp_path):
+    from evaluation.plots import variant_basis, variant_directions_3d
+
+    rng = np.random.default_rng(4)
+    d = 12
+    species = np.repeat(np.arange(6), 10)
+    variant = np.tile(np.array(["adult"] * 5 + ["juvenile"] * 5), 6)
+    centres = rng.normal(size=(6, d)) * np.r_[np.ones(3), np.zeros(d - 3)]  # species in the first 3 dims
+    shift = np.zeros(d)
+    shift[7] = 1.0  # the variant moves along dim 7, orthogonal to every species direction
+    x = (
+        centres[species]
+        + np.where(variant == "juvenile", 1, 0)[:, None] * shift
+        + rng.normal(size=(60, d)) * 0.01
+    )
+    basis, pairs = variant_basis(x, species, variant)
+    assert len(pairs) == 6 and abs(basis[2] @ shift) > 0.99  # the third axis is the variant direction
+    assert variant_directions_3d(x, species, variant, tmp_path / "v.png").stat().st_size > 5_000
+
+
+def test_multi_label_task_through_the_registry_runner(random_model, world, tmp_path):
+    import csv
+
+    from evaluation.tasks import Task, run_task
+    from warehouse.catalog import open_catalog
+
+    with open(world.eval_dir / "metadata.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    folder = tmp_path / "traits"
+    folder.mkdir()
+    with open(folder / "metadata.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["filepath", "class", "juvenile", "animal"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {
+                    "filepath": str(world.eval_dir / r["filepath"]),
+                    "class": r["species"],
+                    "juvenile": "yes" if r["life_stage"] == "juvenile" else "no",
+                    "animal": int(r["kingdom"] == "Animalia"),
+                }
+            )
+    cat = open_catalog(tmp_path / "home")
+    export = random_model.name.removeprefix("local-dir:")
+    task = Task(
+        name="traits", path=str(folder), protocol="multi_label", options={"labels": ["juvenile", "animal"]}
+    )
+    out = run_task(cat, export, task, progress=False)
+    assert (
+        out["multi_label_n_labels"] == 2
+        and 0 <= out["multi_label_all_correct"] <= out["multi_label_label_acc"]
+    )
+    with pytest.raises(ValueError, match="missing"):
+        run_task(
+            cat,
+            export,
+            Task(name="bad", path=str(folder), protocol="multi_label", options={"labels": ["fins"]}),
+            progress=False,
+        )
