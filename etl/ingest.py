@@ -8,13 +8,14 @@ resumes from its last committed page.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
 from etl.http import PoliteClient
-from etl.records import make_rows
+from etl.records import make_rows, stamp_table
 from etl.sources import IngestConfig, get_connector
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.lake import write_parquet_atomic
@@ -28,9 +29,12 @@ def _load_checkpoint(catalog: Catalog, cfg: IngestConfig) -> dict[str, Any]:
             "SELECT checkpoint, complete FROM ingest_checkpoints WHERE source = ? AND query_key = ?",
             [cfg.source, cfg.query_key()],
         )
-    if row is None or row[1]:
-        return {}  # never run, or the last run finished: start over (unchanged rows are skipped)
-    return json.loads(row[0])
+    if row is None:
+        return {}
+    checkpoint = json.loads(row[0])
+    if row[1] and not checkpoint.get("high_water"):
+        return {}  # the last run finished: page from the start again (unchanged rows are skipped)
+    return checkpoint  # a run to resume, or a high-water mark (e.g. the checksum of an archive done)
 
 
 def _save_checkpoint(
@@ -44,20 +48,25 @@ def _save_checkpoint(
 
 
 def _new_rows(catalog: Catalog, table: pa.Table, source: str) -> pa.Table:
+    """Rows whose (record_id, payload_hash) is not stored yet, one per record id. Only the key columns go
+    through DuckDB; the payloads stay in Arrow and are taken by position."""
+    keys = table.select(["record_id", "payload_hash", "media_index"]).append_column(
+        "pos", pa.array(range(table.num_rows), pa.int64())
+    )
     with catalog.connect() as con:
-        con.register("batch", table)
-        return (
-            con.sql(
-                """SELECT * FROM batch b
+        con.register("batch_keys", keys)
+        keep = con.sql(
+            """SELECT pos FROM batch_keys b
                WHERE NOT EXISTS (SELECT 1 FROM raw_records_history h
                                  WHERE h.source = ? AND h.record_id = b.record_id
                                    AND h.payload_hash = b.payload_hash)
-               QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY media_index) = 1""",
-                params=[source],
-            )
-            .to_arrow_table()
-            .cast(table.schema)
-        )
+               QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY media_index, pos) = 1
+               ORDER BY pos""",
+            params=[source],
+        ).to_arrow_table()
+    if keep.num_rows == table.num_rows:
+        return table  # all new, and sorted by position: no copy of the payloads
+    return table.take(keep.column("pos"))
 
 
 def run_ingest(
@@ -65,6 +74,8 @@ def run_ingest(
 ) -> dict[str, Any]:
     connector = get_connector(cfg.source)
     client = client or PoliteClient()
+    if cfg.work_dir is None:
+        cfg = replace(cfg, work_dir=str(catalog.home / "cache" / "ingest"))
     checkpoint = _load_checkpoint(catalog, cfg)
     with StageRun(
         catalog,
@@ -80,9 +91,13 @@ def run_ingest(
     ) as run:
         unchanged = 0
         for page_no, page in enumerate(connector(client, cfg, checkpoint)):
-            run.n_in += len(page.rows)
-            if page.rows:
+            table = None
+            if page.table is not None:
+                table = stamp_table(page.table, run.run_id)
+            elif page.rows:
                 table = make_rows(page.rows, run.run_id)
+            run.n_in += table.num_rows if table is not None else 0
+            if table is not None and table.num_rows:
                 fresh = _new_rows(catalog, table, cfg.source)
                 unchanged += table.num_rows - fresh.num_rows
                 if fresh.num_rows:

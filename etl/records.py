@@ -67,6 +67,15 @@ def make_rows(rows: list[dict[str, Any]], run_id: str) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=RAW_RECORDS)
 
 
+def stamp_table(table: pa.Table, run_id: str) -> pa.Table:
+    """Contract columns from a set-wise reader, stamped with run id and time, in the contract's order."""
+    now = datetime.now(UTC)
+    n = table.num_rows
+    table = table.append_column("run_id", pa.array([run_id] * n, pa.string()))
+    table = table.append_column("ingested_at", pa.array([now] * n, RAW_RECORDS.field("ingested_at").type))
+    return table.select(RAW_RECORDS.names).cast(RAW_RECORDS)
+
+
 def clean(value: Any) -> str | None:
     """Blank, whitespace and NaN-like strings become None."""
     if value is None:

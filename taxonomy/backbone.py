@@ -11,12 +11,12 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 from duckdb.sqltypes import VARCHAR
 
 from taxonomy.names import canonical_name
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.stage_runs import StageRun
+from warehouse.tables import conformed_select
 
 RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
@@ -52,25 +52,6 @@ TAXON_OPTIONAL = (
 )
 
 
-def _conform(
-    con: duckdb.DuckDBPyConnection, table: str, required: tuple, optional: tuple, path: Path
-) -> None:
-    """Make another checklist's Taxon/VernacularName table look like the GBIF backbone's: namespace prefixes
-    dropped (Catalogue of Life writes `dwc:taxonID`), absent optional columns added as NULL."""
-    columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-    for col in columns:
-        bare = col.rsplit(":", 1)[-1]
-        if bare != col and bare not in columns:
-            con.execute(f'ALTER TABLE {table} RENAME COLUMN "{col}" TO "{bare}"')
-    columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns)}")
-    for col in optional:
-        if col not in columns:
-            con.execute(f'ALTER TABLE {table} ADD COLUMN "{col}" VARCHAR')
-
-
 def backbone_dir(catalog: Catalog, version: str) -> Path:
     return catalog.lake / "taxa" / f"backbone={version}"
 
@@ -98,15 +79,19 @@ def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool
         catalog.connect() as con,
     ):
         opts = "delim='\t', header=true, quote='', escape='', all_varchar=true, null_padding=true"
-        con.execute(f"CREATE TEMP TABLE t AS SELECT * FROM read_csv('{taxon}', {opts})")
-        _conform(con, "t", TAXON_REQUIRED, TAXON_OPTIONAL, taxon)
+        raw = f"read_csv('{taxon}', {opts})"
+        con.execute(
+            f"CREATE TEMP TABLE t AS {conformed_select(con, raw, TAXON_REQUIRED, TAXON_OPTIONAL, taxon)}"
+        )
         # The GBIF backbone leaves canonicalName empty for hybrids and BOLD BINs: parse scientificName there.
         con.create_function("canonical_of", lambda s: canonical_name(s)[0], [VARCHAR], VARCHAR)
         con.execute("""UPDATE t SET canonicalName = canonical_of(scientificName)
                        WHERE nullif(trim(canonicalName), '') IS NULL AND scientificName IS NOT NULL""")
         if vern.exists():
-            con.execute(f"CREATE TEMP TABLE v AS SELECT * FROM read_csv('{vern}', {opts})")
-            _conform(con, "v", ("taxonID", "vernacularName"), ("language",), vern)
+            raw = f"read_csv('{vern}', {opts})"
+            con.execute(
+                f"CREATE TEMP TABLE v AS {conformed_select(con, raw, ('taxonID', 'vernacularName'), ('language',), vern)}"
+            )
         else:
             con.execute("CREATE TEMP TABLE v (taxonID VARCHAR, vernacularName VARCHAR, language VARCHAR)")
         con.execute(f"COPY t TO '{out / 'taxon.parquet'}' (FORMAT parquet)")

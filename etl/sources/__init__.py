@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from etl.http import PoliteClient
 
 
@@ -19,6 +21,9 @@ class IngestConfig:
     params: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
     page_size: int = 300
+    work_dir: str | None = (
+        None  # scratch space (archives are extracted here); the stage sets it under the home
+    )
 
     def query_key(self) -> str:
         parts = [
@@ -30,11 +35,13 @@ class IngestConfig:
 
 @dataclass
 class Page:
-    """A batch of raw rows and the checkpoint to store once they are committed."""
+    """A batch of raw rows (dicts, or an Arrow `table` of contract columns from set-wise readers) and the
+    checkpoint to store once they are committed."""
 
     rows: list[dict[str, Any]]
     checkpoint: dict[str, Any]
     complete: bool = False
+    table: pa.Table | None = None
 
 
 ConnectorFn = Callable[[PoliteClient, IngestConfig, dict[str, Any]], Iterator[Page]]

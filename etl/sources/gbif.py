@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from etl.http import FetchError, PoliteClient
@@ -110,6 +112,12 @@ def occurrence_rows(occ: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -> Iterator[Page]:
+    """`--path` reads a Darwin Core Archive download (bulk, set-wise); otherwise the search API is paged."""
+    if cfg.path:
+        from etl.sources import gbif_dwca
+
+        yield from gbif_dwca.pages(cfg, checkpoint, Path(cfg.work_dir or tempfile.gettempdir()) / "dwca")
+        return
     base = (cfg.api_url or DEFAULT_API).rstrip("/")
     limit = min(cfg.page_size, MAX_LIMIT)
     offset = int(checkpoint.get("offset", 0))

@@ -1,0 +1,31 @@
+"""Reading other people's tables: make a delimited file's columns look like the ones we expect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+
+def conformed_select(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    path: Path,
+) -> str:
+    """A SELECT over `relation` (a table name or a parenthesised query) with namespace prefixes dropped from
+    column names (`dwc:taxonID` -> `taxonID`, as Catalogue of Life writes them) and absent `optional` columns
+    added as NULL. A missing `required` column is a clear error naming the file."""
+    columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
+    names = {}
+    for col in columns:
+        bare = col.rsplit(":", 1)[-1]
+        names[col] = bare if bare not in names.values() and (bare == col or bare not in columns) else col
+    present = set(names.values())
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns)}")
+    select = [f'"{col}" AS "{bare}"' for col, bare in names.items()]
+    select += [f'NULL::VARCHAR AS "{c}"' for c in optional if c not in present]
+    return f"SELECT {', '.join(select)} FROM {relation}"
