@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import requests
 
-from etl.http import USER_AGENT
+from etl.http import RETRYABLE_STATUS, USER_AGENT, HostThrottle
 from etl.images import ImageConfig, process_image, require_pdq
 from warehouse.schemas import IMAGES
 
@@ -63,64 +63,6 @@ class DownloadError(Exception):
 
 
 _local = threading.local()
-THROTTLED = frozenset({420, 429, 500, 502, 503, 504})  # GBIF answers 420 when it wants clients to slow down
-
-
-class HostThrottle:
-    """Per-host concurrency cap and adaptive request rate, shared by the threads of one process.
-
-    Multiplicative increase and decrease on the gap between request starts. A success shortens it by 10%,
-    but only a second or more after the last cut (right after a cut, successes are the server recovering,
-    not spare capacity). A 420/429/5xx doubles it, unless the refused request was scheduled before the last
-    cut (at the old rate: a refused burst of parallel requests counts once), and blocks the host for the
-    back-off or the server's `Retry-After`: every thread waits, not just the one refused.
-    """
-
-    def __init__(self, per_host: int, rate: float, rate_min: float, rate_max: float, clock=time.monotonic):
-        self.per_host, self.rate_min, self.rate_max = per_host, rate_min, rate_max
-        self.start_gap = 1.0 / rate
-        self.clock = clock
-        self._guard = threading.Lock()
-        self._slots: dict[str, threading.Semaphore] = {}
-        self._gap: dict[str, float] = {}
-        self._next: dict[str, float] = {}
-        self._last_cut: dict[str, float] = {}
-        self._blocked: dict[str, float] = {}
-
-    def gap(self, host: str) -> float:
-        return self._gap.get(host, self.start_gap)
-
-    @contextlib.contextmanager
-    def slot(self, host: str) -> Iterator[float]:
-        """Hold one of the host's request slots, starting no earlier than its rate allows; yields the time the
-        start was scheduled (`throttled` compares it with the last cut)."""
-        with self._guard:
-            sem = self._slots.setdefault(host, threading.Semaphore(self.per_host))
-        with sem:
-            with self._guard:
-                now = self.clock()
-                start = max(now, self._next.get(host, now))
-                self._next[host] = start + self.gap(host)
-            if start > now:
-                time.sleep(start - now)
-            # A refusal while this request waited blocks the host: wait that out too, rather than be refused.
-            while (blocked := self._blocked.get(host, 0.0) - self.clock()) > 0:
-                time.sleep(blocked)
-            yield now  # when it was scheduled, at the rate of that moment
-
-    def success(self, host: str) -> None:
-        with self._guard:
-            if self.clock() - self._last_cut.get(host, -1e18) >= 1.0:
-                self._gap[host] = max(1.0 / self.rate_max, self.gap(host) * 0.9)
-
-    def throttled(self, host: str, wait: float, sent_at: float | None = None) -> None:
-        with self._guard:
-            now = self.clock()
-            if sent_at is None or sent_at >= self._last_cut.get(host, -1e18):
-                self._gap[host] = min(1.0 / self.rate_min, self.gap(host) * 2.0)
-                self._last_cut[host] = now
-            self._next[host] = max(self._next.get(host, 0.0), now + wait)
-            self._blocked[host] = max(self._blocked.get(host, 0.0), now + wait)
 
 
 _throttles: dict[tuple, HostThrottle] = {}
@@ -195,11 +137,11 @@ def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
         if retry_after:
             with contextlib.suppress(ValueError):
                 delay = min(float(retry_after), config.retry_after_cap)
-        if err.http_status in THROTTLED:
+        if err.http_status in RETRYABLE_STATUS:
             throttle.throttled(host, delay, sent_at)  # the whole host waits, and its rate is halved
         if err.status not in TRANSIENT or attempt == config.retries:
             raise err
-        if err.http_status not in THROTTLED:
+        if err.http_status not in RETRYABLE_STATUS:
             time.sleep(delay)
     raise AssertionError("unreachable")
 

@@ -3,16 +3,77 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import requests
 
 USER_AGENT = "treeoflife-curation/0.1 (+https://github.com/; biodiversity research crawler)"
-RETRYABLE_STATUS = frozenset({420, 429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({420, 429, 500, 502, 503, 504})  # GBIF answers 420 when clients should slow down
+
+
+class HostThrottle:
+    """Per-host concurrency cap and adaptive request rate, shared by the threads of one process.
+
+    Multiplicative increase and decrease on the gap between request starts. A success shortens it by 10%,
+    but only a second or more after the last cut (right after a cut, successes are the server recovering,
+    not spare capacity). A 420/429/5xx doubles it, unless the refused request was scheduled before the last
+    cut (at the old rate: a refused burst of parallel requests counts once), and blocks the host for the
+    back-off or the server's `Retry-After`: every thread waits, not just the one refused.
+    """
+
+    def __init__(self, per_host: int, rate: float, rate_min: float, rate_max: float, clock=time.monotonic):
+        self.per_host, self.rate_min, self.rate_max = per_host, rate_min, rate_max
+        self.start_gap = 1.0 / rate
+        self.clock = clock
+        self._guard = threading.Lock()
+        self._slots: dict[str, threading.Semaphore] = {}
+        self._gap: dict[str, float] = {}
+        self._next: dict[str, float] = {}
+        self._last_cut: dict[str, float] = {}
+        self._blocked: dict[str, float] = {}
+
+    def gap(self, host: str) -> float:
+        return self._gap.get(host, self.start_gap)
+
+    @contextlib.contextmanager
+    def slot(self, host: str) -> Iterator[float]:
+        """Hold one of the host's request slots, starting no earlier than its rate allows; yields the time the
+        start was scheduled (`throttled` compares it with the last cut)."""
+        with self._guard:
+            sem = self._slots.setdefault(host, threading.Semaphore(self.per_host))
+        with sem:
+            with self._guard:
+                now = self.clock()
+                start = max(now, self._next.get(host, now))
+                self._next[host] = start + self.gap(host)
+            if start > now:
+                time.sleep(start - now)
+            # A refusal while this request waited blocks the host: wait that out too, rather than be refused.
+            while (blocked := self._blocked.get(host, 0.0) - self.clock()) > 0:
+                time.sleep(blocked)
+            yield now  # when it was scheduled, at the rate of that moment
+
+    def success(self, host: str) -> None:
+        with self._guard:
+            if self.clock() - self._last_cut.get(host, -1e18) >= 1.0:
+                self._gap[host] = max(1.0 / self.rate_max, self.gap(host) * 0.9)
+
+    def throttled(self, host: str, wait: float, sent_at: float | None = None) -> None:
+        with self._guard:
+            now = self.clock()
+            if sent_at is None or sent_at >= self._last_cut.get(host, -1e18):
+                self._gap[host] = min(1.0 / self.rate_min, self.gap(host) * 2.0)
+                self._last_cut[host] = now
+            self._next[host] = max(self._next.get(host, 0.0), now + wait)
+            self._blocked[host] = max(self._blocked.get(host, 0.0), now + wait)
 
 
 class FetchError(RuntimeError):
@@ -32,15 +93,25 @@ class HttpConfig:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     user_agent: str = USER_AGENT
+    per_host: int = 2  # concurrent requests per host
+    host_rate: float = 5.0  # starting requests/s per host; adapts (HostThrottle)
+    host_rate_min: float = 0.2
+    host_rate_max: float = 50.0
 
 
 class PoliteClient:
-    """A requests session with the retry policy above; one per process."""
+    """A requests session with the retry policy above and a per-host adaptive rate; one per process."""
 
-    def __init__(self, config: HttpConfig | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, config: HttpConfig | None = None, seed: int | None = None, auth: tuple[str, str] | None = None
+    ) -> None:
         self.config = config or HttpConfig()
         self.session = requests.Session()
         self.session.headers["User-Agent"] = self.config.user_agent
+        self.auth = auth
+        self.throttle = HostThrottle(
+            self.config.per_host, self.config.host_rate, self.config.host_rate_min, self.config.host_rate_max
+        )
         self._rng = random.Random(seed)
         self.retries = 0
 
@@ -53,20 +124,31 @@ class PoliteClient:
         delay = min(self.config.backoff_base * 2**attempt, self.config.backoff_max)
         return delay * (0.5 + self._rng.random() / 2)
 
-    def get(self, url: str, params: dict[str, Any] | None = None) -> requests.Response:
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One request with retries: 420/429/5xx and network errors are retried (the host's rate is halved
+        and the host waits out `Retry-After` or the jittered back-off); other 4xx raise at once."""
+        host = urlparse(url).hostname or ""
         last: FetchError | None = None
         for attempt in range(self.config.max_retries + 1):
             response = None
-            try:
-                response = self.session.get(
-                    url, params=params, timeout=(self.config.connect_timeout, self.config.read_timeout)
-                )
-            except requests.Timeout as exc:
-                last = FetchError("timeout", f"timeout fetching {url}: {exc}")
-            except requests.ConnectionError as exc:
-                last = FetchError("connection_error", f"connection error fetching {url}: {exc}")
-            else:
+            with self.throttle.slot(host) as scheduled:
+                try:
+                    response = self.session.request(
+                        method,
+                        url,
+                        **{
+                            "auth": self.auth,
+                            "timeout": (self.config.connect_timeout, self.config.read_timeout),
+                            **kwargs,
+                        },
+                    )
+                except requests.Timeout as exc:
+                    last = FetchError("timeout", f"timeout fetching {url}: {exc}")
+                except requests.ConnectionError as exc:
+                    last = FetchError("connection_error", f"connection error fetching {url}: {exc}")
+            if response is not None:
                 if response.status_code < 400:
+                    self.throttle.success(host)
                     return response
                 kind = f"http_{response.status_code}"
                 last = FetchError(kind, f"HTTP {response.status_code} from {url}", response.status_code)
@@ -74,9 +156,15 @@ class PoliteClient:
                     raise last
             if attempt < self.config.max_retries:
                 self.retries += 1
-                time.sleep(self._sleep_for(attempt, response))
+                wait = self._sleep_for(attempt, response)
+                if response is not None:
+                    self.throttle.throttled(host, wait, scheduled)
+                time.sleep(wait)
         assert last is not None
         raise last
+
+    def get(self, url: str, params: dict[str, Any] | None = None) -> requests.Response:
+        return self.request("GET", url, params=params)
 
     def get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
         """GET and decode JSON; an HTML or truncated body is retried, then raised as `bad_json`."""

@@ -65,6 +65,7 @@ def cmd_ingest(args) -> None:
         params=_kv(args.param, "--param"),
         limit=args.limit,
         page_size=args.page_size,
+        download=args.download,
     )
     _print(run_ingest(_catalog(args), cfg, progress=True))
 
@@ -282,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", action="append", metavar="KEY=VALUE", help="query filter passed through")
     s.add_argument("--limit", type=int)
     s.add_argument("--page-size", type=int, default=300)
+    s.add_argument(
+        "--download",
+        action="store_true",
+        help="gbif: request an asynchronous DwC-A download for the query (GBIF_USER, GBIF_PWD, GBIF_EMAIL)",
+    )
     s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("taxonomy", help="backbones and name resolution")

@@ -132,3 +132,76 @@ def test_killed_archive_ingest_resumes_without_loss_or_duplicates(catalog, tmp_p
             "SELECT count(*), count(DISTINCT record_id) FROM raw_records_history"
         ).fetchall()[0]
     assert n == distinct == 100
+
+
+class _FakeGbif:
+    """The occurrence-download API: POST a request (basic auth), poll its status, fetch the zip."""
+
+    def __init__(self, archive: bytes) -> None:
+        import base64
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        fake = self
+        self.requests: list[dict] = []
+        self.polls = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body, ctype="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                auth = self.headers.get("Authorization", "")
+                if auth != "Basic " + base64.b64encode(b"alice:secret").decode():
+                    return self._send(401, b"unauthorised", "text/plain")
+                fake.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self._send(201, b"0001234-250101120000000", "text/plain")
+
+            def do_GET(self):
+                if self.path.startswith("/v1/occurrence/download/"):
+                    fake.polls += 1
+                    status = "RUNNING" if fake.polls < 3 else "SUCCEEDED"
+                    link = f"{fake.base}/dl/0001234.zip" if status == "SUCCEEDED" else None
+                    return self._send(200, json.dumps({"status": status, "downloadLink": link}).encode())
+                if self.path == "/dl/0001234.zip":
+                    return self._send(200, archive, "application/zip")
+                self._send(404, b"", "text/plain")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_asynchronous_download_is_requested_polled_fetched_and_read(catalog, tmp_path, monkeypatch):
+    write_dwca(tmp_path / "dl.zip")
+    fake = _FakeGbif((tmp_path / "dl.zip").read_bytes())
+    cfg = IngestConfig("gbif", api_url=fake.base, params={"taxonKey": "212", "country": "NO,SE"}, download=True,
+                       download_poll_seconds=0.05)  # fmt: skip
+    try:
+        with pytest.raises(Exception, match="GBIF_USER"):
+            run_ingest(catalog, cfg)  # no credentials: a clear error before any request
+        monkeypatch.setenv("GBIF_USER", "alice")
+        monkeypatch.setenv("GBIF_PWD", "secret")
+        monkeypatch.setenv("GBIF_EMAIL", "alice@example.org")
+        summary = run_ingest(catalog, cfg)
+    finally:
+        fake.close()
+    assert fake.polls == 3 and len(fake.requests) == 1
+    preds = {p["key"]: p for p in fake.requests[0]["predicate"]["predicates"]}
+    assert preds["TAXON_KEY"]["value"] == "212" and preds["COUNTRY"] == {"type": "in", "key": "COUNTRY",
+                                                                        "values": ["NO", "SE"]}  # fmt: skip
+    assert preds["MEDIA_TYPE"]["value"] == "StillImage" and fake.requests[0]["format"] == "DWCA"
+    assert summary["n_out"] == len(_api_rows())

@@ -21,9 +21,10 @@ class IngestConfig:
     params: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
     page_size: int = 300
-    work_dir: str | None = (
-        None  # scratch space (archives are extracted here); the stage sets it under the home
-    )
+    work_dir: str | None = None  # scratch space for archives; the stage sets it under the home
+    download: bool = False  # GBIF: request an asynchronous DwC-A download (GBIF_USER, GBIF_PWD, GBIF_EMAIL)
+    download_poll_seconds: float = 30.0
+    download_timeout_seconds: float = 6 * 3600.0
 
     def query_key(self) -> str:
         parts = [

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +117,14 @@ def occurrence_rows(occ: dict[str, Any]) -> list[dict[str, Any]]:
 
 def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -> Iterator[Page]:
     """`--path` reads a Darwin Core Archive download (bulk, set-wise); otherwise the search API is paged."""
+    work = Path(cfg.work_dir or tempfile.gettempdir())
     if cfg.path:
         from etl.sources import gbif_dwca
 
-        yield from gbif_dwca.pages(cfg, checkpoint, Path(cfg.work_dir or tempfile.gettempdir()) / "dwca")
+        yield from gbif_dwca.pages(cfg, checkpoint, work / "dwca")
+        return
+    if cfg.download:
+        yield from download_pages(client, cfg, checkpoint, work)
         return
     base = (cfg.api_url or DEFAULT_API).rstrip("/")
     limit = min(cfg.page_size, MAX_LIMIT)
@@ -154,3 +162,90 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
         yield Page(rows=rows, checkpoint={"offset": offset}, complete=end)
         if end:
             return
+
+
+def download_predicate(params: dict[str, str]) -> dict[str, Any]:
+    """The search filters as a download predicate: `taxonKey=212` -> `{"type": "equals", "key": "TAXON_KEY"}`;
+    a comma-separated value becomes an `in` predicate."""
+    preds = []
+    for name, value in sorted(params.items()):
+        key = re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
+        values = [v.strip() for v in str(value).split(",") if v.strip()]
+        if len(values) > 1:
+            preds.append({"type": "in", "key": key, "values": values})
+        else:
+            preds.append({"type": "equals", "key": key, "value": values[0] if values else ""})
+    return {"type": "and", "predicates": preds}
+
+
+def gbif_credentials() -> tuple[str, str, str]:
+    user, password, email = (os.environ.get(k) for k in ("GBIF_USER", "GBIF_PWD", "GBIF_EMAIL"))
+    if not (user and password and email):
+        raise FetchError(
+            "no_credentials", "GBIF downloads need an account: set GBIF_USER, GBIF_PWD and GBIF_EMAIL"
+        )
+    return user, password, email
+
+
+def download_pages(
+    client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any], work: Path
+) -> Iterator[Page]:
+    """Request an asynchronous Darwin Core Archive download for the query, poll it, fetch the zip, read it.
+
+    The download key is checkpointed as soon as GBIF gives it, so a killed run polls the same download
+    instead of requesting another; a finished one requests a fresh download (new data) next time."""
+    from etl.sources import gbif_dwca
+
+    base = (cfg.api_url or DEFAULT_API).rstrip("/")
+    user, password, email = gbif_credentials()
+    key = checkpoint.get("download_key") if not checkpoint.get("done") else None
+    if not key:
+        params = {"mediaType": "StillImage", "occurrenceStatus": "PRESENT", **cfg.params}
+        body = {
+            "creator": user,
+            "notificationAddresses": [email],
+            "sendNotification": False,
+            "format": "DWCA",
+            "predicate": download_predicate(params),
+        }
+        response = client.request(
+            "POST", f"{base}/v1/occurrence/download/request", json=body, auth=(user, password)
+        )
+        key = response.text.strip()
+        yield Page([], {"download_key": key})
+    link = _wait_for_download(client, base, key, cfg)
+    archive = work / "gbif-downloads" / f"{key}.zip"
+    if not archive.exists():
+        _save_stream(client, link, archive)
+    dwca_cfg = replace(cfg, path=str(archive), download=False)
+    for page in gbif_dwca.pages(
+        dwca_cfg, {k: v for k, v in checkpoint.items() if k != "download_key"}, work / "dwca"
+    ):
+        page.checkpoint = {**page.checkpoint, "download_key": key}
+        yield page
+
+
+def _wait_for_download(client: PoliteClient, base: str, key: str, cfg: IngestConfig) -> str:
+    deadline = time.monotonic() + cfg.download_timeout_seconds
+    while True:
+        meta = client.get_json(f"{base}/v1/occurrence/download/{key}")
+        status = str(meta.get("status", "")).upper() if isinstance(meta, dict) else ""
+        if status == "SUCCEEDED" and meta.get("downloadLink"):
+            return meta["downloadLink"]
+        if status in ("FAILED", "KILLED", "CANCELLED", "FILE_ERASED"):
+            raise FetchError("download_failed", f"GBIF download {key} ended as {status}")
+        if time.monotonic() > deadline:
+            raise FetchError(
+                "download_timeout", f"GBIF download {key} still {status or 'unknown'}; run again"
+            )
+        time.sleep(cfg.download_poll_seconds)
+
+
+def _save_stream(client: PoliteClient, url: str, dest: Path) -> None:
+    """Stream a (possibly multi-GB) archive to disk, atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    with client.request("GET", url, stream=True) as response, open(tmp, "wb") as fh:
+        for chunk in response.iter_content(1 << 20):
+            fh.write(chunk)
+    os.replace(tmp, dest)
