@@ -169,3 +169,59 @@ def test_fathomnet_one_row_per_box_with_crop(catalog, server, world):
 def test_unknown_source_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown source 'inat'"):
         get_connector("inat")
+
+
+def test_fathomnet_coco_export_non_organisms_and_boxes_outside(catalog, tmp_path):
+    import json as json_mod
+
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "coco_url": "https://fathomnet.org/a.png", "width": 1920, "height": 1080},
+            {"id": 2, "file_name": "b.png", "url": "https://fathomnet.org/b.png", "width": 640, "height": 480},
+        ],
+        "categories": [
+            {"id": 10, "name": "Sebastes (Sebastomus) rosaceus", "supercategory": "Animalia"},
+            {"id": 11, "name": "trash", "supercategory": "Trash"},
+            {"id": 12, "name": "Rock", "supercategory": "Geology"},
+        ],
+        "annotations": [
+            {"id": 100, "image_id": 1, "category_id": 10, "bbox": [10.4, 20.6, 100.0, 50.0]},
+            {"id": 101, "image_id": 1, "category_id": 11, "bbox": [5, 5, 10, 10]},
+            {"id": 102, "image_id": 2, "category_id": 12, "bbox": [5, 5, 10, 10]},
+            {"id": 103, "image_id": 2, "category_id": 10, "bbox": [700, 10, 50, 50]},
+            {"id": 104, "image_id": 2, "category_id": 10, "bbox": "oops"},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "export.json"
+    path.write_text(json_mod.dumps(coco))
+    run_ingest(catalog, IngestConfig("fathomnet", path=str(path)))
+    with catalog.connect() as con:
+        rows = {
+            r[0]: r[1:]
+            for r in con.execute(
+                "SELECT source_id, verbatim_name, crop_box, drop_reason, media_url FROM raw_records"
+            ).fetchall()
+        }
+    assert rows["coco-100"] == ("Sebastes rosaceus", [10, 21, 100, 50], None, "https://fathomnet.org/a.png")
+    assert rows["coco-101"][2] == rows["coco-102"][2] == "not_an_organism"
+    assert rows["coco-103"][2] == "box_outside_image" and rows["coco-104"][2] == "malformed_box"
+    (tmp_path / "bad.json").write_text('{"images": []}')
+    with pytest.raises(Exception, match="not a COCO export"):
+        run_ingest(catalog, IngestConfig("fathomnet", path=str(tmp_path / "bad.json")))
+
+
+def test_fathomnet_bare_array_pages():
+    from etl.sources.fathomnet import pages
+
+    class Client:
+        def __init__(self):
+            self.pages = [[{"uuid": "u1", "url": "https://f.org/1.png",
+                            "boundingBoxes": [{"uuid": "b1", "concept": "Aurelia aurita", "x": 1, "y": 1,
+                                               "width": 5, "height": 5}]}], []]  # fmt: skip
+
+        def get_json(self, url, params):
+            return self.pages.pop(0)
+
+    got = list(pages(Client(), IngestConfig("fathomnet"), {}))
+    assert [len(p.rows) for p in got] == [1, 0] and got[-1].complete
+    assert got[0].rows[0]["verbatim_name"] == "Aurelia aurita"
