@@ -225,3 +225,45 @@ def test_fathomnet_bare_array_pages():
     got = list(pages(Client(), IngestConfig("fathomnet"), {}))
     assert [len(p.rows) for p in got] == [1, 0] and got[-1].complete
     assert got[0].rows[0]["verbatim_name"] == "Aurelia aurita"
+
+
+def test_eol_pages_api_rows_keyed_like_the_manifest():
+    from etl.sources.eol import API_IMAGES_PER_PAGE, manifest_row, pages
+
+    def obj(i, **kw):
+        return {"dataObjectVersionID": 7000 + i, "dataType": "http://purl.org/dc/dcmitype/StillImage",
+                "mimeType": "image/jpeg", "license": "http://creativecommons.org/licenses/by/3.0/",
+                "rightsHolder": "A. Photographer", "mediaURL": f"https://commons.org/{i}.jpg",
+                "eolMediaURL": f"https://content.eol.org/{i}.jpg", **kw}  # fmt: skip
+
+    first = [obj(i) for i in range(API_IMAGES_PER_PAGE)]
+    second = [
+        obj(100, dataType="http://purl.org/dc/dcmitype/MovingImage"),
+        obj(101, eolMediaURL=None, mediaURL=None),
+        obj(102, vettedStatus="Untrusted"),
+    ]
+
+    class Client:
+        def __init__(self):
+            self.calls = []
+
+        def get_json(self, url, params):
+            self.calls.append((url, params["images_page"]))
+            objects = first if params["images_page"] == 1 else second
+            return {"taxonConcept": {"identifier": 46554351, "scientificName": "Aurelia aurita (Linnaeus, 1758)",
+                                     "taxonConcepts": [{"canonicalForm": "<i>Aurelia aurita</i>",
+                                                        "taxonRank": "species"}],
+                                     "dataObjects": objects}}  # fmt: skip
+
+    client = Client()
+    got = list(pages(client, IngestConfig("eol", params={"page_ids": "46554351"}), {}))
+    rows = got[0].rows
+    assert [c[1] for c in client.calls] == [1, 2] and len(rows) == API_IMAGES_PER_PAGE + 3
+    assert rows[0]["source_id"] == "7000_46554351" and rows[0]["license"] == "CC-BY-3.0"
+    assert [r["drop_reason"] for r in rows[-3:]] == ["not_still_image", "no_media_url", "untrusted_media"]
+    manifest = manifest_row(
+        ["7000", "46554351", "https://commons.org/0.jpg", "https://content.eol.org/0.jpg", "cc-by-3.0", "A."],
+        {},
+    )
+    assert rows[0]["record_id"] == manifest["record_id"]  # content ids change; the key does not
+    assert got[0].checkpoint == {"pages_done": ["46554351"]} and got[0].complete
