@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,18 @@ def cmd_ingest(args) -> None:
     from etl.ingest import run_ingest
     from etl.sources import IngestConfig
 
+    params = _kv(args.param, "--param")
+    if args.since:
+        if args.source != "gbif":
+            raise ValueError(
+                "--since is supported for gbif (its lastInterpreted filter); other sources re-read all"
+            )
+        params["lastInterpreted"] = f"{date.fromisoformat(args.since).isoformat()},*"
     cfg = IngestConfig(
         args.source,
         api_url=args.api_url,
         path=args.path,
-        params=_kv(args.param, "--param"),
+        params=params,
         limit=args.limit,
         page_size=args.page_size,
         download=args.download,
@@ -283,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", action="append", metavar="KEY=VALUE", help="query filter passed through")
     s.add_argument("--limit", type=int)
     s.add_argument("--page-size", type=int, default=300)
+    s.add_argument("--since", help="gbif: only records (re)interpreted since this date (YYYY-MM-DD)")
     s.add_argument(
         "--download",
         action="store_true",

@@ -55,3 +55,39 @@ def test_resolve_names_csv(world, tmp_path, capsys):
     assert [r["match_type"] for r in rows] == ["exact", "none", "none"]
     assert rows[0]["kingdom"] == "Plantae" and rows[0]["genus"] == genus
     assert "homonym" in rows[1]["reason"]
+
+
+def test_ingest_since_is_a_gbif_filter(tmp_path, server, capsys):
+    home = str(tmp_path / "home")
+    args = [
+        "--home",
+        home,
+        "ingest",
+        "gbif",
+        "--api-url",
+        server.base_url,
+        "--limit",
+        "5",
+        "--since",
+        "2025-01-31",
+    ]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "--home",
+                home,
+                "sql",
+                "select config from stage_runs where stage = 'ingest'",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    config = json.loads(json.loads(capsys.readouterr().out)[0]["config"])
+    assert config["params"]["lastInterpreted"] == "2025-01-31,*"
+    assert main(["--home", home, "ingest", "eol", "--since", "2025-01-31"]) == 1
+    assert "supported for gbif" in capsys.readouterr().err
+    assert main(["--home", home, "ingest", "gbif", "--since", "last tuesday"]) == 1
