@@ -12,8 +12,10 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pyarrow as pa
 import requests
@@ -43,6 +45,9 @@ class FetchConfig:
     host_rate_min: float = 0.5
     host_rate_max: float = 500.0
     allow_private_hosts: bool = False
+    local_roots: tuple[
+        str, ...
+    ] = ()  # folders whose files may be read through file:// URLs (BIOSCAN-5M on disk)
     user_agent: str = USER_AGENT
 
     @classmethod
@@ -107,7 +112,24 @@ def check_url(url: str, allow_private: bool) -> str:
     return host
 
 
+def read_local(url: str, config: FetchConfig) -> bytes:
+    """A file:// URL, read only when it resolves inside one of `config.local_roots` (symlinks followed)."""
+    path = Path(url2pathname(urlparse(url).path)).resolve()
+    roots = [Path(r).resolve() for r in config.local_roots]
+    if not any(path.is_relative_to(root) for root in roots):
+        raise DownloadError(
+            "unsupported_url_scheme", "file:// URLs are read only under a --allow-local-root folder"
+        )
+    if not path.is_file():
+        raise DownloadError("http_404", f"{path} does not exist", 404)
+    if path.stat().st_size > config.max_bytes:
+        raise DownloadError("too_large", f"{path.stat().st_size} bytes > {config.max_bytes}")
+    return path.read_bytes()
+
+
 def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
+    if urlparse(url).scheme == "file" and config.local_roots:
+        return read_local(url, config), 200
     host = check_url(url, config.allow_private_hosts)
     session = _session(config)
     throttle = _throttle(config)

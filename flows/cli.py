@@ -114,6 +114,7 @@ def cmd_fetch(args) -> None:
         threads=args.threads,
         per_host=args.per_host,
         host_rate=args.host_rate,
+        local_roots=tuple(args.allow_local_root or ()),
     )
     _print(
         run_fetch(
@@ -339,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-side", type=int, default=224)
     s.add_argument("--max-side", type=int, default=720)
     s.add_argument("--pdq", action="store_true", help="also a 256-bit PDQ hash (needs the `pdq` extra)")
+    s.add_argument(
+        "--allow-local-root",
+        action="append",
+        metavar="DIR",
+        help="read file:// URLs under DIR (e.g. the BIOSCAN-5M image tree on disk); refused otherwise",
+    )
     s.set_defaults(fn=cmd_fetch)
 
     s = sub.add_parser("dedup", help="exact, near and eval-leak decisions")

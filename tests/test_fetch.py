@@ -418,3 +418,23 @@ def test_pdq_requested_without_pdqhash_fails_before_any_download(catalog, monkey
     monkeypatch.setattr(builtins, "__import__", no_pdqhash)
     with pytest.raises(RuntimeError, match="pdqhash is not installed"):
         run_fetch(catalog, FetchConfig(image=ImageConfig(pdq=True)), progress=False)
+
+
+def test_file_urls_only_under_an_allowed_local_root(tmp_path):
+    root = tmp_path / "bioscan" / "cropped_256"
+    (root / "pretrain" / "00").mkdir(parents=True)
+    (root / "pretrain" / "00" / "ABC123.jpg").write_bytes(_jpeg((400, 300)))
+    (tmp_path / "secret.jpg").write_bytes(_jpeg((400, 300)))
+    inside = (root / "pretrain" / "00" / "ABC123.jpg").as_uri()
+    outside = (tmp_path / "secret.jpg").as_uri()
+    sneaky = root.as_uri() + "/../../secret.jpg"
+    allowed = FetchConfig(local_roots=(str(root),))
+    assert fetch_one({"record_id": "a", "media_url": inside}, allowed)["status"] == "ok"
+    assert (
+        fetch_one({"record_id": "b", "media_url": inside}, FetchConfig())["status"]
+        == "unsupported_url_scheme"
+    )
+    for url in (outside, sneaky, "file:///etc/passwd"):
+        assert fetch_one({"record_id": "c", "media_url": url}, allowed)["status"] == "unsupported_url_scheme"
+    missing = (root / "pretrain" / "00" / "nope.jpg").as_uri()
+    assert fetch_one({"record_id": "d", "media_url": missing}, allowed)["status"] == "http_404"

@@ -267,3 +267,86 @@ def test_eol_pages_api_rows_keyed_like_the_manifest():
     )
     assert rows[0]["record_id"] == manifest["record_id"]  # content ids change; the key does not
     assert got[0].checkpoint == {"pages_done": ["46554351"]} and got[0].complete
+
+
+class _FlakyGbif:
+    """A GBIF search endpoint that misbehaves in scripted ways, then answers properly."""
+
+    def __init__(self, script: list[tuple[int, bytes, dict]]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        fake = self
+        self.script = list(script)
+        self.times: list[float] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                import json
+                import time
+
+                fake.times.append(time.monotonic())
+                if fake.script:
+                    status, body, headers = fake.script.pop(0)
+                else:
+                    occ = {"gbifID": "77", "scientificName": "Puma concolor", "basisOfRecord": "HUMAN_OBSERVATION",
+                           "media": [{"type": "StillImage", "identifier": "https://i.org/77.jpg"}]}  # fmt: skip
+                    status, body, headers = (
+                        200,
+                        json.dumps({"results": [occ], "endOfRecords": True}).encode(),
+                        {},
+                    )
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("script", "min_wait"),
+    [
+        ([(200, b'{"results": [{"gbifID": "1", "media": [', {})], 0.0),  # truncated JSON: retried
+        ([(429, b"slow down", {"Retry-After": "2"})], 2.0),  # Retry-After honoured before the retry
+        ([(503, b"<html><body>Service Unavailable</body></html>", {"Content-Type": "text/html"})], 0.0),
+    ],
+    ids=["truncated-json", "429-retry-after-2", "503-html"],
+)
+def test_gbif_page_faults_end_in_a_clean_retry(catalog, script, min_wait):
+    from etl.http import HttpConfig, PoliteClient
+
+    fake = _FlakyGbif(script)
+    try:
+        client = PoliteClient(HttpConfig(backoff_base=0.05, max_retries=3), seed=0)
+        out = run_ingest(catalog, IngestConfig("gbif", api_url=fake.base), client=client)
+    finally:
+        fake.close()
+    assert out["n_out"] == 1 and client.retries >= 1
+    assert fake.times[1] - fake.times[0] >= min_wait
+
+
+def test_gbif_page_whose_results_is_not_a_list_is_a_clear_error(catalog):
+    fake = _FlakyGbif([(200, b'{"results": {"oops": 1}, "endOfRecords": false}', {})])
+    try:
+        with pytest.raises(Exception, match="no results list"):
+            run_ingest(catalog, IngestConfig("gbif", api_url=fake.base))
+    finally:
+        fake.close()
+    with catalog.connect() as con:
+        status, message = con.execute(
+            "SELECT status, message FROM stage_runs WHERE stage = 'ingest'"
+        ).fetchall()[0]
+    assert status == "failed" and "no results list" in message  # recorded, and nothing half-written
