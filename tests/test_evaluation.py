@@ -304,3 +304,34 @@ def test_multi_label_task_through_the_registry_runner(random_model, world, tmp_p
             Task(name="bad", path=str(folder), protocol="multi_label", options={"labels": ["fins"]}),
             progress=False,
         )
+
+
+@pytest.mark.parametrize("templates", ["single", "openai"])
+def test_zero_shot_equals_clip_benchmark(random_model, world, templates):
+    """CLIP_benchmark's own zero-shot classifier and classification loop, on the same model, images, class texts
+    and templates. (Its `evaluate` cannot finish on numpy >= 2.4: its `accuracy()` calls float() on a
+    one-element array. Top-k is read here from the logits its code produced.)"""
+    from clip_benchmark.metrics.zeroshot_classification import run_classification, zero_shot_classifier
+    from PIL import Image
+
+    from evaluation.zero_shot import TEMPLATES
+
+    data = load_metadata_folder(world.eval_dir, "taxon")
+    ours = zero_shot_scores(random_model, data, templates=templates, progress=False)
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data.paths)
+
+        def __getitem__(self, i):
+            return random_model.preprocess(Image.open(data.paths[i]).convert("RGB")), data.labels[i]
+
+    loader = torch.utils.data.DataLoader(Images(), batch_size=64)
+    as_strings = [t("{c}") for t in TEMPLATES[templates]]  # CLIP_benchmark formats `{c}` strings itself
+    classifier = zero_shot_classifier(
+        random_model.model, random_model.tokenizer, data.classnames, as_strings, "cpu", amp=False
+    )
+    logits, target = run_classification(random_model.model, classifier, loader, "cpu", amp=False)
+    top5 = logits.topk(5, dim=1).indices
+    assert ours["top1"] == pytest.approx((top5[:, 0] == target).float().mean().item(), abs=1e-9)
+    assert ours["top5"] == pytest.approx((top5 == target[:, None]).any(dim=1).float().mean().item(), abs=1e-9)
