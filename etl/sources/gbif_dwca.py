@@ -11,6 +11,7 @@ on the same cases so they cannot drift apart.
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from etl.records import RECORD_NAMESPACE, normalize_license
+from etl.records import RECORD_NAMESPACE, normalize_license, payload_hash, record_id
 from etl.sources import IngestConfig, Page
 from etl.sources.gbif import CITIZEN_SCIENCE_PUBLISHERS, MUSEUM_BASES, RANK_KEYS
 from warehouse.schemas import RAW_RECORDS
@@ -180,8 +181,6 @@ def malformed_rows(con: duckdb.DuckDBPyConnection) -> pa.Table:
            ORDER BY 1, 2"""
     ).fetchall()
     out: dict[str, list] = {f.name: [] for f in RAW_RECORDS if f.name not in ("run_id", "ingested_at")}
-    from etl.records import payload_hash, record_id
-
     for file_path, line, kind, message, text in rows:
         source_id = f"{Path(file_path).name}:{line}"
         payload = {"file": Path(file_path).name, "line": line, "error": f"{kind}: {message}", "text": text}
@@ -191,7 +190,7 @@ def malformed_rows(con: duckdb.DuckDBPyConnection) -> pa.Table:
             "source_id": source_id,
             "media_index": -1,
             "drop_reason": "malformed_line",
-            "payload": str(payload),
+            "payload": json.dumps(payload, sort_keys=True, default=str),
             "payload_hash": payload_hash(payload),
         }
         for name in out:
