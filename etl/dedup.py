@@ -130,8 +130,11 @@ def find_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRu
     if fetch_first(con, "SELECT count(*) FROM eval_hashes")[0]:
         con.execute("""CREATE TEMP TABLE ev AS SELECT eval_set || ':' || path AS id, eval_set, md5, phash
                        FROM eval_hashes WHERE phash IS NOT NULL""")
-        ok_ids, ok_hashes = _hashes(con, "ok")
-        ev_ids, ev_hashes = _hashes(con, "ev")
+        # Degenerate hashes (blank or uniform images) leak by MD5 only: by pHash a blank test image would
+        # "match" every blank training image.
+        lo, hi = config.degenerate_min_bits, 64 - config.degenerate_min_bits
+        ok_ids, ok_hashes = _hashes(con, "(SELECT * FROM ok WHERE NOT degenerate)")
+        ev_ids, ev_hashes = _hashes(con, f"(SELECT * FROM ev WHERE bit_count(phash) BETWEEN {lo} AND {hi})")
         with run.timed("leak_search"):
             i, j, d = near_pairs(ok_hashes, config.leak_k, other=ev_hashes)
         pairs = pa.table({"id": ok_ids.take(i), "eval_id": ev_ids.take(j), "distance": d.astype(np.int32)})

@@ -163,3 +163,40 @@ def test_rerun_without_eval_folder_uses_stored_hashes_and_decides_the_same(curat
     assert first == second
     assert sum(1 for r in second if r[2] and r[2].startswith("eval_leak:heldout")) >= 6
     assert '"near_search"' in details
+
+
+def test_degenerate_hashes_neither_cluster_nor_leak_by_phash(catalog):
+    """Blank frames hash to all zeros: they must not cluster together, nor leak against a blank test image,
+    unless the bytes are the same (MD5)."""
+    import pyarrow as pa
+
+    from etl.dedup import DedupConfig, run_dedup
+    from etl.records import make_rows
+    from warehouse.lake import write_parquet_atomic
+    from warehouse.schemas import EVAL_HASHES, IMAGES
+
+    ids = [f"r{i}" for i in range(6)]
+    raw = make_rows(
+        [{"record_id": r, "source": "gbif", "source_id": r, "media_url": f"https://x/{r}.jpg"} for r in ids],
+        "run",
+    )
+    write_parquet_atomic(raw, catalog.lake / "raw" / "source=gbif" / "ingest=t" / "part-0.parquet")
+    rng = np.random.default_rng(0)
+    textured = [int(v) for v in rng.integers(-(2**62), 2**62, 2)]
+    phashes = [0, 0, 0, textured[0], textured[0] ^ 0b11, textured[1]]  # 3 blank, 2 near twins, 1 other
+    md5s = ["blank-a", "blank-b", "blank-test", "t1", "t2", "t3"]
+    n = len(ids)
+    images = {f.name: [None] * n for f in IMAGES}
+    images.update(record_id=ids, source=["gbif"] * n, status=["ok"] * n, md5=md5s, phash=phashes,
+                  width=[400] * n, height=[300] * n, attempts=[1] * n)  # fmt: skip
+    write_parquet_atomic(pa.table(images).cast(IMAGES), catalog.lake / "images" / "source=gbif" / "p.parquet")
+    ev = pa.table({"eval_set": ["test", "test"], "path": ["blank.jpg", "other.jpg"], "md5": ["blank-test", "zz"],
+                   "phash": [0, textured[1] ^ (2**40)], "run_id": ["e", "e"]})  # fmt: skip
+    write_parquet_atomic(ev.cast(EVAL_HASHES), catalog.lake / "eval_hashes" / "set=test" / "hashes.parquet")
+    run_dedup(catalog, DedupConfig())
+    with catalog.connect() as con:
+        got = dict(con.execute("SELECT record_id, reason FROM dedup_decisions").fetchall())
+    assert got["r0"] == got["r1"] == "degenerate_hash"  # kept, flagged, not clustered with each other
+    assert got["r2"] == "eval_leak:test"  # the same bytes as the blank test image: a leak by MD5
+    assert {got["r3"], got["r4"]} == {None, "near_duplicate"}
+    assert got["r5"] == "eval_leak:test"  # one bit from a test image
