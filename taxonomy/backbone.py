@@ -16,7 +16,7 @@ from duckdb.sqltypes import VARCHAR
 from taxonomy.names import canonical_name
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.stage_runs import StageRun
-from warehouse.tables import conformed_select
+from warehouse.tables import conformed_select, sql_path
 
 RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
@@ -79,7 +79,7 @@ def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool
         catalog.connect() as con,
     ):
         opts = "delim='\t', header=true, quote='', escape='', all_varchar=true, null_padding=true"
-        raw = f"read_csv('{taxon}', {opts})"
+        raw = f"read_csv({sql_path(taxon)}, {opts})"
         con.execute(
             f"CREATE TEMP TABLE t AS {conformed_select(con, raw, TAXON_REQUIRED, TAXON_OPTIONAL, taxon)}"
         )
@@ -88,14 +88,14 @@ def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool
         con.execute("""UPDATE t SET canonicalName = canonical_of(scientificName)
                        WHERE nullif(trim(canonicalName), '') IS NULL AND scientificName IS NOT NULL""")
         if vern.exists():
-            raw = f"read_csv('{vern}', {opts})"
+            raw = f"read_csv({sql_path(vern)}, {opts})"
             con.execute(
                 f"CREATE TEMP TABLE v AS {conformed_select(con, raw, ('taxonID', 'vernacularName'), ('language',), vern)}"
             )
         else:
             con.execute("CREATE TEMP TABLE v (taxonID VARCHAR, vernacularName VARCHAR, language VARCHAR)")
-        con.execute(f"COPY t TO '{out / 'taxon.parquet'}' (FORMAT parquet)")
-        con.execute(f"COPY v TO '{out / 'vernacular.parquet'}' (FORMAT parquet)")
+        con.execute(f"COPY t TO {sql_path(out / 'taxon.parquet')} (FORMAT parquet)")
+        con.execute(f"COPY v TO {sql_path(out / 'vernacular.parquet')} (FORMAT parquet)")
         # One lineage row per accepted (or doubtful) usage: its own rank holds its own name, lower ranks null.
         con.execute(
             """

@@ -205,3 +205,19 @@ def test_asynchronous_download_is_requested_polled_fetched_and_read(catalog, tmp
                                                                         "values": ["NO", "SE"]}  # fmt: skip
     assert preds["MEDIA_TYPE"]["value"] == "StillImage" and fake.requests[0]["format"] == "DWCA"
     assert summary["n_out"] == len(_api_rows())
+
+
+def test_paths_with_apostrophes(catalog, tmp_path):
+    import shutil
+
+    from taxonomy.backbone import load_backbone
+
+    folder = tmp_path / "O'Brien's downloads"
+    folder.mkdir()
+    write_dwca(tmp_path / "dl.zip")
+    with zipfile.ZipFile(tmp_path / "dl.zip") as zf:
+        zf.extractall(folder)  # read in place: the file paths themselves hold the apostrophes
+    assert run_ingest(catalog, IngestConfig("gbif", path=str(folder)))["n_out"] == len(_api_rows())
+    backbone = folder / "back'bone"
+    shutil.copytree(__import__("pathlib").Path(__file__).parent / "data" / "hard_backbone", backbone)
+    assert load_backbone(catalog, backbone)

@@ -7,6 +7,11 @@ from pathlib import Path
 import duckdb
 
 
+def sql_path(path: Path | str) -> str:
+    """A file path as a SQL string literal (quotes doubled: folder names can hold apostrophes)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def conformed_select(
     con: duckdb.DuckDBPyConnection,
     relation: str,

@@ -24,7 +24,7 @@ from etl.records import RECORD_NAMESPACE, normalize_license, payload_hash, recor
 from etl.sources import IngestConfig, Page
 from etl.sources.gbif import CITIZEN_SCIENCE_PUBLISHERS, MUSEUM_BASES, RANK_KEYS
 from warehouse.schemas import RAW_RECORDS
-from warehouse.tables import conformed_select
+from warehouse.tables import conformed_select, sql_path
 
 BATCH_ROWS = 250_000
 MEMORY_LIMIT = "1GB"
@@ -120,11 +120,11 @@ def _clean(col: str) -> str:
 
 def media_query(con: duckdb.DuckDBPyConnection, occurrence: Path, multimedia: Path | None) -> str:
     occ = conformed_select(
-        con, f"read_csv('{occurrence}', {CSV_OPTS})", OCC_REQUIRED, OCC_OPTIONAL, occurrence
+        con, f"read_csv({sql_path(occurrence)}, {CSV_OPTS})", OCC_REQUIRED, OCC_OPTIONAL, occurrence
     )
     if multimedia is not None:
         mm = conformed_select(
-            con, f"read_csv('{multimedia}', {CSV_OPTS})", MM_REQUIRED, MM_OPTIONAL, multimedia
+            con, f"read_csv({sql_path(multimedia)}, {CSV_OPTS})", MM_REQUIRED, MM_OPTIONAL, multimedia
         )
     else:  # an archive without media: every occurrence becomes a `no_media` row
         mm = (
@@ -209,7 +209,7 @@ def pages(cfg: IngestConfig, checkpoint: dict[str, Any], workdir: Path) -> Itera
     try:
         spill = workdir / "spill"
         spill.mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = '{spill}'")
+        con.execute(f"SET temp_directory = {sql_path(spill)}")
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")  # bounded: joins and windows spill to disk
         reader = con.sql(media_query(con, occurrence, multimedia)).to_arrow_reader(BATCH_ROWS)
         batches, seen = 0, 0
