@@ -22,14 +22,12 @@ import webdataset as wds
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from etl.images import ImageConfig, process_image
+from etl.images import IMAGE_SUFFIXES, ImageConfig, image_member, process_image
 from etl.near_dup import near_pairs
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES
 from warehouse.stage_runs import StageRun
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ def eval_images(path: Path) -> Iterator[tuple[str, bytes]]:
     if shards := _shards(path):
         for shard in shards:
             for sample in wds.WebDataset(str(shard), shardshuffle=False):
-                member = next((m for m in sample if "." + m.lower() in IMAGE_SUFFIXES), None)
+                member = image_member(sample)
                 if member is not None:
                     yield f"{shard.name}/{sample['__key__']}.{member}", sample[member]
         return

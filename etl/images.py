@@ -16,6 +16,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
+
+
+def image_member(sample: dict) -> str | None:
+    """The image member of a WebDataset sample (`jpg`, `png`, ...), or None when it has none."""
+    return next((m for m in sample if not m.startswith("__") and "." + m.lower() in IMAGE_SUFFIXES), None)
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     min_side: int = 224

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl.dedup import IMAGE_SUFFIXES
+from etl.images import IMAGE_SUFFIXES, image_member
 from taxonomy.captions import RANKS7, captions
 
 
@@ -106,7 +106,7 @@ def load_webdataset(
     images_dir = (cache_dir or root.parent / ".wds-cache") / f"wds-{key[:16]}"
     rows: list[dict] = []
     for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False):
-        member = next((m for m in ("jpg", "jpeg", "png", "webp") if m in sample), None)
+        member = image_member(sample)
         if member is None:
             continue
         path = images_dir / f"{sample['__key__']}.{member}"

@@ -23,10 +23,12 @@ def conformed_select(
     column names (`dwc:taxonID` -> `taxonID`, as Catalogue of Life writes them) and absent `optional` columns
     added as NULL. A missing `required` column is a clear error naming the file."""
     columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
-    names = {}
+    names: dict[str, str] = {}
     for col in columns:
         bare = col.rsplit(":", 1)[-1]
-        names[col] = bare if bare not in names.values() and (bare == col or bare not in columns) else col
+        # Keep the prefixed name when dropping the prefix would collide with another column.
+        clash = bare != col and (bare in columns or bare in names.values())
+        names[col] = col if clash else bare
     present = set(names.values())
     missing = [c for c in required if c not in present]
     if missing:
