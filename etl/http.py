@@ -38,6 +38,7 @@ class HostThrottle:
         self._gap: dict[str, float] = {}
         self._next: dict[str, float] = {}
         self._last_cut: dict[str, float] = {}
+        self.cuts: dict[str, int] = {}  # rate halvings per host, for observability and tests
         self._blocked: dict[str, float] = {}
 
     def gap(self, host: str) -> float:
@@ -72,6 +73,7 @@ class HostThrottle:
             if sent_at is None or sent_at >= self._last_cut.get(host, -1e18):
                 self._gap[host] = min(1.0 / self.rate_min, self.gap(host) * 2.0)
                 self._last_cut[host] = now
+                self.cuts[host] = self.cuts.get(host, 0) + 1
             self._next[host] = max(self._next.get(host, 0.0), now + wait)
             self._blocked[host] = max(self._blocked.get(host, 0.0), now + wait)
 
