@@ -11,6 +11,9 @@ On L2-normalised embeddings, for images grouped by species and by an intra-speci
   (orthogonal); near 1: inside it. `k` is recorded with the value. Read rho against `orthogonality_rho_null`,
   the same share for every image's residual from its (species, variant) mean (within-group noise): when embeddings are
   low-rank, every direction lies mostly in the top-k span, and only rho below the null means "orthogonal".
+* effective rank (participation ratio (sum s^2)^2 / sum s^4 of the centred singular values), reported for all
+  embeddings and for the species means: when the embedding's effective rank is not well above k, the top-k
+  species span already holds nearly every direction the embedding has, and no variation can have a low share.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ import numpy as np
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """Participation ratio of the centred rows' singular values: d for isotropic data in d dims, 1 for a line."""
+    s2 = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) ** 2
+    return float(s2.sum() ** 2 / np.sum(s2**2)) if s2.sum() > 0 else 0.0
 
 
 def fisher_ratio(features: np.ndarray, groups: np.ndarray) -> float:
@@ -81,4 +90,6 @@ def orthogonality(
         "orthogonality_k": k,
         "orthogonality_rho_null": float(np.sum((residuals @ basis) ** 2) / max(np.sum(residuals**2), 1e-12)),
         "intra_species_norm": float(np.sqrt(total / len(d))),
+        "embedding_effective_rank": effective_rank(feats),
+        "species_span_effective_rank": effective_rank(means),
     }

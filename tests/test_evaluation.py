@@ -180,6 +180,21 @@ def test_rho_null_reference_separates_orthogonal_variation_from_noise():
     # isotropic noise spreads over all 32 dims: about 7/32 of it lies in a 7-dim span; the variant far less
     assert out["orthogonality_rho"] < 0.5 * out["orthogonality_rho_null"]
     assert 0.1 < out["orthogonality_rho_null"] < 0.4
+    # 8 species in 32 dims: the means span at most 7 directions; the noise fills the rest
+    assert out["species_span_effective_rank"] <= 7.0 + 1e-9
+    assert out["embedding_effective_rank"] > out["species_span_effective_rank"]
+
+
+def test_effective_rank_on_known_cases():
+    from evaluation.emergent import effective_rank
+
+    rng = np.random.default_rng(3)
+    assert abs(effective_rank(rng.normal(size=(20000, 10))) - 10) < 0.3  # isotropic in 10 dims
+    line = np.outer(rng.normal(size=500), rng.normal(size=16))
+    assert abs(effective_rank(line) - 1) < 1e-6
+    scaled = rng.normal(size=(20000, 2)) * np.array([1.0, 0.5])  # variances 1 and 1/4: (1.25)^2 / (1 + 1/16)
+    assert abs(effective_rank(scaled) - 1.25**2 / (1 + 1 / 16)) < 0.05
+    assert effective_rank(np.ones((5, 3))) == 0.0
 
 
 def test_macro_f1_matches_a_naive_reference():
