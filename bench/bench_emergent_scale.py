@@ -7,8 +7,9 @@ images per species and life stage) through the evaluation package: zero-shot top
 k = 3, 5, 10 against its noise null, and the effective rank of the embedding and of the species means.
 
 The default scales are the demo's size (13 images per species, 300 steps) and 23x its data and 8x its steps
-(about 25 minutes on 2 cores). On a GPU, pass larger `--scales` and `--model ViT-B-16` to test the paper's
-claim that the property strengthens with scale.
+(about 18 minutes on 2 cores). On a GPU, pass larger `--scales` and `--model ViT-B-16` to test the paper's
+claim that the property strengthens with scale (untested here: a ViT-B-16 run does not finish in 15 min
+on 2 CPU cores).
 """
 
 from __future__ import annotations
