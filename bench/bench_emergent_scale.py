@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import random
 import sys
@@ -31,17 +30,15 @@ import numpy as np
 import webdataset as wds
 from _common import emit
 
-from etl.sample_world.render import LIFE_STAGES, render_organism
+from etl.sample_world.render import LIFE_STAGES, jpeg_bytes, render_organism
 from etl.sample_world.tree import Tree, build_tree
 from evaluation.datasets import load_metadata_folder
 from evaluation.emergent import orthogonality, separation
 from evaluation.zero_shot import image_features, load_model, zero_shot_scores
 from taxonomy.captions import captions
-from training.config import load_config
+from training.config import TEXT_TYPES, load_config
 from training.loop import train
 from warehouse.catalog import Catalog, open_catalog
-
-CAPTION_MEMBERS = ("sci", "com", "taxon", "sci_com", "taxon_com")
 
 
 def _render(tree: Tree, per_species: int, size: tuple[int, int], seed: int, stage: str | None = None):
@@ -53,12 +50,6 @@ def _render(tree: Tree, per_species: int, size: tuple[int, int], seed: int, stag
             yield sp, life_stage, render_organism(sp.traits, r, size, life_stage)
 
 
-def _jpeg(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def write_training_version(
     catalog: Catalog, tree: Tree, per_species: int, size: tuple[int, int], seed: int = 7
 ) -> str:
@@ -68,7 +59,7 @@ def write_training_version(
     if (root / "manifest.json").exists():
         return version
     samples = [
-        (_jpeg(img), captions(sp.lineage, sp.english_name))
+        (jpeg_bytes(img, quality=90), captions(sp.lineage, sp.english_name))
         for sp, _, img in _render(tree, per_species, size, seed)
     ]
     random.Random(seed).shuffle(samples)
@@ -81,7 +72,7 @@ def write_training_version(
                     "__key__": f"{i:08d}",
                     "jpg": jpg,
                     "txt": caps["taxon_com"],
-                    **{f"{t}.txt": caps[t] for t in CAPTION_MEMBERS},
+                    **{f"{t}.txt": caps[t] for t in TEXT_TYPES},  # the members the trainer reads,
                 }
             )
     shards = [{"name": p.name, "split": "train"} for p in sorted((root / "train").glob("shard-*.tar"))]
@@ -104,7 +95,7 @@ def write_variant_set(
     for n, stage in enumerate(LIFE_STAGES):
         for i, (sp, _, img) in enumerate(_render(tree, per_stage, size, seed + n, stage)):
             rel = f"images/{stage}_{i:05d}.jpg"
-            (folder / rel).write_bytes(_jpeg(img))
+            (folder / rel).write_bytes(jpeg_bytes(img, quality=90))
             lineage = {k: v or "" for k, v in sp.lineage.items()}
             rows.append(
                 {"filepath": rel, **lineage, "common_name": sp.english_name or "", "life_stage": stage}
