@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import requests
 
 from etl.http import RETRYABLE_STATUS, USER_AGENT, HostThrottle
@@ -267,7 +268,7 @@ def run_fetch(
         run.n_in = inputs.num_rows
         partitions: list[pa.Table] = []
         for source in sorted(set(inputs.column("source").to_pylist())):
-            part = inputs.filter(pa.compute.equal(inputs.column("source"), source))
+            part = inputs.filter(pc.equal(inputs.column("source"), source))
             partitions += [part.slice(o, partition_rows) for o in range(0, part.num_rows, partition_rows)]
         fn = partial(fetch_partition, config=config)
         bar = tqdm(total=inputs.num_rows, unit="img", desc="fetch", disable=not progress, mininterval=1.0)

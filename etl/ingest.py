@@ -76,7 +76,6 @@ def run_ingest(
     client = client or PoliteClient()
     if cfg.work_dir is None:
         cfg = replace(cfg, work_dir=str(catalog.home / "cache" / "ingest"))
-    checkpoint = _load_checkpoint(catalog, cfg)
     with StageRun(
         catalog,
         "ingest",
@@ -86,9 +85,12 @@ def run_ingest(
             "path": cfg.path,
             "params": cfg.params,
             "limit": cfg.limit,
-            "resumed_from": checkpoint,
         },
+        lock=f"ingest-{cfg.source}",  # one run per source at a time; different sources run side by side
     ) as run:
+        # Read under the lock: a run that waited for another must start from where that one ended.
+        checkpoint = _load_checkpoint(catalog, cfg)
+        run.details["resumed_from"] = checkpoint
         unchanged = 0
         for page_no, page in enumerate(connector(client, cfg, checkpoint)):
             table = None

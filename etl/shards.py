@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -27,8 +26,10 @@ from PIL import Image
 from etl.dedup import latest_dedup_run
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, fetch_first
-from warehouse.lake import write_bytes_atomic, write_parquet_atomic
+from warehouse.contracts import check_name
+from warehouse.lake import remove_tree, write_bytes_atomic, write_parquet_atomic
 from warehouse.stage_runs import CODE_VERSION, StageRun
+from warehouse.versions import BUILDS, link_version
 
 RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 SIDECAR = pa.schema(
@@ -58,6 +59,9 @@ class ShardConfig:
     def __post_init__(self) -> None:
         from taxonomy.captions import TEXT_TYPES
 
+        check_name("version", self.version)
+        if self.where is not None and not self.where.strip():
+            raise ValueError("--where is empty: leave it out to select every kept sample")
         if self.txt_caption not in TEXT_TYPES:
             raise ValueError(f"txt_caption must be one of {TEXT_TYPES}")
         if self.samples_per_shard < 1 or not 0 <= self.val_fraction < 1:
@@ -254,6 +258,7 @@ def _plan(rows: list[dict], cfg: ShardConfig) -> list[list[dict]]:
 
 
 def _fingerprint(cfg: ShardConfig, dedup_run: str, rows: list[dict]) -> str:
+    """What the build depends on: settings, the dedup run and the selected records (not the timestamp)."""
     keys = hashlib.sha1("\n".join(sorted(r["record_id"] for r in rows)).encode()).hexdigest()
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
     return hashlib.sha1(json.dumps([settings, dedup_run, keys], sort_keys=True).encode()).hexdigest()
@@ -267,28 +272,38 @@ def build_version(
     workers: int = 2,
     spark_master: str | None = None,
 ) -> dict[str, Any]:
-    """Build (or resume building) a dataset version. Shards are written by the executor's workers."""
+    """Build (or resume building) a dataset version. Shards are written by the executor's workers.
+
+    The version is built in its own folder `shards/.builds/<version>.<fingerprint>` beside any earlier one;
+    the catalog row is switched to it in one transaction and `shards/<version>` (a link) follows. So a
+    killed build, `--overwrite` included, never leaves the catalog naming files that are gone; a rerun with
+    the same inputs resumes the same folder and reuses its finished shards."""
     from etl.executors import get_executor
 
-    root = catalog.shards / cfg.version
-    with catalog.connect() as con:
-        exists = fetch_first(con, "SELECT 1 FROM dataset_versions WHERE version = ?", [cfg.version])
-    if exists and not cfg.overwrite:
-        raise FileExistsError(f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite")
-    with StageRun(catalog, "shard", config=cfg) as run:
+    check_name("version", cfg.version)
+    with StageRun(catalog, "shard", config=cfg, lock=f"shard-{cfg.version}") as run:
+        with catalog.connect() as con:
+            row = fetch_first(con, "SELECT path FROM dataset_versions WHERE version = ?", [cfg.version])
+        current = Path(row[0]) if row else None
+        if current is not None and not cfg.overwrite:
+            link_version(catalog, cfg.version, current)  # mends a link a killed build left behind
+            raise FileExistsError(f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite")
         rows, dedup_run = _select(catalog, cfg)
         run.n_in = len(rows)
+        if not rows:
+            raise ValueError(
+                f"the selection for version {cfg.version!r} is empty"
+                + (f" (--where {cfg.where!r} matches no kept sample)" if cfg.where else "")
+                + ": an immutable version of 0 samples is not made"
+            )
         fingerprint = _fingerprint(cfg, dedup_run, rows)
-        marker = root / "_build.json"
-        resumable = (
-            not exists
-            and marker.exists()
-            and json.loads(marker.read_text()).get("fingerprint") == fingerprint
-        )
-        if root.exists() and not resumable:
-            shutil.rmtree(root)  # an overwrite, or a partial build of different inputs: start clean
+        builds = catalog.shards / BUILDS
+        root = builds / f"{cfg.version}.{fingerprint[:16]}"
+        for stale in builds.glob(f"{cfg.version}.*"):
+            own = "." not in stale.name[len(cfg.version) + 1 :]  # not a build of version "<name>.<more>"
+            if own and stale != root and stale != current:  # partial builds of other inputs
+                remove_tree(stale, builds)
         root.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(json.dumps({"fingerprint": fingerprint}).encode(), marker)
         groups = _plan(rows, cfg)
         columns = [c for c in rows[0] if c not in ("order_key",)] if rows else []
         partitions = [pa.Table.from_pylist([{c: r[c] for c in columns} for r in g]) for g in groups]
@@ -325,7 +340,7 @@ def build_version(
             }
         )
         with catalog.connect() as con:
-            con.execute("BEGIN TRANSACTION")
+            con.execute("BEGIN TRANSACTION")  # the switch: before it the old version stands, after it the new
             con.execute("DELETE FROM dataset_versions WHERE version = ?", [cfg.version])
             con.execute("DELETE FROM shard_samples WHERE version = ?", [cfg.version])
             con.register("ss", shard_rows)
@@ -350,6 +365,10 @@ def build_version(
                 ],
             )
             con.execute("COMMIT")
+        displaced = link_version(catalog, cfg.version, root)
+        for old in (current, displaced):  # the version this one replaced, now unreferenced
+            if old is not None and old.exists() and old.resolve() != root.resolve():
+                remove_tree(old, builds)
         run.n_out = len(rows)
         run.details = {
             "version": cfg.version,

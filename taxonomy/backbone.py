@@ -7,6 +7,8 @@ so loading the same files twice is a no-op.
 from __future__ import annotations
 
 import hashlib
+import shutil
+import uuid
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +32,21 @@ def _checksum(paths: list[Path]) -> str:
     return h.hexdigest()[:12]
 
 
-def _extract(path: Path, into: Path) -> Path:
+def _extract(path: Path, workdir: Path) -> Path:
+    """A folder as it is; a zip extracted once into a folder named by its checksum, through a temporary
+    folder and a rename, so a killed or concurrent extraction is never read half-written."""
     if path.is_dir():
         return path
+    into = workdir / _checksum([path])
+    if into.is_dir():
+        return into
+    tmp = workdir / f".{into.name}.{uuid.uuid4().hex}.tmp"
     with zipfile.ZipFile(path) as zf:
-        zf.extractall(into)
+        zf.extractall(tmp)  # zipfile drops absolute and '..' parts of member names
+    try:
+        tmp.rename(into)
+    except OSError:  # another process finished the same extraction first
+        shutil.rmtree(tmp, ignore_errors=True)
     return into
 
 
@@ -62,7 +74,7 @@ def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool
     taxon without one borrows its genus's, else its family's; `common_name_rank` then names the rank it came
     from (a flag: it differs from `taxon_rank`)."""
     path = Path(path)
-    folder = _extract(path, catalog.lake / "taxa" / "_extracted" / path.stem)
+    folder = _extract(path, catalog.lake / "taxa" / "_extracted")
     taxon, vern = folder / "Taxon.tsv", folder / "VernacularName.tsv"
     if not taxon.exists():
         raise FileNotFoundError(f"{taxon} not found: expected a DwC-A checklist with Taxon.tsv")
@@ -71,13 +83,19 @@ def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool
         version += "-cnfallback"  # different common names, so a different version of the same files
     with catalog.connect() as con:
         if fetch_first(con, "SELECT 1 FROM backbones WHERE backbone_version = ?", [version]):
-            return version
+            return version  # loading the same files again is a no-op
     out = backbone_dir(catalog, version)
-    out.mkdir(parents=True, exist_ok=True)
     with (
         StageRun(catalog, "load_backbone", config={"path": str(path), "version": version}) as run,
         catalog.connect() as con,
     ):
+        # Checked under the stage lock, and everything below is one transaction: a load killed half-way
+        # leaves no rows behind, so it can simply be run again.
+        if fetch_first(con, "SELECT 1 FROM backbones WHERE backbone_version = ?", [version]):
+            run.message = f"backbone {version} was loaded by another run meanwhile"
+            return version
+        out.mkdir(parents=True, exist_ok=True)
+        con.execute("BEGIN TRANSACTION")
         opts = "delim='\t', header=true, quote='', escape='', all_varchar=true, null_padding=true"
         raw = f"read_csv({sql_path(taxon)}, {opts})"
         con.execute(
@@ -142,14 +160,19 @@ def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool
                 )
         n_taxa = fetch_first(con, "SELECT count(*) FROM t")[0]
         n_vern = fetch_first(con, "SELECT count(*) FROM v")[0]
+        n_usable = fetch_first(con, "SELECT count(*) FROM taxa WHERE backbone_version = ?", [version])[0]
+        if not n_usable:
+            con.execute("ROLLBACK")
+            raise ValueError(
+                f"{taxon}: no accepted or doubtful usages ({n_taxa} rows); an empty backbone would resolve "
+                "nothing, so it is not loaded"
+            )
         con.execute(
             "INSERT INTO backbones VALUES (?, ?, ?, ?, ?)",
             [version, str(path), n_taxa, n_vern, datetime.now(UTC)],
         )
-        run.n_in, run.n_out = (
-            n_taxa,
-            fetch_first(con, "SELECT count(*) FROM taxa WHERE backbone_version = ?", [version])[0],
-        )
+        con.execute("COMMIT")
+        run.n_in, run.n_out = n_taxa, n_usable
     return version
 
 

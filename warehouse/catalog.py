@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import glob
+import logging
+import os
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +54,61 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             details JSON, created_at TIMESTAMPTZ);
         """,
     ),
+    (
+        2,
+        "run owners",
+        # Who runs a stage (pid, host) and the lock it holds: a `running` row whose lock is free is a dead run.
+        """
+        ALTER TABLE stage_runs ADD COLUMN pid BIGINT;
+        ALTER TABLE stage_runs ADD COLUMN host VARCHAR;
+        ALTER TABLE stage_runs ADD COLUMN lock VARCHAR;
+        """,
+    ),
 ]
+
+log = logging.getLogger("tol.catalog")
+
+
+def catalog_wait_default() -> float:
+    """Seconds a connection waits for a catalog another process holds: `TOL_CATALOG_WAIT`, default 600."""
+    return float(os.environ.get("TOL_CATALOG_WAIT") or 600)
+
+
+class CatalogBusy(RuntimeError):
+    """The catalog stayed locked by another process for longer than the allowed wait."""
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+def connect_with_retry(
+    path: Path, *, read_only: bool = False, wait: float | None = None
+) -> duckdb.DuckDBPyConnection:
+    """`duckdb.connect`, waiting with jittered back-off while another process holds the file.
+
+    DuckDB lets one process write or several read, never both at once, so every command meets the others'
+    short connections; it waits for them instead of failing, up to `wait` seconds (CatalogBusy after)."""
+    wait = catalog_wait_default() if wait is None else wait
+    t0 = time.monotonic()
+    delay, told = 0.02, False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            if not _is_lock_conflict(exc):
+                raise
+            waited = time.monotonic() - t0
+            if waited >= wait:
+                raise CatalogBusy(
+                    f"the catalog {path} stayed locked by another process for {waited:.0f} s: "
+                    f"{' '.join(str(exc).split())[:300]} (TOL_CATALOG_WAIT sets the wait)"
+                ) from exc
+            if not told and waited > 2:
+                log.info("catalog busy (another command is using it); waiting")
+                told = True
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
 
 
 @dataclass(frozen=True)
@@ -78,7 +136,7 @@ class Catalog:
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection with the lake views refreshed (DuckDB allows one writer process)."""
-        con = duckdb.connect(str(self.db_path), read_only=read_only)
+        con = connect_with_retry(self.db_path, read_only=read_only)
         try:
             if not read_only:
                 register_lake_views(con, self.home)
@@ -97,7 +155,7 @@ def open_catalog(home: str | Path) -> Catalog:
     for sub in ("lake", "shards", "runs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     catalog = Catalog(home)
-    con = duckdb.connect(str(catalog.db_path))
+    con = connect_with_retry(catalog.db_path)
     try:
         apply_migrations(con)
         register_lake_views(con, home)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -38,3 +39,17 @@ def new_run_id(stage: str) -> str:
     from datetime import UTC, datetime
 
     return f"{stage}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def remove_tree(path: str | Path, within: str | Path) -> None:
+    """Remove `path` (a folder, or a link: only the link) if it lies strictly inside `within`; refuse
+    anything else. Every deletion of the pipeline's own folders goes through here."""
+    path, within = Path(path), Path(within).resolve()
+    parent = path.parent.resolve()
+    target = parent / path.name
+    if path.name in ("", ".", "..") or target == within or not target.is_relative_to(within):
+        raise ValueError(f"refusing to remove {path}: it is not inside {within}")
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)

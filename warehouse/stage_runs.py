@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +16,7 @@ from typing import Any
 
 from warehouse.catalog import Catalog
 from warehouse.lake import new_run_id
+from warehouse.locks import StageLock, is_held
 
 CODE_VERSION = "0.1.0"
 
@@ -25,7 +29,10 @@ def _jsonable(config: Any) -> str:
 
 @dataclass
 class StageRun:
-    """Counts for one execution of a stage; use as a context manager around the stage's work."""
+    """Counts for one execution of a stage; use as a context manager around the stage's work.
+
+    Entering takes the stage's lock (`lock`, default the stage name: one fetch per home at a time; a second
+    waits), marks runs whose owner died as `interrupted`, and records this process as the owner."""
 
     catalog: Catalog
     stage: str
@@ -37,20 +44,45 @@ class StageRun:
     errors: Counter = field(default_factory=Counter)
     message: str = ""
     details: dict = field(default_factory=dict)
+    lock: str = ""
     _t0: float = 0.0
+    _lock: StageLock | None = None
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or new_run_id(self.stage)
+        self.lock = self.lock or self.stage
+        self.log = logging.getLogger(f"tol.{self.stage}")
 
     def __enter__(self) -> StageRun:
-        self._t0 = time.perf_counter()
-        with self.catalog.connect() as con:
-            con.execute(
-                "INSERT INTO stage_runs (run_id, stage, status, config, code_version, started_at)"
-                " VALUES (?, ?, 'running', ?, ?, ?)",
-                [self.run_id, self.stage, _jsonable(self.config), CODE_VERSION, datetime.now(UTC)],
-            )
+        self._lock = StageLock(self.catalog.home, self.lock).acquire(self.run_id)
+        try:
+            self._t0 = time.perf_counter()
+            with self.catalog.connect() as con:
+                mark_interrupted(con, self.catalog, held=self.lock)
+                con.execute(
+                    "INSERT INTO stage_runs (run_id, stage, status, config, code_version, started_at, pid,"
+                    " host, lock) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    [
+                        self.run_id,
+                        self.stage,
+                        _jsonable(self.config),
+                        CODE_VERSION,
+                        datetime.now(UTC),
+                        os.getpid(),
+                        socket.gethostname(),
+                        self.lock,
+                    ],
+                )
+        except BaseException:
+            self._release()
+            raise
+        self.log.info("%s started (run %s)", self.stage, self.run_id)
         return self
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
@@ -69,7 +101,16 @@ class StageRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "succeeded" if exc is None else "failed"
+        if isinstance(exc, KeyboardInterrupt):
+            status = "interrupted"
         message = self.message if exc is None else f"{exc_type.__name__}: {exc}"
+        try:
+            self._finish(status, message)
+        finally:
+            self._release()
+        self.log.info("%s %s (run %s): in %d, out %d", self.stage, status, self.run_id, self.n_in, self.n_out)
+
+    def _finish(self, status: str, message: str) -> None:
         with self.catalog.connect() as con:
             con.execute(
                 """UPDATE stage_runs SET status = ?, n_in = ?, n_out = ?, n_dropped = ?,
@@ -100,3 +141,34 @@ class StageRun:
             "errors": dict(self.errors),
             **({"details": self.details} if self.details else {}),
         }
+
+
+def mark_interrupted(con, catalog: Catalog, held: str | None = None) -> list[str]:
+    """Mark `running` stage and training runs whose owner is gone as `interrupted`; returns their run ids.
+
+    An owner is gone when nobody holds its lock. `held` is the lock this process holds now: other `running`
+    rows under it belong to a dead predecessor. Rows from before owners were recorded use the stage name."""
+    done = []
+    now = datetime.now(UTC)
+    for run_id, lock in con.execute(
+        "SELECT run_id, coalesce(lock, stage) FROM stage_runs WHERE status = 'running'"
+    ).fetchall():
+        if lock == held or not is_held(catalog.home, lock):
+            con.execute(
+                "UPDATE stage_runs SET status = 'interrupted', ended_at = ?, message = ? WHERE run_id = ?",
+                [now, "its process ended without closing the run (killed or crashed)", run_id],
+            )
+            done.append(run_id)
+    for (run_id,) in con.execute("SELECT run_id FROM training_runs WHERE status = 'running'").fetchall():
+        lock = train_lock(run_id)
+        if lock == held or not is_held(catalog.home, lock):
+            con.execute(
+                "UPDATE training_runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?", [now, run_id]
+            )
+            done.append(run_id)
+    return done
+
+
+def train_lock(run_id: str) -> str:
+    """The lock a training run holds: runs of different ids may train side by side, one id at a time."""
+    return f"train-{run_id}"
