@@ -74,7 +74,7 @@ def catalog_wait_default() -> float:
     return float(os.environ.get("TOL_CATALOG_WAIT") or 600)
 
 
-class CatalogBusy(RuntimeError):
+class CatalogBusyError(RuntimeError):
     """The catalog stayed locked by another process for longer than the allowed wait."""
 
 
@@ -88,7 +88,7 @@ def connect_with_retry(
     """`duckdb.connect`, waiting with jittered back-off while another process holds the file.
 
     DuckDB lets one process write or several read, never both at once, so every command meets the others'
-    short connections; it waits for them instead of failing, up to `wait` seconds (CatalogBusy after)."""
+    short connections; it waits for them instead of failing, up to `wait` seconds (CatalogBusyError after)."""
     wait = catalog_wait_default() if wait is None else wait
     t0 = time.monotonic()
     delay, told = 0.02, False
@@ -100,7 +100,7 @@ def connect_with_retry(
                 raise
             waited = time.monotonic() - t0
             if waited >= wait:
-                raise CatalogBusy(
+                raise CatalogBusyError(
                     f"the catalog {path} stayed locked by another process for {waited:.0f} s: "
                     f"{' '.join(str(exc).split())[:300]} (TOL_CATALOG_WAIT sets the wait)"
                 ) from exc

@@ -21,7 +21,7 @@ from warehouse.contracts import check_name
 log = logging.getLogger("tol.locks")
 
 
-class StageBusy(RuntimeError):
+class StageBusyError(RuntimeError):
     """Another run holds the lock and the wait allowed for it has run out."""
 
 
@@ -65,7 +65,7 @@ class StageLock:
                 waited = time.monotonic() - t0
                 if self.wait is not None and waited >= self.wait:
                     os.close(fd)
-                    raise StageBusy(
+                    raise StageBusyError(
                         f"{self.name} is running on this home: {self.holder()}; waited {waited:.0f} s "
                         "(TOL_LOCK_WAIT sets how long to wait)"
                     ) from None
