@@ -18,13 +18,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import webdataset as wds
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from etl.images import IMAGE_SUFFIXES, ImageConfig, image_member, process_image
+from etl.images import ImageConfig, is_image_name, process_image, tar_images
 from etl.near_dup import near_pairs
 from warehouse.catalog import Catalog, fetch_first
+from warehouse.contracts import check_name
 from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES
 from warehouse.stage_runs import StageRun
@@ -37,6 +37,11 @@ class DedupConfig:
     source_priority: tuple[str, ...] = ("gbif", "eol", "bioscan", "fathomnet")
     degenerate_min_bits: int = 4  # hashes with fewer than this many 1-bits (or 0-bits) are degenerate
     eval_sets: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.eval_sets:
+            # A set's name is a folder (lake/eval_hashes/set=NAME) and the tail of `eval_leak:NAME`.
+            check_name("evaluation set", name)
 
 
 def _shards(path: Path) -> list[Path]:
@@ -61,12 +66,10 @@ def eval_images(path: Path) -> Iterator[tuple[str, bytes]]:
         return
     if shards := _shards(path):
         for shard in shards:
-            for sample in wds.WebDataset(str(shard), shardshuffle=False):
-                member = image_member(sample)
-                if member is not None:
-                    yield f"{shard.name}/{sample['__key__']}.{member}", sample[member]
+            for name, data in tar_images(shard):
+                yield f"{shard.name}/{name}", data
         return
-    for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)):
         yield str(file.relative_to(path)), file.read_bytes()
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tarfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import imagehash
@@ -19,9 +22,26 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file or member name ends in an image suffix (only the last one counts: `a.v2.jpg` is)."""
+    return "." in name and "." + name.rsplit(".", 1)[1].lower() in IMAGE_SUFFIXES
+
+
 def image_member(sample: dict) -> str | None:
-    """The image member of a WebDataset sample (`jpg`, `png`, ...), or None when it has none."""
-    return next((m for m in sample if not m.startswith("__") and "." + m.lower() in IMAGE_SUFFIXES), None)
+    """The image member of a WebDataset sample (`jpg`, `png`, ...), or None when it has none. WebDataset
+    splits a name at its first dot, so `a.v2.jpg` arrives as key `a`, member `v2.jpg`: that counts too."""
+    return next((m for m in sample if not m.startswith("__") and is_image_name("x." + m)), None)
+
+
+def tar_images(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of every regular image file in a tar, streamed. Member names are only labels:
+    nothing is ever written to disk under them (absolute or `..` names cannot escape anywhere)."""
+    with tarfile.open(path, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile() and is_image_name(member.name):
+                fh = tar.extractfile(member)
+                if fh is not None:
+                    yield member.name, fh.read()
 
 
 @dataclass(frozen=True)

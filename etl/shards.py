@@ -287,7 +287,9 @@ def build_version(
         current = Path(row[0]) if row else None
         if current is not None and not cfg.overwrite:
             link_version(catalog, cfg.version, current)  # mends a link a killed build left behind
-            raise FileExistsError(f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite")
+            raise FileExistsError(
+                f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite"
+            )
         rows, dedup_run = _select(catalog, cfg)
         run.n_in = len(rows)
         if not rows:

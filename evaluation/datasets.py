@@ -109,7 +109,11 @@ def load_webdataset(
         member = image_member(sample)
         if member is None:
             continue
-        path = images_dir / f"{sample['__key__']}.{member}"
+        # Named by a hash of the key, never by the member's name: a tar can name members `/abs/x`, `../../x`.
+        where = f"{sample.get('__url__')}\0{sample['__key__']}"
+        digest = hashlib.sha1(where.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+        suffix = member.rsplit(".", 1)[-1].lower()
+        path = images_dir / f"{digest}.{suffix}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(sample[member])

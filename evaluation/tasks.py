@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from evaluation.datasets import (
     load_webdataset,
 )
 from warehouse.catalog import Catalog, fetch_first
+from warehouse.contracts import check_name
 from warehouse.stage_runs import StageRun
 
 DEFAULT_REGISTRY = Path(__file__).with_name("tasks.yaml")
@@ -43,6 +45,7 @@ class Task:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_name("task", self.name)  # results are written to eval/<model>/<task>.json
         if self.protocol not in PROTOCOLS:
             raise ValueError(
                 f"task {self.name}: unknown protocol {self.protocol!r}; choose one of {sorted(PROTOCOLS)}"
@@ -232,7 +235,7 @@ def adhoc_task(
     """A task for a folder given on the command line; the adapter is detected from what the folder holds."""
     adapter = detect_adapter(data)
     return Task(
-        name=f"adhoc:{Path(data).name}:{protocol}",
+        name=f"adhoc-{re.sub(r'[^A-Za-z0-9._-]', '_', Path(data).resolve().name)[:80]}-{protocol}",
         path=str(Path(data).resolve()),
         protocol=protocol,
         adapter=adapter,

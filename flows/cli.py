@@ -23,6 +23,19 @@ def _kv(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+def _name(kind: str):
+    """An argparse type: a user-given name checked at the command line (names are never paths)."""
+    from warehouse.contracts import check_name
+
+    def parse(value: str) -> str:
+        try:
+            return check_name(kind, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def _catalog(args):
     from warehouse.catalog import open_catalog
 
@@ -232,9 +245,24 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_sql(args) -> None:
-    catalog = _catalog(args)
-    with catalog.connect() as con:
-        rel = con.sql(args.query)
+    import duckdb
+
+    from warehouse.catalog import Catalog
+
+    if args.write:
+        catalog = _catalog(args)
+    else:
+        catalog = Catalog(Path(args.home).resolve())
+        if not catalog.db_path.exists():
+            raise FileNotFoundError(f"no catalog at {catalog.db_path}: check --home, or run a stage first")
+    # Read-only by default: a query can neither change the catalog nor hold the write lock stages need.
+    with catalog.connect(read_only=not args.write) as con:
+        try:
+            rel = con.sql(args.query)
+        except duckdb.Error as exc:
+            if not args.write and "read-only" in str(exc):
+                raise PermissionError(f"{exc} (tol sql is read-only; pass --write to change it)") from exc
+            raise
         if rel is None:
             return
         if args.format == "table":
@@ -355,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_dedup)
 
     s = sub.add_parser("shard", help="write a dataset version as WebDataset shards")
-    s.add_argument("--version", required=True)
+    s.add_argument("--version", required=True, type=_name("version"), help="the new version's name")
     s.add_argument("--where", help="SQL filter over lineage/record columns, e.g. kingdom = 'Animalia'")
     s.add_argument("--samples-per-shard", type=int, default=10_000)
     s.add_argument("--max-shard-bytes", type=int, default=1 << 30)
@@ -371,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("versions", help="list, show or verify dataset versions")
     s.add_argument("action", nargs="?", choices=["list", "show", "verify"], default="list")
-    s.add_argument("name", nargs="?")
+    s.add_argument("name", nargs="?", type=_name("version"))
     s.set_defaults(fn=cmd_versions)
 
     s = sub.add_parser("train", help="train BioCLIP 2 with replay")
@@ -408,8 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the scores here")
     s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("sql", help="run SQL over the catalog")
-    s.add_argument("query")
+    s = sub.add_parser(
+        "sql",
+        help="run SQL over the catalog (read-only unless --write)",
+        description="Run one SQL statement over the catalog's tables and views (see the README's catalog "
+        "table). Read-only by default; waits while a stage is writing (TOL_CATALOG_WAIT seconds, default "
+        "600).",
+    )
+    s.add_argument("query", help="one SQL statement")
+    s.add_argument("--write", action="store_true", help="allow statements that change the catalog")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.add_argument("--max-rows", type=int, default=100)
     s.set_defaults(fn=cmd_sql)

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from warehouse.catalog import open_catalog
+from warehouse.contracts import check_name
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=10)
@@ -127,6 +128,11 @@ def curate_flow(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Resolve, fetch, dedup and (when `version` is given) shard."""
+    # Names are checked before any stage runs, not half-way through the flow.
+    if version is not None:
+        check_name("version", version)
+    for name in eval_sets or {}:
+        check_name("evaluation set", name)
     out = {
         "resolve": resolve_task(home, backbone_path),
         "fetch": fetch_task(home, executor, workers, allow_private_hosts),
@@ -163,6 +169,8 @@ def train_flow(
     from training.config import load_config
     from training.loop import train
 
+    if dataset_version:
+        check_name("version", dataset_version)
     values = {
         k: v
         for k, v in {

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from warehouse.contracts import check_name
+
 TEXT_TYPES = ("sci", "com", "taxon", "sci_com", "taxon_com")
 
 # A ~9 M-parameter ViT that trains on the sample world in minutes on 2 CPU cores.
@@ -72,6 +74,10 @@ class TrainConfig:
             )
         if self.replay_batch_size == 1:
             raise ValueError("replay_batch_size must be 0 (off) or >= 2 (a contrastive batch)")
+        if self.run_id is not None:
+            check_name("run", self.run_id)  # it names the run's folder under runs/
+        if self.dataset_version:
+            check_name("version", self.dataset_version)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

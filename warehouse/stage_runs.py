@@ -163,7 +163,8 @@ def mark_interrupted(con, catalog: Catalog, held: str | None = None) -> list[str
         lock = train_lock(run_id)
         if lock == held or not is_held(catalog.home, lock):
             con.execute(
-                "UPDATE training_runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?", [now, run_id]
+                "UPDATE training_runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?",
+                [now, run_id],
             )
             done.append(run_id)
     return done

@@ -41,6 +41,17 @@ CSV_OPTS = (
 )
 
 
+def _not_a_dwca(path: Path, names: list[str]) -> str:
+    files = [n for n in names if not n.endswith("/")]
+    if len(files) == 1 and files[0].lower().endswith(".csv"):
+        return (
+            f"{path} is a GBIF SIMPLE_CSV download ({files[0]}), not a Darwin Core Archive: it has no media "
+            "URLs; request the download with format DWCA"
+        )
+    shown = ", ".join(files[:5]) + (" ..." if len(files) > 5 else "")
+    return f"{path}: no occurrence.txt, so not a GBIF Darwin Core Archive (it holds: {shown or 'nothing'})"
+
+
 def archive_files(path: Path, workdir: Path) -> tuple[Path, Path | None, str]:
     """(occurrence.txt, multimedia.txt or None, archive checksum); a zip is extracted to `workdir` (streamed
     to disk member by member)."""
@@ -52,8 +63,11 @@ def archive_files(path: Path, workdir: Path) -> tuple[Path, Path | None, str]:
         target = workdir / digest.hexdigest()[:16]
         if not (target / ".extracted").exists():
             with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                if "occurrence.txt" not in names:
+                    raise ValueError(_not_a_dwca(path, names))
                 for name in ("occurrence.txt", "multimedia.txt"):
-                    if name in zf.namelist():
+                    if name in names:
                         zf.extract(name, target)
             (target / ".extracted").touch()
         folder = target
