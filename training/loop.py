@@ -4,10 +4,12 @@ projector, one shared logit scale, one text type per step, AdamW + cosine schedu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
 import time
+import uuid
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +27,13 @@ from training.config import TEXT_TYPES, TrainConfig
 from training.data import bio_loader, replay_loader
 from training.distributed import broadcast, init_distributed, mean_across
 from training.model import NORMALIZATION, ReplayCLIP, build_clip, export_open_clip
-from warehouse.catalog import Catalog
+from warehouse.catalog import Catalog, fetch_first
+from warehouse.contracts import check_name
 from warehouse.lake import new_run_id
-from warehouse.stage_runs import StageRun
+from warehouse.stage_runs import StageRun, train_lock
 from warehouse.versions import shard_urls
+
+log = logging.getLogger("tol.train")
 
 
 def text_type_for_step(cfg: TrainConfig, step: int) -> str:
@@ -85,6 +90,13 @@ def _save(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _was_started(catalog: Catalog, run_id: str, dist) -> bool:
+    if not dist.main:
+        return True  # rank 0 decided; the others follow its checkpoint (none)
+    with catalog.connect() as con:
+        return fetch_first(con, "SELECT 1 FROM training_runs WHERE run_id = ?", [run_id]) is not None
+
+
 def _clip_loss(loss_fn: ClipLoss, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return loss_fn(normalize(img, dim=-1), normalize(txt, dim=-1), scale)
 
@@ -95,7 +107,28 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
     Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel run (training/distributed.py):
     `batch_size` and `replay_batch_size` are per device, and only rank 0 writes to the catalog and disk."""
     dist = init_distributed()
-    run_id = broadcast(cfg.run_id or new_run_id("train"), dist)
+    run_id = check_name("run", broadcast(cfg.run_id or new_run_id("train"), dist))
+    if not dist.main:
+        return _train(catalog, cfg, dist, run_id, SimpleNamespace(details={}), progress)
+    # The run's lock is held from before its checkpoint is read until its last row is written: a second
+    # process training the same run id waits, and a killed one is found `interrupted` by the next run.
+    stage_id = f"stage-{run_id}-{uuid.uuid4().hex[:8]}"
+    with StageRun(catalog, "train", config=cfg.to_dict(), run_id=stage_id, lock=train_lock(run_id)) as stage:
+        return _train(catalog, cfg, dist, run_id, stage, progress)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the metric lines of steps up to `step` (the checkpoint resumed from), so a resumed run does not
+    log the steps it repeats twice; rewritten atomically."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _train(catalog: Catalog, cfg: TrainConfig, dist, run_id: str, stage, progress: bool) -> dict[str, Any]:
     run_dir = catalog.runs / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -119,8 +152,12 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
     )
     step = 0
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
-    if cfg.resume:
-        path = ckpt_path if cfg.resume == "latest" else Path(cfg.resume)
+    path = ckpt_path if cfg.resume == "latest" else Path(cfg.resume or "")
+    if cfg.resume == "latest" and not path.exists() and _was_started(catalog, run_id, dist):
+        # Killed before its first checkpoint: "the latest state" is the start. Said, not silent.
+        log.warning("run %s has no checkpoint yet; resume=latest starts it from step 0", run_id)
+        stage.details["resumed_from_step"] = 0
+    elif cfg.resume:
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint to resume from at {path}")
         state = torch.load(path, map_location=device, weights_only=False)
@@ -173,111 +210,108 @@ def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str
                 ],
             )
     metrics_path = run_dir / "metrics.jsonl"
+    if dist.main:
+        _trim_metrics(metrics_path, step)
     history: list[dict[str, Any]] = []
-    stage_run = (
-        StageRun(catalog, "train", config=cfg.to_dict(), run_id=f"stage-{run_id}-{step}")
-        if dist.main
-        else nullcontext(SimpleNamespace(details={}))
-    )
-    with stage_run as stage:
-        try:
-            model.train()
-            bar = tqdm(
-                total=cfg.steps,
-                initial=step,
-                desc="train",
-                unit="step",
-                disable=not progress,
-                mininterval=2.0,
-            )
-            t0, seen = time.perf_counter(), 0
-            while step < cfg.steps:
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(step, cfg)
-                text_type = text_type_for_step(cfg, step)
-                optimizer.zero_grad(set_to_none=True)
-                logs = {"loss_bio": 0.0, "loss_replay": 0.0}
-                for micro in range(cfg.accum_steps):
-                    images, caps = next(bio)
-                    inputs = [images.to(device), tokenizer(caps[text_type]).to(device)]
-                    if replay is not None:
-                        r_images, r_texts = next(replay)
-                        inputs += [r_images.to(device), tokenizer(r_texts).to(device)]
-                    # Gradients are averaged across ranks once per step, on the last micro-batch.
-                    last = micro == cfg.accum_steps - 1
-                    sync = wrapped.no_sync() if dist.enabled and not last else nullcontext()
-                    with sync:
-                        with _autocast(cfg, device):
-                            feats = forward(*inputs)
-                            scale = model.logit_scale.exp()
-                            loss_bio = _clip_loss(loss_fn, feats[0], feats[1], scale)
-                            loss = loss_bio
-                            if replay is not None:
-                                loss_replay = _clip_loss(loss_fn, feats[2], feats[3], scale)
-                                loss = loss + cfg.replay_weight * loss_replay
-                                logs["loss_replay"] += loss_replay.item() / cfg.accum_steps
-                        (loss / cfg.accum_steps).backward()
-                    logs["loss_bio"] += loss_bio.item() / cfg.accum_steps
-                    seen += images.shape[0] * dist.world
-                optimizer.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
-                step += 1
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    logs = {k: mean_across(v, dist) for k, v in logs.items()}  # every rank's batch counts
-                    rec = {
+    try:
+        model.train()
+        bar = tqdm(
+            total=cfg.steps,
+            initial=step,
+            desc="train",
+            unit="step",
+            disable=not progress,
+            mininterval=2.0,
+        )
+        t0, seen = time.perf_counter(), 0
+        while step < cfg.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, cfg)
+            text_type = text_type_for_step(cfg, step)
+            optimizer.zero_grad(set_to_none=True)
+            logs = {"loss_bio": 0.0, "loss_replay": 0.0}
+            for micro in range(cfg.accum_steps):
+                images, caps = next(bio)
+                inputs = [images.to(device), tokenizer(caps[text_type]).to(device)]
+                if replay is not None:
+                    r_images, r_texts = next(replay)
+                    inputs += [r_images.to(device), tokenizer(r_texts).to(device)]
+                # Gradients are averaged across ranks once per step, on the last micro-batch.
+                last = micro == cfg.accum_steps - 1
+                sync = wrapped.no_sync() if dist.enabled and not last else nullcontext()
+                with sync:
+                    with _autocast(cfg, device):
+                        feats = forward(*inputs)
+                        scale = model.logit_scale.exp()
+                        loss_bio = _clip_loss(loss_fn, feats[0], feats[1], scale)
+                        loss = loss_bio
+                        if replay is not None:
+                            loss_replay = _clip_loss(loss_fn, feats[2], feats[3], scale)
+                            loss = loss + cfg.replay_weight * loss_replay
+                            logs["loss_replay"] += loss_replay.item() / cfg.accum_steps
+                    (loss / cfg.accum_steps).backward()
+                logs["loss_bio"] += loss_bio.item() / cfg.accum_steps
+                seen += images.shape[0] * dist.world
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                logs = {k: mean_across(v, dist) for k, v in logs.items()}  # every rank's batch counts
+                rec = {
+                    "step": step,
+                    "text_type": text_type,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "logit_scale": model.logit_scale.exp().item(),
+                    "samples_per_s": seen / (time.perf_counter() - t0),
+                    **logs,
+                }
+                history.append(rec)
+                if dist.main:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=f"{logs['loss_bio']:.3f}", replay=f"{logs['loss_replay']:.3f}")
+            if dist.main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                _save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
                         "step": step,
-                        "text_type": text_type,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "logit_scale": model.logit_scale.exp().item(),
-                        "samples_per_s": seen / (time.perf_counter() - t0),
-                        **logs,
-                    }
-                    history.append(rec)
-                    if dist.main:
-                        with open(metrics_path, "a") as fh:
-                            fh.write(json.dumps(rec) + "\n")
-                    bar.set_postfix(loss=f"{logs['loss_bio']:.3f}", replay=f"{logs['loss_replay']:.3f}")
-                if dist.main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                    _save(
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "step": step,
-                            "config": cfg.to_dict(),
-                            "model_cfg": mcfg,
-                            "torch_rng": torch.get_rng_state(),
-                            "python_rng": random.getstate(),
-                        },
-                        ckpt_path,
-                    )
-            bar.close()
-            export = run_dir / "export"
-            final = history[-1] if history else {}
-            metrics = {
-                "final": final,
-                "samples_seen": seen,
-                "seconds": time.perf_counter() - t0,
-                "normalization": cfg.normalization,
-                "devices": dist.world,
-            }
-            if dist.main:
-                export_open_clip(model, mcfg, export)
-                with catalog.connect() as con:
-                    con.execute(
-                        """UPDATE training_runs SET status = 'succeeded', checkpoint = ?, export_path = ?,
-                                   metrics = ?, ended_at = ? WHERE run_id = ?""",
-                        [str(ckpt_path), str(export), json.dumps(metrics), datetime.now(UTC), run_id],
-                    )
-                stage.n_in, stage.n_out = seen, step
-                stage.details = {"training_run": run_id, **metrics}
-        except BaseException:
-            if dist.main:
-                with catalog.connect() as con:
-                    con.execute(
-                        "UPDATE training_runs SET status = 'failed', ended_at = ? WHERE run_id = ?",
-                        [datetime.now(UTC), run_id],
-                    )
-            raise
+                        "config": cfg.to_dict(),
+                        "model_cfg": mcfg,
+                        "torch_rng": torch.get_rng_state(),
+                        "python_rng": random.getstate(),
+                    },
+                    ckpt_path,
+                )
+        bar.close()
+        export = run_dir / "export"
+        final = history[-1] if history else {}
+        metrics = {
+            "final": final,
+            "samples_seen": seen,
+            "seconds": time.perf_counter() - t0,
+            "normalization": cfg.normalization,
+            "devices": dist.world,
+        }
+        if dist.main:
+            export_open_clip(model, mcfg, export)
+            with catalog.connect() as con:
+                con.execute(
+                    """UPDATE training_runs SET status = 'succeeded', checkpoint = ?, export_path = ?,
+                               metrics = ?, ended_at = ? WHERE run_id = ?""",
+                    [str(ckpt_path), str(export), json.dumps(metrics), datetime.now(UTC), run_id],
+                )
+            stage.n_in, stage.n_out = seen, step
+            stage.details.update({"training_run": run_id, **metrics})
+    except BaseException as exc:
+        if dist.main:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            with catalog.connect() as con:
+                con.execute(
+                    "UPDATE training_runs SET status = ?, ended_at = ? WHERE run_id = ?",
+                    [status, datetime.now(UTC), run_id],
+                )
+        raise
     return {"run_id": run_id, "export_path": str(export), "steps": step, **metrics}
