@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,14 +12,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 from urllib.request import url2pathname
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import requests
 
-from etl.http import RETRYABLE_STATUS, USER_AGENT, HostThrottle
+from etl.http import (
+    RETRYABLE_STATUS,
+    USER_AGENT,
+    AddressPolicy,
+    AddressRefusedError,
+    Deadline,
+    HostThrottle,
+    guarded_session,
+)
 from etl.images import ImageConfig, process_image, require_pdq
 from warehouse.schemas import IMAGES
 
@@ -38,6 +44,7 @@ class FetchConfig:
     read_timeout: float = 20.0
     max_bytes: int = 40 * 1024 * 1024
     max_redirects: int = 5
+    deadline: float = 60.0  # seconds for one whole request, headers and body (a trickling server ends here)
     retries: int = 2
     retry_after_cap: float = 10.0
     threads: int = 8
@@ -62,10 +69,15 @@ class FetchConfig:
 
 
 class DownloadError(Exception):
-    def __init__(self, status: str, message: str, http_status: int | None = None) -> None:
+    def __init__(
+        self, status: str, message: str, http_status: int | None = None, retry_after: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.http_status = http_status
+        self.retry_after = retry_after
+        self.host: str | None = None  # the host that answered (a redirect target, maybe)
+        self.sent_at: float | None = None  # when its request was scheduled (HostThrottle.throttled)
 
 
 _local = threading.local()
@@ -84,32 +96,25 @@ def _throttle(config: FetchConfig) -> HostThrottle:
 
 
 def _session(config: FetchConfig) -> requests.Session:
-    s = getattr(_local, "session", None)
-    if s is None:
-        s = requests.Session()
-        s.headers["User-Agent"] = config.user_agent
-        s.max_redirects = config.max_redirects
-        _local.session = s
-    return s
+    """This thread's session; its connections check every address they connect to (etl.http)."""
+    sessions = _local.__dict__.setdefault("sessions", {})
+    key = (config.allow_private_hosts, config.user_agent)
+    if key not in sessions:
+        sessions[key] = guarded_session(
+            AddressPolicy(allow_private=config.allow_private_hosts), config.user_agent
+        )
+    return sessions[key]
 
 
-def check_url(url: str, allow_private: bool) -> str:
-    """Refuse non-http(s) schemes and (unless allowed) private, loopback and link-local addresses."""
+def check_url(url: str) -> str:
+    """The URL's host; refuses schemes other than http(s) and URLs without a host. Addresses are checked
+    when connecting (every hop, the address actually used): see `etl.http.AddressPolicy`."""
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https"):
         raise DownloadError("unsupported_url_scheme", f"scheme {parsed.scheme!r} not allowed")
     host = parsed.hostname or ""
     if not host:
         raise DownloadError("bad_url", "URL has no host")
-    if not allow_private:
-        try:
-            infos = socket.getaddrinfo(host, parsed.port or 80, proto=socket.IPPROTO_TCP)
-        except socket.gaierror as exc:
-            raise DownloadError("dns_error", str(exc)) from exc
-        for info in infos:
-            ip = ipaddress.ip_address(info[4][0])
-            if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved:
-                raise DownloadError("private_address", f"{host} resolves to {ip}; use --allow-private-hosts")
     return host
 
 
@@ -128,44 +133,72 @@ def read_local(url: str, config: FetchConfig) -> bytes:
     return path.read_bytes()
 
 
+def _get(url: str, config: FetchConfig) -> tuple[bytes, int]:
+    """One attempt: follow redirects by hand (each hop checked like the first, in its own host's slot),
+    the whole of it within `config.deadline` seconds."""
+    session, throttle = _session(config), _throttle(config)
+    with Deadline(config.deadline) as deadline:
+        try:
+            for _ in range(config.max_redirects + 1):
+                host = check_url(url)
+                with throttle.slot(host) as sent_at:
+                    try:
+                        with session.get(
+                            url,
+                            stream=True,
+                            allow_redirects=False,
+                            timeout=(config.connect_timeout, config.read_timeout),
+                        ) as resp:
+                            if resp.is_redirect:
+                                url = urljoin(url, resp.headers["Location"])
+                                continue
+                            if resp.status_code < 400:
+                                body = _read_body(resp, config)
+                                if deadline.expired:  # cut short, though the framing let it look whole
+                                    raise DownloadError("timeout", "deadline passed during the body")
+                                throttle.success(host)
+                                return body, resp.status_code
+                            err = DownloadError(
+                                f"http_{resp.status_code}",
+                                f"HTTP {resp.status_code}",
+                                resp.status_code,
+                                resp.headers.get("Retry-After"),
+                            )
+                    except AddressRefusedError as exc:
+                        raise DownloadError(exc.kind, str(exc)) from exc
+                    except requests.Timeout as exc:
+                        err = DownloadError("timeout", str(exc)[:200])
+                    except requests.RequestException as exc:
+                        err = DownloadError("connection_error", str(exc)[:200])
+                    err.host, err.sent_at = host, sent_at
+                    raise err
+            raise DownloadError("too_many_redirects", f"more than {config.max_redirects} redirects")
+        except DownloadError as exc:
+            if deadline.expired and exc.status in ("timeout", "connection_error"):
+                raise DownloadError(
+                    "timeout", f"no complete response within the {config.deadline:g} s deadline"
+                ) from exc
+            raise
+
+
 def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
     if urlparse(url).scheme == "file" and config.local_roots:
         return read_local(url, config), 200
-    host = check_url(url, config.allow_private_hosts)
-    session = _session(config)
     throttle = _throttle(config)
     for attempt in range(config.retries + 1):
-        retry_after = None
-        with throttle.slot(host) as sent_at:
-            try:
-                resp = session.get(url, stream=True, timeout=(config.connect_timeout, config.read_timeout))
-            except requests.TooManyRedirects as exc:
-                raise DownloadError("too_many_redirects", str(exc)[:200]) from exc
-            except requests.Timeout as exc:
-                err = DownloadError("timeout", str(exc)[:200])
-                resp = None
-            except requests.ConnectionError as exc:
-                err = DownloadError("connection_error", str(exc)[:200])
-                resp = None
-            if resp is not None:
-                with resp:
-                    if resp.status_code < 400:
-                        throttle.success(host)
-                        return _read_body(resp, config), resp.status_code
-                    err = DownloadError(
-                        f"http_{resp.status_code}", f"HTTP {resp.status_code}", resp.status_code
-                    )
-                    retry_after = resp.headers.get("Retry-After")
-        delay = min(config.retry_after_cap, 0.5 * 2**attempt) * random.uniform(0.75, 1.0)  # jitter: no herd
-        if retry_after:
-            with contextlib.suppress(ValueError):
-                delay = min(float(retry_after), config.retry_after_cap)
-        if err.http_status in RETRYABLE_STATUS:
-            throttle.throttled(host, delay, sent_at)  # the whole host waits, and its rate is halved
-        if err.status not in TRANSIENT or attempt == config.retries:
-            raise err
-        if err.http_status not in RETRYABLE_STATUS:
-            time.sleep(delay)
+        try:
+            return _get(url, config)
+        except DownloadError as err:
+            delay = min(config.retry_after_cap, 0.5 * 2**attempt) * random.uniform(0.75, 1.0)  # no herd
+            if err.retry_after:
+                with contextlib.suppress(ValueError):
+                    delay = min(float(err.retry_after), config.retry_after_cap)
+            if err.http_status in RETRYABLE_STATUS and err.host:
+                throttle.throttled(err.host, delay, err.sent_at)  # the whole host waits, its rate halved
+            if err.status not in TRANSIENT or attempt == config.retries:
+                raise
+            if err.http_status not in RETRYABLE_STATUS:
+                time.sleep(delay)
     raise AssertionError("unreachable")
 
 

@@ -4,16 +4,22 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import random
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
 import requests
+import urllib3.connection
+import urllib3.connectionpool
+from requests.adapters import HTTPAdapter
 
 USER_AGENT = "treeoflife-curation/0.1 (+https://github.com/; biodiversity research crawler)"
 RETRYABLE_STATUS = frozenset({420, 429, 500, 502, 503, 504})  # GBIF answers 420 when clients should slow down
@@ -184,3 +190,163 @@ class PoliteClient:
                 time.sleep(self._sleep_for(attempt, None))
         assert last is not None
         raise last
+
+
+# --- Address guard and deadline -------------------------------------------------------------------------
+# Checking a URL's host name before the request is not enough: redirects go elsewhere, and a name can resolve
+# differently at connect time. So the check sits in the connection itself: every connection, first hop or
+# redirect, resolves the name once, refuses a non-public address, and connects to exactly the address it
+# checked. The same connection class lets a per-request deadline cut a response that trickles in.
+
+
+class AddressRefusedError(Exception):
+    """A connection refused before it was made. Deliberately not an OSError, so urllib3 and requests pass it
+    through unwrapped and unretried. `kind` is the fetch status: `private_address` or `dns_error`."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_DENIED_NETS = [
+    ipaddress.ip_network(n)
+    for n in (
+        "100.64.0.0/10",  # carrier-grade NAT, shared address space
+        "2002::/16",  # 6to4: wraps an IPv4 address of any kind
+        "2001::/32",  # Teredo: likewise
+        "64:ff9b::/96",  # NAT64
+        "64:ff9b:1::/48",
+    )
+]
+
+
+def is_public_address(ip: str) -> bool:
+    """Whether `ip` is a public unicast address. IPv4-mapped IPv6 forms are judged as the IPv4 they map."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if any(addr in net for net in _DENIED_NETS if net.version == addr.version):
+        return False
+    return addr.is_global and not addr.is_multicast
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (the hook tests replace to point a "public" name at loopback)."""
+    infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    allow_private: bool = False
+    # Looked up at call time, so tests can swap the module's functions.
+    resolve: Callable[[str, int], list[str]] | None = None
+    is_public: Callable[[str], bool] | None = None
+
+    def pick(self, host: str, port: int) -> str:
+        """The address to connect to: the first one, after every address of the name passed the check (a
+        name with one private address among public ones is refused: the resolver may hand out either)."""
+        try:
+            addresses = (self.resolve or resolve_host)(host, port)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise AddressRefusedError("dns_error", f"{host}: {exc}") from exc
+        if not addresses:
+            raise AddressRefusedError("dns_error", f"{host} resolves to no address")
+        if not self.allow_private:
+            public = self.is_public or is_public_address
+            for ip in addresses:
+                if not public(ip):
+                    raise AddressRefusedError(
+                        "private_address",
+                        f"{host} resolves to {ip}, not a public address; --allow-private-hosts",
+                    )
+        return addresses[0]
+
+
+_tls = threading.local()
+
+
+def _request_slot() -> SimpleNamespace:
+    """This thread's record of the connection its current request uses (a plain object, so a deadline
+    timer in another thread can read it)."""
+    slot = getattr(_tls, "slot", None)
+    if slot is None:
+        slot = _tls.slot = SimpleNamespace(conn=None)
+    return slot
+
+
+def _guarded(base: type, policy: AddressPolicy) -> type:
+    class Guarded(base):
+        def _new_conn(self):
+            ip = policy.pick(self._dns_host, self.port)
+            host = self._dns_host
+            self._dns_host = ip  # connect to the address that was checked, not a second lookup
+            try:
+                return super()._new_conn()
+            finally:
+                self._dns_host = host
+
+        def request(self, *args, **kwargs):
+            _request_slot().conn = self
+            return super().request(*args, **kwargs)
+
+    Guarded.__name__ = f"Guarded{base.__name__}"
+    return Guarded
+
+
+class GuardedAdapter(HTTPAdapter):
+    """A requests adapter whose connections apply an AddressPolicy on every connect."""
+
+    def __init__(self, policy: AddressPolicy, **kwargs: Any) -> None:
+        self.policy = policy
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        http = type(
+            "GuardedHTTPPool",
+            (urllib3.connectionpool.HTTPConnectionPool,),
+            {"ConnectionCls": _guarded(urllib3.connection.HTTPConnection, self.policy)},
+        )
+        https = type(
+            "GuardedHTTPSPool",
+            (urllib3.connectionpool.HTTPSConnectionPool,),
+            {"ConnectionCls": _guarded(urllib3.connection.HTTPSConnection, self.policy)},
+        )
+        self.poolmanager.pool_classes_by_scheme = {"http": http, "https": https}
+
+
+def guarded_session(policy: AddressPolicy, user_agent: str = USER_AGENT) -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = user_agent
+    adapter = GuardedAdapter(policy)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Deadline:
+    """A bound on one whole request, headers and body: when it passes, the socket of the connection the
+    calling thread is using is shut down, which ends any blocked read. Use around one request per thread."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._slot = _request_slot()
+        self._slot.conn = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def _expire(self) -> None:
+        self.expired = True
+        sock = getattr(self._slot.conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
