@@ -199,7 +199,8 @@ def test_fathomnet_coco_export_non_organisms_and_boxes_outside(catalog, tmp_path
         rows = {
             r[0]: r[1:]
             for r in con.execute(
-                "SELECT source_id, verbatim_name, crop_box, drop_reason, media_url FROM raw_records"
+                """SELECT 'coco-' || (payload->>'$.box.annotation.id'), verbatim_name, crop_box, drop_reason,
+                          media_url FROM raw_records"""
             ).fetchall()
         }
     assert rows["coco-100"] == ("Sebastes rosaceus", [10, 21, 100, 50], None, "https://fathomnet.org/a.png")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
@@ -14,6 +20,24 @@ from etl.executors import PartitionFn
 def _apply(fn: PartitionFn, table: pa.Table, schema: pa.Schema) -> pa.Table:
     batches = list(fn(iter(table.to_batches())))
     return pa.Table.from_batches(batches, schema=schema)
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker when the process that started it dies, however it dies (a
+    kill -9 of `tol fetch` must not leave workers downloading for minutes). Linux delivers SIGKILL through
+    PR_SET_PDEATHSIG; a thread watching the parent pid covers other systems and the race before prctl."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 class LocalExecutor:
@@ -29,7 +53,9 @@ class LocalExecutor:
             return
         # spawn, not fork: the caller may hold threads (Prefect, DuckDB) that fork would copy mid-state.
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             pending: dict[Future, int] = {}
             todo = list(enumerate(partitions))
             while todo or pending:

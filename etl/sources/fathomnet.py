@@ -104,7 +104,12 @@ def box_rows(image: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def coco_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows for a COCO export: one per annotation, its category as the concept."""
+    """Rows for a COCO export: one per annotation, its category as the concept.
+
+    COCO numbers annotations from 1 in every export, so an annotation id means nothing across exports. A
+    box's identity is its image (uuid, else URL, else file name), its box and its concept: the same box of
+    the same image in two exports is one record, and boxes of different exports never collide. Annotations
+    without a category (test splits) are kept as `unlabelled`."""
     images = {img.get("id"): img for img in doc.get("images") or [] if isinstance(img, dict)}
     categories = {c.get("id"): c for c in doc.get("categories") or [] if isinstance(c, dict)}
     rows = []
@@ -117,7 +122,14 @@ def coco_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         i = counts[image.get("id")] = counts.get(image.get("id"), -1) + 1
         bbox = ann.get("bbox")
         crop, drop = _crop(*bbox) if isinstance(bbox, list) and len(bbox) == 4 else (None, "malformed_box")
-        box = {"id": f"coco-{ann.get('id')}", "concept": category.get("name"), "annotation": ann}
+        if ann.get("category_id") is None and drop is None:
+            drop = "unlabelled"
+        where = image.get("uuid") or image.get("coco_url") or image.get("url") or image.get("file_name")
+        if where is None:
+            where = f"image-{image.get('id')}"  # an export without image identity: ids stay per export
+        shape = ",".join(str(v) for v in crop) if crop else json.dumps(bbox, sort_keys=True)
+        box_id = f"coco:{where}#{shape}:{category.get('name') or ''}"
+        box = {"id": box_id, "concept": category.get("name"), "annotation": ann}
         rows.append(_row(image, box, i, crop, drop, category.get("supercategory")))
     return rows
 
