@@ -54,6 +54,7 @@ class ParsedName:
     note: str | None = None
     infraspecific: str | None = None
     parser: str = "direct"
+    partial: bool = False  # an epithet was there but could not be read: a genus match is a higher rank
 
     @property
     def genus(self) -> str | None:
@@ -91,15 +92,54 @@ def _tidy(raw: str) -> str:
     return text
 
 
+_QUOTES = "'\"`´‘’‚“”„"
+
+
+def _repair(text: str) -> tuple[str, list[str]]:
+    """Remove what no name contains and say so: invisible format characters (zero-width space, joiners,
+    BOM) anywhere, and quotes inside the genus or epithet (authorship such as O'Brien keeps its own)."""
+    notes = []
+    invisible = sorted({c for c in text if unicodedata.category(c) == "Cf"})
+    if invisible:
+        text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+        notes.append("removed invisible " + ", ".join(f"U+{ord(c):04X}" for c in invisible))
+    tokens = text.split(" ")
+    head = [t.strip(_QUOTES) if i < 2 else t for i, t in enumerate(tokens)]
+    head = [t.translate({ord(q): None for q in _QUOTES}) if i < 2 else t for i, t in enumerate(head)]
+    if head != tokens:
+        notes.append("removed stray quotes")
+        text = " ".join(t for t in head if t)
+    return text, notes
+
+
+def _foreign_letter(word: str) -> str | None:
+    """The first letter of `word` that is not of the Latin script (a Cyrillic 'о' looks like an 'o')."""
+    return next((c for c in word if c.isalpha() and not unicodedata.name(c, "").startswith("LATIN")), None)
+
+
 @lru_cache(maxsize=1_000_000)
 def parse_name(raw: str | None) -> ParsedName:
     """Parse one verbatim name (cached per distinct string)."""
     if raw is None:
         return ParsedName(None, "empty_name")
-    text = _tidy(raw)
+    text, fixes = _repair(_tidy(raw))
+    parsed = _parse(text)
+    if fixes and parsed.canonical:
+        note = "; ".join(filter(None, [*fixes, parsed.note]))
+        return ParsedName(parsed.canonical, note, parsed.infraspecific, parsed.parser, parsed.partial)
+    return parsed
+
+
+def _parse(text: str) -> ParsedName:
     if text.lower() in NULL_TOKENS:
         return ParsedName(None, "empty_name")
     tokens = text.split(" ")
+    epithet_like = len(tokens) > 1 and tokens[1][:1].islower() and not _foreign_letter(tokens[0])
+    if epithet_like and (bad := _foreign_letter(tokens[1])):
+        genus = _parse(tokens[0])
+        if genus.canonical:
+            why = f"epithet {tokens[1]!r} has a non-Latin letter {bad!r} ({unicodedata.name(bad, '?')})"
+            return ParsedName(genus.canonical, f"{why}: genus only", parser=genus.parser, partial=True)
     if not _MARKERS.intersection(t.lower().rstrip(".") for t in tokens[1:]):
         if _CLEAN.match(text):
             if len(tokens) == 3:

@@ -31,6 +31,8 @@ FALLBACK_RANKS = ("genus", "family", "order", "class", "phylum", "kingdom")
 LINEAGE_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 CONFIDENCE = {"exact": 1.0, "synonym": 0.95, "fuzzy": 0.9, "doubtful": 0.8, "higherrank": 0.6, "none": 0.0}
 TIERS = ("exact", "synonym", "doubtful")
+# Not an answer: resolution goes on with the record's higher ranks, and the reason is kept for the record.
+NOT_FINAL = frozenset({"ambiguous", "kingdom_conflict"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class BackboneIndex:
     def __init__(self, taxon: pa.Table, taxa: pa.Table) -> None:
         self.usages: dict[str, list[Usage]] = defaultdict(list)
         self.epithets: dict[str, list[str]] = defaultdict(list)  # genus -> epithets of its species usages
+        self.by_epithet: dict[str, list[str]] = defaultdict(list)  # epithet -> genera that have it
         columns = [
             taxon[c].to_pylist()
             for c in ("taxonID", "canonicalName", "scientificName", "taxonRank", "taxonomicStatus")
@@ -122,6 +125,7 @@ class BackboneIndex:
             if rank == "species" and " " in name:
                 genus, epithet = name.split(" ", 1)
                 self.epithets[genus].append(epithet)
+                self.by_epithet[epithet].append(genus)
         self.lineage = Lineages(taxa)
         self.genera: dict[str, list[str]] = defaultdict(list)  # family -> accepted genera
         for rank, family, genus in zip(
@@ -199,27 +203,39 @@ def _try(index: BackboneIndex, name: str, q: Query, rank: str | None) -> Resolut
     confidence = CONFIDENCE[best]
     kingdom = q.given("kingdom")
     if kingdom and index.lineage[taxon_id].get("kingdom") not in (kingdom, None):
-        contradiction = f"given kingdom {kingdom} contradicts backbone {index.lineage[taxon_id]['kingdom']}"
-        reason = "; ".join(filter(None, [reason, contradiction]))
-        confidence *= 0.7
+        # A plant record must not be labelled with an insect's lineage: like GBIF's matcher, go on with the
+        # record's own ranks (the binomial's genus first) within its kingdom.
+        theirs = index.lineage[taxon_id]["kingdom"]
+        why = f"given kingdom {kingdom} contradicts backbone {theirs} for {name!r}"
+        return Resolution(None, "kingdom_conflict", name, "; ".join(filter(None, [reason, why])))
     return Resolution(taxon_id, best, name, reason, confidence)
 
 
 def _fuzzy(index: BackboneIndex, name: str, q: Query) -> Resolution | None:
-    """A misspelt epithet within its genus, or a misspelt genus within the record's family; unique best only."""
+    """A misspelt epithet within its genus, or a misspelt genus: within the record's family when it has
+    one, else among the genera that have the binomial's epithet (GBIF matches such names too). Unique best
+    only; a tie is answered with the reason, not a guess."""
     genus, _, epithet = name.partition(" ")
     tries = []
     if epithet and genus in index.epithets:
         tries = [(genus, e, d) for e, d in _closest(epithet, index.epithets[genus])]
-    elif q.given("family") and genus not in index.usages:
-        tries = [(g, epithet, d) for g, d in _closest(genus, index.genera.get(q.given("family"), []))]
-    if len(tries) != 1:
+    elif genus not in index.usages:
+        family = q.given("family")
+        if family:
+            choices = index.genera.get(family, [])
+        else:
+            choices = sorted(set(index.by_epithet.get(epithet, []))) if epithet else []
+        tries = [(g, epithet, d) for g, d in _closest(genus, choices)]
+    if not tries:
         return None
+    if len(tries) > 1:
+        options = ", ".join(f"{g} {e}".strip() for g, e, _ in tries[:5])
+        return Resolution(None, "ambiguous", name, f"fuzzy: {name!r} is as close to each of {options}")
     g, e, distance = tries[0]
     fixed = f"{g} {e}".strip()
     res = _try(index, fixed, q, None)
     if res is None or res.taxon_id is None or res.match_type == "higherrank":
-        return None
+        return res if res is not None and res.match_type in NOT_FINAL else None
     why = f"fuzzy: {name!r} -> {fixed!r} (edit distance {distance})"
     if res.match_type != "exact":
         why += f", then {res.match_type}"
@@ -253,7 +269,11 @@ def resolve_query(index: BackboneIndex, q: Query) -> Resolution:
         res = _try(index, name, q, None)
         if res is None and " " in name:
             res = _fuzzy(index, name, q)
-        if res and res.match_type != "ambiguous":
+        if res and parsed.partial and res.match_type in TIERS:
+            # The name had an epithet we could not read: what matched is its genus, a higher rank.
+            conf = min(CONFIDENCE["higherrank"], res.confidence or 0)
+            res = Resolution(res.taxon_id, "higherrank", res.query_name, res.reason, conf)
+        if res and res.match_type not in NOT_FINAL:
             return _with_notes(res, notes)
         ambiguous = ambiguous or res
         if " " in name and not q.genus:
@@ -264,7 +284,7 @@ def resolve_query(index: BackboneIndex, q: Query) -> Resolution:
         if not name:
             continue
         res = _try(index, name, q, rank) or (_fuzzy(index, name, q) if rank == "genus" else None)
-        if res and res.match_type != "ambiguous":
+        if res and res.match_type not in NOT_FINAL:
             why = [f"fell back to {rank}"]
             if ambiguous:
                 why.append(ambiguous.reason or "")

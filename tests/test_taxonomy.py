@@ -107,7 +107,9 @@ def test_unknown_name_without_ranks_is_none(index):
 def test_contradicting_kingdom_is_flagged(index):
     sp = next(t for t in _species(index) if t["kingdom"] == "Fungi")
     res = resolve_query(index, _q(f"{sp['genus']} {sp['species']}", kingdom="Animalia"))
-    assert res.taxon_id == sp["taxon_id"] and "contradicts" in res.reason and res.confidence < 1
+    # Never the fungus's lineage for a record that says it is an animal: a higher rank in Animalia.
+    assert res.taxon_id != sp["taxon_id"] and "contradicts" in res.reason and res.confidence < 1
+    assert res.match_type == "higherrank" and index.lineage[res.taxon_id]["kingdom"] == "Animalia"
 
 
 def test_common_name_is_english_or_null(index, world):
