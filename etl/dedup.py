@@ -32,7 +32,7 @@ from warehouse.stage_runs import StageRun
 
 @dataclass(frozen=True)
 class DedupConfig:
-    near_k: int = 6  # planted resize/re-encode variants sit at 0-4; distinct images at 20+ (NEAR_DUP.md)
+    near_k: int = 6  # planted resize/re-encode variants sit at 0-4; distinct images at 20+ (measured on the sample world)
     leak_k: int = 8
     source_priority: tuple[str, ...] = ("gbif", "eol", "bioscan", "fathomnet")
     degenerate_min_bits: int = 4  # hashes with fewer than this many 1-bits (or 0-bits) are degenerate

@@ -3,9 +3,11 @@ re-encode, MD5 and a 64-bit pHash. Every failure becomes a status string, never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tarfile
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +53,9 @@ class ImageConfig:
     jpeg_quality: int = 90
     max_pixels: int = 89_478_485  # Pillow's own default bomb limit, made explicit
     encode: bool = True  # False: hashes only (evaluation sets), no JPEG re-encode
+    # Decoded pixels being processed at once in one process, over all its threads: 8 threads on 81 Mpx
+    # photos would otherwise hold about 6 GB. An image larger than this still runs, alone.
+    max_pixels_in_flight: int = 100_000_000
     pdq: bool = False  # also a 256-bit PDQ hash (the paper's leak hash); needs the `pdq` extra (pdqhash)
 
 
@@ -130,7 +135,64 @@ def clip_box(box: list[int] | None, width: int, height: int) -> tuple[int, int, 
     return left, top, right, bottom
 
 
+class PixelBudget:
+    """A per-process bound on decoded pixels in flight: a thread waits until its image fits, unless nothing
+    else is in flight (so one image larger than the bound is never stuck)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0  # the most ever held at once, for tests and benchmarks
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = max(1, min(pixels, self.capacity))
+        with self._cond:
+            while self.used and self.used + pixels > self.capacity:
+                self._cond.wait()
+            self.used += pixels
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+_budgets: dict[int, PixelBudget] = {}
+_budgets_guard = threading.Lock()
+
+
+def pixel_budget(capacity: int) -> PixelBudget:
+    with _budgets_guard:
+        return _budgets.setdefault(capacity, PixelBudget(capacity))
+
+
+def _decoded_pixels(data: bytes, config: ImageConfig, crop_box: list[int] | None) -> int:
+    """What decoding will hold, read from the header alone (JPEGs decode reduced by up to 8x, see below)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            scale = 1
+            if crop_box is None and img.format == "JPEG":
+                while scale < 8 and max(w, h) / (scale * 2) >= config.max_side:
+                    scale *= 2
+    except Exception:  # undecodable: process_image says why; it holds nothing big
+        return 1
+    return (w // scale) * (h // scale)
+
+
 def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None = None) -> ProcessedImage:
+    """Decode, check, transform and hash one image, within the process's pixel budget."""
+    if not data:
+        return ProcessedImage("empty_body", "zero-byte response")
+    with pixel_budget(config.max_pixels_in_flight).hold(_decoded_pixels(data, config, crop_box)):
+        return _process_image(data, config, crop_box)
+
+
+def _process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None) -> ProcessedImage:
     if not data:
         return ProcessedImage("empty_body", "zero-byte response")
     md5 = hashlib.md5(data)
@@ -177,7 +239,7 @@ def process_image(data: bytes, config: ImageConfig, crop_box: list[int] | None =
             out.width, out.height = img.size
             return out
         # A JPEG already within the size cap, upright, RGB and uncropped is stored as sent: re-encoding would
-        # only lose quality and time (about 10% of a typical corpus, FETCH_SPEED.md).
+        # only lose quality and time (about 10% of a typical corpus).
         keep_original = (
             config.encode
             and crop_box is None

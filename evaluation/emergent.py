@@ -1,4 +1,4 @@
-"""Emergent-property measures (working definitions of BIOCLIP2.md section 7; replace when the paper's are read).
+"""Emergent-property measures (working definitions after the BioCLIP 2 paper's emergent-property section).
 
 On L2-normalised embeddings, for images grouped by species and by an intra-species variable (life stage, sex):
 

@@ -13,7 +13,7 @@ OCC_COLS = ["gbifID", "datasetKey", "basisOfRecord", "scientificName", "taxonRan
             "institutionCode", "eventRemarks"]  # fmt: skip
 MM_COLS = ["gbifID", "type", "format", "identifier", "references", "creator", "license", "rightsHolder"]
 
-# (occurrence fields, [media fields, ...]): the shapes SOURCES.md lists, one per occurrence.
+# (occurrence fields, [media fields, ...]): the shapes real GBIF archives hold, one per occurrence.
 CASES = [
     ({"basisOfRecord": "HUMAN_OBSERVATION", "publisher": "iNaturalist.org", "license": "CC_BY_NC_4_0"},
      [{"type": "StillImage", "format": "image/jpeg", "identifier": "https://a.org/1.jpg",

@@ -2,7 +2,7 @@
 
 Each row: the input (name and whatever higher ranks the record carries), the answer a taxonomist would give
 (accepted name and its rank, or None), the match type, and why. Rank holes are the GBIF backbone's: ray-finned
-fishes have no class, turtles have class Testudines and no order (SOURCES.md), and they must stay holes.
+fishes have no class, turtles have class Testudines and no order (as in the GBIF backbone), and they must stay holes.
 """
 
 from pathlib import Path
@@ -66,7 +66,7 @@ CASES = [
         "Laelia rosea",
         "species",
         "exact",
-        "species-level homonym: the orchid (BIOCLIP2.md)",
+        "species-level homonym: the orchid",
     ),
     ("Laelia rosea", {"kingdom": "Animalia"}, "Laelia rosea", "species", "exact", "the tussock moth"),
     ("Laelia rosea", {}, None, None, "none", "orchid or moth: no rank in common, must not guess"),
@@ -99,7 +99,7 @@ CASES = [
         "exact",
         "authorship with year removed",
     ),
-    # Synonyms (SOURCES.md examples)
+    # Synonyms (real GBIF backbone examples)
     ("Helianthus canus", {}, "Helianthus petiolaris", "species", "synonym", "GBIF's own synonym example"),
     (
         "Ballota acetabulosa",

@@ -93,7 +93,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_steps": 30,
         "checkpoint_every": 100,
     },
-    # The paper's recipe (BIOCLIP2.md section 4): ViT-L/14 from LAION-2B, 2816 + 320 per GPU, 30 epochs.
+    # The paper's recipe (BioCLIP 2, training section): ViT-L/14 from LAION-2B, 2816 + 320 per GPU, 30 epochs.
     "gpu-paper": {
         "model": "ViT-L-14",
         "pretrained": "laion2b_s32b_b82k",
