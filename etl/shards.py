@@ -257,6 +257,17 @@ def _plan(rows: list[dict], cfg: ShardConfig) -> list[list[dict]]:
     return groups
 
 
+def _latest_dedup(catalog: Catalog) -> str | None:
+    with catalog.connect() as con:
+        return latest_dedup_run(con)
+
+
+def _same_build(manifest: dict, cfg: ShardConfig, dedup_run: str | None) -> bool:
+    settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
+    built = {k: v for k, v in manifest.get("config", {}).items() if k != "overwrite"}
+    return built == settings and manifest.get("dedup_run") == dedup_run
+
+
 def _fingerprint(cfg: ShardConfig, dedup_run: str, rows: list[dict]) -> str:
     """What the build depends on: settings, the dedup run and the selected records (not the timestamp)."""
     keys = hashlib.sha1("\n".join(sorted(r["record_id"] for r in rows)).encode()).hexdigest()
@@ -284,7 +295,7 @@ def build_version(
     with StageRun(catalog, "shard", config=cfg, lock=f"shard-{cfg.version}") as run:
         with catalog.connect() as con:
             row = fetch_first(con, "SELECT path FROM dataset_versions WHERE version = ?", [cfg.version])
-        current = Path(row[0]) if row else None
+        current = catalog.home / row[0] if row else None  # relative to the home (absolute before)
         if current is not None and not cfg.overwrite:
             link_version(catalog, cfg.version, current)  # mends a link a killed build left behind
             raise FileExistsError(
@@ -361,7 +372,7 @@ def build_version(
                     counts["train"],
                     counts["val"],
                     len(shards),
-                    str(root),
+                    str(root.relative_to(catalog.home)),  # a home can be moved or copied
                     json.dumps(manifest, default=str),
                     CODE_VERSION,
                 ],

@@ -30,7 +30,8 @@ from training.model import NORMALIZATION, ReplayCLIP, build_clip, export_open_cl
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import check_name
 from warehouse.lake import new_run_id
-from warehouse.stage_runs import StageRun, train_lock
+from warehouse.locks import train_lock
+from warehouse.stage_runs import StageRun
 from warehouse.versions import shard_urls
 
 log = logging.getLogger("tol.train")

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from warehouse.locks import mark_interrupted
 from warehouse.schemas import LAKE_TABLES, RAW_RECORDS, duckdb_type
 
 # Each migration is applied once, in order, inside a transaction; never edit an applied one, append.
@@ -135,8 +136,16 @@ class Catalog:
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection with the lake views refreshed (DuckDB allows one writer process)."""
+        """A short-lived connection with the lake views refreshed (DuckDB allows one writer process).
+
+        A read-only one cannot refresh them: if they were built for another folder (the home was moved or
+        copied), a short write connection rebuilds them first."""
         con = connect_with_retry(self.db_path, read_only=read_only)
+        if read_only and views_home(con) != str(self.home):
+            con.close()
+            with self.connect():
+                pass
+            con = connect_with_retry(self.db_path, read_only=True)
         try:
             if not read_only:
                 register_lake_views(con, self.home)
@@ -159,6 +168,7 @@ def open_catalog(home: str | Path) -> Catalog:
     try:
         apply_migrations(con)
         register_lake_views(con, home)
+        mark_interrupted(con, home)  # runs whose process died, whatever command comes next
     finally:
         con.close()
     return catalog
@@ -199,8 +209,18 @@ def _source_select(home: Path, pattern: str, schema: pa.Schema) -> str:
     return f"SELECT * FROM read_parquet('{escaped}', union_by_name = true, hive_partitioning = false)"
 
 
+def views_home(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The home folder the lake views were last built for."""
+    try:
+        return fetch_first(con, "SELECT home FROM lake_views_home")[0]
+    except duckdb.CatalogException:
+        return None
+
+
 def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
     """(Re)create the lake views. History views hold every row ever written; the plain views the current state."""
+    home_sql = str(home).replace("'", "''")
+    con.execute(f"CREATE OR REPLACE VIEW lake_views_home AS SELECT '{home_sql}' AS home")
     for name, (pattern, schema) in LAKE_TABLES.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {_source_select(home, pattern, schema)}")
     raw_cols = ", ".join(f'"{f.name}"' for f in RAW_RECORDS)

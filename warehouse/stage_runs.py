@@ -16,7 +16,7 @@ from typing import Any
 
 from warehouse.catalog import Catalog
 from warehouse.lake import new_run_id
-from warehouse.locks import StageLock, is_held
+from warehouse.locks import StageLock, mark_interrupted
 
 CODE_VERSION = "0.1.0"
 
@@ -58,7 +58,7 @@ class StageRun:
         try:
             self._t0 = time.perf_counter()
             with self.catalog.connect() as con:
-                mark_interrupted(con, self.catalog, held=self.lock)
+                mark_interrupted(con, self.catalog.home, held=self.lock)
                 con.execute(
                     "INSERT INTO stage_runs (run_id, stage, status, config, code_version, started_at, pid,"
                     " host, lock) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
@@ -141,35 +141,3 @@ class StageRun:
             "errors": dict(self.errors),
             **({"details": self.details} if self.details else {}),
         }
-
-
-def mark_interrupted(con, catalog: Catalog, held: str | None = None) -> list[str]:
-    """Mark `running` stage and training runs whose owner is gone as `interrupted`; returns their run ids.
-
-    An owner is gone when nobody holds its lock. `held` is the lock this process holds now: other `running`
-    rows under it belong to a dead predecessor. Rows from before owners were recorded use the stage name."""
-    done = []
-    now = datetime.now(UTC)
-    for run_id, lock in con.execute(
-        "SELECT run_id, coalesce(lock, stage) FROM stage_runs WHERE status = 'running'"
-    ).fetchall():
-        if lock == held or not is_held(catalog.home, lock):
-            con.execute(
-                "UPDATE stage_runs SET status = 'interrupted', ended_at = ?, message = ? WHERE run_id = ?",
-                [now, "its process ended without closing the run (killed or crashed)", run_id],
-            )
-            done.append(run_id)
-    for (run_id,) in con.execute("SELECT run_id FROM training_runs WHERE status = 'running'").fetchall():
-        lock = train_lock(run_id)
-        if lock == held or not is_held(catalog.home, lock):
-            con.execute(
-                "UPDATE training_runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?",
-                [now, run_id],
-            )
-            done.append(run_id)
-    return done
-
-
-def train_lock(run_id: str) -> str:
-    """The lock a training run holds: runs of different ids may train side by side, one id at a time."""
-    return f"train-{run_id}"

@@ -23,7 +23,7 @@ def version_root(catalog: Catalog, version: str) -> Path:
         row = fetch_first(con, "SELECT path FROM dataset_versions WHERE version = ?", [version])
     if row is None:
         raise LookupError(f"no dataset version {version!r} in the catalog")
-    return Path(row[0])
+    return catalog.home / row[0]  # relative to the home; versions built before that hold absolute paths
 
 
 def link_version(catalog: Catalog, version: str, target: Path) -> Path | None:
