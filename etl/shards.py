@@ -298,6 +298,11 @@ def build_version(
         current = catalog.home / row[0] if row else None  # relative to the home (absolute before)
         if current is not None and not cfg.overwrite:
             link_version(catalog, cfg.version, current)  # mends a link a killed build left behind
+            manifest = json.loads((current / "manifest.json").read_text())
+            if _same_build(manifest, cfg, _latest_dedup(catalog)):
+                # The same command again (after a kill, say): the version is what it would build.
+                run.message = f"version {cfg.version} exists, built with these settings from this dedup run"
+                return manifest
             raise FileExistsError(
                 f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite"
             )

@@ -27,7 +27,7 @@ from training.config import TEXT_TYPES, TrainConfig
 from training.data import bio_loader, replay_loader
 from training.distributed import broadcast, init_distributed, mean_across
 from training.model import NORMALIZATION, ReplayCLIP, build_clip, export_open_clip
-from warehouse.catalog import Catalog, fetch_first
+from warehouse.catalog import Catalog
 from warehouse.contracts import check_name
 from warehouse.lake import new_run_id
 from warehouse.locks import train_lock
@@ -91,13 +91,6 @@ def _save(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _was_started(catalog: Catalog, run_id: str, dist) -> bool:
-    if not dist.main:
-        return True  # rank 0 decided; the others follow its checkpoint (none)
-    with catalog.connect() as con:
-        return fetch_first(con, "SELECT 1 FROM training_runs WHERE run_id = ?", [run_id]) is not None
-
-
 def _clip_loss(loss_fn: ClipLoss, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return loss_fn(normalize(img, dim=-1), normalize(txt, dim=-1), scale)
 
@@ -154,8 +147,9 @@ def _train(catalog: Catalog, cfg: TrainConfig, dist, run_id: str, stage, progres
     step = 0
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
     path = ckpt_path if cfg.resume == "latest" else Path(cfg.resume or "")
-    if cfg.resume == "latest" and not path.exists() and _was_started(catalog, run_id, dist):
-        # Killed before its first checkpoint: "the latest state" is the start. Said, not silent.
+    if cfg.resume == "latest" and not path.exists():
+        # Never checkpointed (new, or killed before its first checkpoint): the latest state is the start, so
+        # `resume=latest` is a command a scheduler can repeat. Said, not silent.
         log.warning("run %s has no checkpoint yet; resume=latest starts it from step 0", run_id)
         stage.details["resumed_from_step"] = 0
     elif cfg.resume:
