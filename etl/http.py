@@ -267,11 +267,11 @@ _tls = threading.local()
 
 
 def _request_slot() -> SimpleNamespace:
-    """This thread's record of the connection its current request uses (a plain object, so a deadline
-    timer in another thread can read it)."""
+    """This thread's record of how to cut its current request's socket (a plain object, so a deadline timer
+    in another thread can read it)."""
     slot = getattr(_tls, "slot", None)
     if slot is None:
-        slot = _tls.slot = SimpleNamespace(conn=None)
+        slot = _tls.slot = SimpleNamespace(shutdown=None)
     return slot
 
 
@@ -287,8 +287,11 @@ def _guarded(base: type, policy: AddressPolicy) -> type:
                 self._dns_host = host
 
         def request(self, *args, **kwargs):
-            _request_slot().conn = self
-            return super().request(*args, **kwargs)
+            result = super().request(*args, **kwargs)
+            # The socket's own shutdown, kept now: http.client drops `sock` when it hands a closing
+            # connection to its response, and an SSL socket's raw socket is detached from it.
+            _request_slot().shutdown = getattr(self.sock, "shutdown", None)
+            return result
 
     Guarded.__name__ = f"Guarded{base.__name__}"
     return Guarded
@@ -333,16 +336,16 @@ class Deadline:
         self.seconds = seconds
         self.expired = False
         self._slot = _request_slot()
-        self._slot.conn = None
+        self._slot.shutdown = None
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
     def _expire(self) -> None:
         self.expired = True
-        sock = getattr(self._slot.conn, "sock", None)
-        if sock is not None:
+        shutdown = self._slot.shutdown
+        if shutdown is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> Deadline:
         self._timer.start()
