@@ -122,8 +122,14 @@ def cmd_fetch(args) -> None:
     from etl.images import ImageConfig
 
     cfg = FetchConfig(
-        image=ImageConfig(min_side=args.min_side, max_side=args.max_side, pdq=args.pdq),
+        image=ImageConfig(
+            min_side=args.min_side,
+            max_side=args.max_side,
+            pdq=args.pdq,
+            max_pixels_in_flight=args.max_pixels_in_flight,
+        ),
         allow_private_hosts=args.allow_private_hosts,
+        deadline=args.deadline,
         threads=args.threads,
         per_host=args.per_host,
         host_rate=args.host_rate,
@@ -368,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-side", type=int, default=224)
     s.add_argument("--max-side", type=int, default=720)
     s.add_argument("--pdq", action="store_true", help="also a 256-bit PDQ hash (needs the `pdq` extra)")
+    s.add_argument(
+        "--deadline",
+        type=float,
+        default=60.0,
+        help="seconds for one whole download, headers and body (default 60): a trickling server ends here",
+    )
+    s.add_argument(
+        "--max-pixels-in-flight",
+        type=int,
+        default=100_000_000,
+        help="decoded pixels processed at once per worker process (default 100 M; a larger image runs alone)",
+    )
     s.add_argument(
         "--allow-local-root",
         action="append",
