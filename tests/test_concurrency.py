@@ -134,3 +134,28 @@ def test_a_busy_catalog_beyond_the_wait_is_a_clear_error(homes, tmp_path):
     q = tol(home, "sql", "SELECT 1", check=False, TOL_CATALOG_WAIT="1")
     writer.wait()
     assert q.returncode == 1 and "stayed locked" in q.stderr and "TOL_CATALOG_WAIT" in q.stderr
+
+
+@pytest.mark.prefect
+def test_a_long_read_while_a_flow_starts(prefect_harness, homes, tmp_path):
+    """The curate flow started while a reader holds the catalog: its first task waits, then all succeed."""
+    from flows.pipeline import curate_flow
+
+    _pipeline, before = homes
+    home = _copy(before["resolve"], tmp_path)
+    hold = (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+        "c.sql('SELECT count(*) FROM raw_records').fetchall(); print('holding', flush=True); time.sleep(8)"
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-c", hold, str(home / "catalog.duckdb")], stdout=subprocess.PIPE, text=True
+    )
+    assert reader.stdout.readline().strip() == "holding"
+    out = curate_flow(home=str(home), allow_private_hosts=True, workers=1)
+    reader.wait()
+    assert reader.returncode == 0
+    assert {stage: r["n_out"] > 0 for stage, r in out.items()} == {
+        "resolve": True,
+        "fetch": True,
+        "dedup": True,
+    }

@@ -322,6 +322,32 @@ def test_5_images_with_extra_dots_in_tar_sets_are_hashed(tmp_path):
     assert len(names) == 6 and "set.tar/a.v2.jpg" in names
 
 
+# 6. `tol fetch` as its own command ------------------------------------------------------------------------
+
+
+def test_6_every_stage_command_runs_as_its_own_process(tmp_path):
+    """`tol fetch` crashed when run alone (pyarrow.compute was imported only by other stages)."""
+    from tests.tolcli import sql, tol
+
+    routes = {
+        f"/{i}.jpg": (200, {"Content-Type": "image/jpeg"}, _jpeg(color=(i * 30, 9, 9))) for i in range(4)
+    }
+    with _server("127.0.0.1", _handler(routes)) as srv:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        doc = {
+            "images": [{"id": i, "uuid": f"u{i}", "url": f"{base}/{i}.jpg"} for i in range(4)],
+            "categories": [{"id": 1, "name": "Sebastes"}],
+            "annotations": [
+                {"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 250, 250]} for i in range(4)
+            ],
+        }
+        (tmp_path / "coco.json").write_text(json.dumps(doc))
+        home = tmp_path / "home"
+        tol(home, "ingest", "fathomnet", "--path", str(tmp_path / "coco.json"))
+        tol(home, "fetch", "--allow-private-hosts", "--workers", "1")
+    assert sql(home, "SELECT status, count(*) AS n FROM images GROUP BY 1") == [{"status": "ok", "n": 4}]
+
+
 # 7. No overall download deadline ---------------------------------------------------------------------------
 
 
