@@ -11,7 +11,7 @@ import time
 import pytest
 
 from etl.sample_world import serve_sample_world
-from tests.tolcli import Pipeline, env, sql, start, tol, write_train_config
+from tests.tolcli import env, run_pipeline, sql, start, tol
 
 pytestmark = pytest.mark.slow
 
@@ -19,19 +19,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def homes(world, tmp_path_factory):
     """(server, pipeline, {stage: home before that stage}), built by running each command on its own."""
-    root = tmp_path_factory.mktemp("concurrency")
-    home = root / "home"
-    home.mkdir()
     with serve_sample_world(world.root) as srv:
-        config = write_train_config(root / "train.json", world.replay_train)
-        pipeline = Pipeline(srv.base_url, world.backbone, world.eval_dir, world.replay_train, config)
-        before = {}
-        for stage, args in pipeline.commands():
-            if stage == "train":
-                break
-            before[stage] = root / f"before-{stage}"
-            shutil.copytree(home, before[stage], symlinks=True)
-            tol(home, *args)
+        root = tmp_path_factory.mktemp("concurrency")
+        pipeline, snaps = run_pipeline(root, world, srv.base_url, stop_before="train")
+        before = {stage: snap[0] for stage, snap in snaps.items()}
         yield pipeline, before
 
 
@@ -47,12 +38,41 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def test_two_fetches_at_once_fetch_each_image_once(homes, tmp_path):
+def _hold(home, seconds: float, *, read_only: bool) -> subprocess.Popen:
+    """Another process holding the catalog for `seconds`, as a long query (read-only) or a writer does; returns
+    once it holds it."""
+    code = (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == 'ro'); "
+        "c.sql('SELECT count(*) FROM raw_records').fetchall(); print('holding', flush=True); "
+        "time.sleep(float(sys.argv[3]))"
+    )
+    mode = "ro" if read_only else "rw"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(home / "catalog.duckdb"), mode, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def _twice_at_once(homes, stage: str, tmp_path, outs: list[str] | None = None):
+    """Start the stage's command twice at once on a copy of the home before it; both must succeed."""
     pipeline, before = homes
-    home = _copy(before["fetch"], tmp_path)
-    args = dict(pipeline.commands())["fetch"]
-    first, second = start(home, *args), start(home, *args)
-    outs = [_finish(first), _finish(second)]
+    home = _copy(before[stage], tmp_path)
+    args = dict(pipeline.commands())[stage]
+    procs = [start(home, *args) for _ in range(2)]
+    for proc in procs:
+        out = _finish(proc)
+        if outs is not None:
+            outs.append(out)
+    return home
+
+
+def test_two_fetches_at_once_fetch_each_image_once(homes, tmp_path):
+    outs: list[str] = []
+    home = _twice_at_once(homes, "fetch", tmp_path, outs)
     assert any("busy" in out for out in outs), "the second fetch should have waited for the first"
     dup = sql(home, "SELECT count(*) AS n, count(DISTINCT record_id) AS d FROM images_history")[0]
     assert dup["n"] == dup["d"] > 0
@@ -61,23 +81,13 @@ def test_two_fetches_at_once_fetch_each_image_once(homes, tmp_path):
 
 
 def test_two_ingests_of_one_source_at_once_duplicate_nothing(homes, tmp_path):
-    pipeline, before = homes
-    home = _copy(before["ingest-gbif"], tmp_path)
-    args = dict(pipeline.commands())["ingest-gbif"]
-    procs = [start(home, *args) for _ in range(2)]
-    for p in procs:
-        _finish(p)
+    home = _twice_at_once(homes, "ingest-gbif", tmp_path)
     dup = sql(home, "SELECT count(*) AS n, count(DISTINCT record_id) AS d FROM raw_records_history")[0]
     assert dup["n"] == dup["d"] > 0
 
 
 def test_the_same_shard_command_twice_at_once_builds_once(homes, tmp_path):
-    pipeline, before = homes
-    home = _copy(before["shard"], tmp_path)
-    args = dict(pipeline.commands())["shard"]
-    procs = [start(home, *args) for _ in range(2)]
-    for p in procs:
-        _finish(p)
+    home = _twice_at_once(homes, "shard", tmp_path)
     assert "match the manifest" in tol(home, "versions", "verify", "v1").stdout
     assert sql(home, "SELECT count(*) AS n FROM dataset_versions") == [{"n": 1}]
 
@@ -101,17 +111,10 @@ def test_sql_in_a_loop_during_each_stage(homes, tmp_path, stage):
 
 def test_a_long_read_makes_a_stage_wait_not_fail(homes, tmp_path):
     """A reader holding the catalog for 8 s (what a long query does to DuckDB's lock) while a stage starts:
-    the stage waits for it and succeeds; and a query during the stage's own long write waits too."""
+    the stage waits for it and succeeds."""
     pipeline, before = homes
     home = _copy(before["resolve"], tmp_path)
-    hold = (
-        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
-        "c.sql('SELECT count(*) FROM raw_records').fetchall(); print('holding', flush=True); time.sleep(8)"
-    )
-    reader = subprocess.Popen(
-        [sys.executable, "-c", hold, str(home / "catalog.duckdb")], stdout=subprocess.PIPE, text=True
-    )
-    assert reader.stdout.readline().strip() == "holding"
+    reader = _hold(home, 8, read_only=True)
     t0 = time.monotonic()
     stage = tol(home, *dict(pipeline.commands())["resolve"], TOL_CATALOG_WAIT="60")
     waited = time.monotonic() - t0
@@ -123,14 +126,7 @@ def test_a_long_read_makes_a_stage_wait_not_fail(homes, tmp_path):
 def test_a_busy_catalog_beyond_the_wait_is_a_clear_error(homes, tmp_path):
     _pipeline, before = homes
     home = _copy(before["resolve"], tmp_path)
-    hold = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('holding', flush=True); time.sleep(6)"
-    writer = subprocess.Popen(
-        [sys.executable, "-c", hold, str(home / "catalog.duckdb")],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env(),
-    )
-    assert writer.stdout.readline().strip() == "holding"
+    writer = _hold(home, 6, read_only=False)
     q = tol(home, "sql", "SELECT 1", check=False, TOL_CATALOG_WAIT="1")
     writer.wait()
     assert q.returncode == 1 and "stayed locked" in q.stderr and "TOL_CATALOG_WAIT" in q.stderr
@@ -143,14 +139,7 @@ def test_a_long_read_while_a_flow_starts(prefect_harness, homes, tmp_path):
 
     _pipeline, before = homes
     home = _copy(before["resolve"], tmp_path)
-    hold = (
-        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
-        "c.sql('SELECT count(*) FROM raw_records').fetchall(); print('holding', flush=True); time.sleep(8)"
-    )
-    reader = subprocess.Popen(
-        [sys.executable, "-c", hold, str(home / "catalog.duckdb")], stdout=subprocess.PIPE, text=True
-    )
-    assert reader.stdout.readline().strip() == "holding"
+    reader = _hold(home, 8, read_only=True)
     out = curate_flow(home=str(home), allow_private_hosts=True, workers=1)
     reader.wait()
     assert reader.returncode == 0

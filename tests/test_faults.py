@@ -12,13 +12,12 @@ import os
 import random
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from etl.sample_world import serve_sample_world
-from tests.tolcli import Pipeline, alive, children, sql, start, tol, wait_until, write_train_config
+from tests.tolcli import alive, children, run_pipeline, sql, start, tol, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -41,22 +40,10 @@ STAGES = [
 @pytest.fixture(scope="module")
 def pipeline_run(world, tmp_path_factory):
     """One uninterrupted run, command by command, with the home copied before and after each stage."""
-    root = tmp_path_factory.mktemp("faults")
-    home = root / "home"
-    home.mkdir()
     with serve_sample_world(world.root) as srv:
-        config = write_train_config(root / "train.json", world.replay_train, steps=30, checkpoint_every=5)
-        pipeline = Pipeline(srv.base_url, world.backbone, world.eval_dir, world.replay_train, config)
-        snaps = {}
-        for stage, args in pipeline.commands():
-            before = root / f"before-{stage}"
-            shutil.copytree(home, before, symlinks=True)
-            t0 = time.monotonic()
-            tol(home, *args)
-            seconds = time.monotonic() - t0
-            after = root / f"after-{stage}"
-            shutil.copytree(home, after, symlinks=True)
-            snaps[stage] = (before, after, seconds, args)
+        _pipeline, snaps = run_pipeline(
+            tmp_path_factory.mktemp("faults"), world, srv.base_url, train_steps=30, checkpoint_every=5
+        )
         yield snaps
 
 
@@ -169,3 +156,4 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(pipeline_run, stage, tm
         assert left == [], f"runs left running after a kill at {moment:.2f} s: {left}"
         assert not sql(home, "SELECT run_id FROM training_runs WHERE status = 'running'")
     assert killed >= 1, f"no kill landed while {stage} ran ({seconds:.1f} s uninterrupted)"
+    print(f"faults {stage}: {killed} kills landed in {KILLS} rounds ({seconds:.1f} s uninterrupted)")

@@ -52,6 +52,17 @@ def _server(host: str, handler: type[BaseHTTPRequestHandler]):
         srv.server_close()
 
 
+def _coco_export(path: Path, base: str, n: int, bbox: list[int]) -> Path:
+    """A COCO export of `n` images at `base/<i>.jpg`, one box each."""
+    doc = {
+        "images": [{"id": i, "uuid": f"u{i}", "url": f"{base}/{i}.jpg"} for i in range(n)],
+        "categories": [{"id": 1, "name": "Sebastes"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": bbox} for i in range(n)],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
 def _handler(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -333,17 +344,11 @@ def test_6_every_stage_command_runs_as_its_own_process(tmp_path):
         f"/{i}.jpg": (200, {"Content-Type": "image/jpeg"}, _jpeg(color=(i * 30, 9, 9))) for i in range(4)
     }
     with _server("127.0.0.1", _handler(routes)) as srv:
-        base = f"http://127.0.0.1:{srv.server_address[1]}"
-        doc = {
-            "images": [{"id": i, "uuid": f"u{i}", "url": f"{base}/{i}.jpg"} for i in range(4)],
-            "categories": [{"id": 1, "name": "Sebastes"}],
-            "annotations": [
-                {"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 250, 250]} for i in range(4)
-            ],
-        }
-        (tmp_path / "coco.json").write_text(json.dumps(doc))
+        coco = _coco_export(
+            tmp_path / "coco.json", f"http://127.0.0.1:{srv.server_address[1]}", 4, [0, 0, 250, 250]
+        )
         home = tmp_path / "home"
-        tol(home, "ingest", "fathomnet", "--path", str(tmp_path / "coco.json"))
+        tol(home, "ingest", "fathomnet", "--path", str(coco))
         tol(home, "fetch", "--allow-private-hosts", "--workers", "1")
     assert sql(home, "SELECT status, count(*) AS n FROM images GROUP BY 1") == [{"status": "ok", "n": 4}]
 
@@ -481,17 +486,11 @@ def test_11_fetch_workers_die_with_a_killed_main_process(tmp_path):
     from tests.tolcli import alive, children, start, tol, wait_until
 
     with _server("127.0.0.1", _Trickle) as srv:
-        base = f"http://127.0.0.1:{srv.server_address[1]}"
-        doc = {
-            "images": [{"id": i, "uuid": f"u{i}", "url": f"{base}/{i}.jpg"} for i in range(8)],
-            "categories": [{"id": 1, "name": "Sebastes"}],
-            "annotations": [
-                {"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 9, 9]} for i in range(8)
-            ],
-        }
-        (tmp_path / "coco.json").write_text(json.dumps(doc))
+        coco = _coco_export(
+            tmp_path / "coco.json", f"http://127.0.0.1:{srv.server_address[1]}", 8, [0, 0, 9, 9]
+        )
         home = tmp_path / "home"
-        tol(home, "ingest", "fathomnet", "--path", str(tmp_path / "coco.json"))
+        tol(home, "ingest", "fathomnet", "--path", str(coco))
         proc = start(home, "fetch", "--allow-private-hosts", "--workers", "2", "--partition-rows", "2")
         try:
             assert wait_until(lambda: len(children(proc.pid)) >= 2, 60), "no pool workers appeared"

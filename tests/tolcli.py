@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,3 +139,33 @@ def write_train_config(path: Path, replay: Path, steps: int = 12, checkpoint_eve
     }
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
+
+
+def run_pipeline(
+    root: Path,
+    world,
+    base_url: str,
+    *,
+    train_steps: int = 12,
+    checkpoint_every: int = 4,
+    stop_before: str = "",
+) -> tuple[Pipeline, dict[str, tuple[Path, Path, float, list[str]]]]:
+    """Run the pipeline on `root/home`, each command its own process, copying the home before and after
+    each stage: {stage: (home before, home after, seconds, args)}. `stop_before` ends it at that stage."""
+    home = root / "home"
+    home.mkdir()
+    config = write_train_config(root / "train.json", world.replay_train, train_steps, checkpoint_every)
+    pipeline = Pipeline(base_url, world.backbone, world.eval_dir, world.replay_train, config)
+    snaps = {}
+    for stage, args in pipeline.commands():
+        if stage == stop_before:
+            break
+        before = root / f"before-{stage}"
+        shutil.copytree(home, before, symlinks=True)
+        t0 = time.monotonic()
+        tol(home, *args)
+        seconds = time.monotonic() - t0
+        after = root / f"after-{stage}"
+        shutil.copytree(home, after, symlinks=True)
+        snaps[stage] = (before, after, seconds, args)
+    return pipeline, snaps
