@@ -588,3 +588,35 @@ def test_12_decoded_pixels_in_flight_are_bounded(tmp_path):
     ]
     assert [r["status"] for r in out] == ["ok"] * 12
     assert 1_200_000 <= pixel_budget(cap).peak <= cap
+
+
+# 13. Taxonomy against GBIF's matcher: the kingdom and misspelt-genus cases are rows of
+# tests/test_taxonomy_hard_cases.py (Calopteryx splendens / Puma concolor recorded as plants, Carasius auratus
+# without a family); this is the case where the answer is not unambiguous.
+
+
+def test_13_a_misspelt_genus_near_two_genera_with_the_epithet_says_why(tmp_path):
+    from taxonomy.resolve import Query, load_index, resolve_query
+
+    header = "taxonID\tacceptedNameUsageID\tscientificName\tcanonicalName\ttaxonRank\ttaxonomicStatus\tkingdom\tgenus"
+    rows = [
+        ("1", "", "Animalia", "Animalia", "kingdom", "accepted", "Animalia", ""),
+        ("2", "", "Abcus", "Abcus", "genus", "accepted", "Animalia", "Abcus"),
+        ("3", "", "Abdus", "Abdus", "genus", "accepted", "Animalia", "Abdus"),
+        ("4", "", "Abcus vulgaris", "Abcus vulgaris", "species", "accepted", "Animalia", "Abcus"),
+        ("5", "", "Abdus vulgaris", "Abdus vulgaris", "species", "accepted", "Animalia", "Abdus"),
+        ("6", "", "Abdus rarus", "Abdus rarus", "species", "accepted", "Animalia", "Abdus"),
+    ]
+    folder = tmp_path / "bb"
+    folder.mkdir()
+    (folder / "Taxon.tsv").write_text("\n".join([header, *("\t".join(r) for r in rows)]) + "\n")
+    catalog = open_catalog(tmp_path / "home")
+    index = load_index(catalog, load_backbone(catalog, folder))
+
+    def res(name):
+        return resolve_query(index, Query(None, name, None, None, None, None, None, None))
+
+    tie = res("Abxus vulgaris")  # one edit from Abcus and from Abdus, both with `vulgaris`
+    assert tie.taxon_id is None and "as close to each of Abcus vulgaris, Abdus vulgaris" in tie.reason
+    unique = res("Abxus rarus")  # only Abdus has `rarus`
+    assert unique.match_type == "fuzzy" and index.lineage[unique.taxon_id]["scientific_name"] == "Abdus rarus"
