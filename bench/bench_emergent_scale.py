@@ -36,9 +36,10 @@ from evaluation.datasets import load_metadata_folder
 from evaluation.emergent import orthogonality, separation
 from evaluation.zero_shot import image_features, load_model, zero_shot_scores
 from taxonomy.captions import captions
-from training.config import TEXT_TYPES, load_config
+from training.config import load_config
 from training.loop import train
 from warehouse.catalog import Catalog, open_catalog
+from warehouse.contracts import TRAINING_TEXT_TYPES
 
 
 def _render(tree: Tree, per_species: int, size: tuple[int, int], seed: int, stage: str | None = None):
@@ -72,7 +73,7 @@ def write_training_version(
                     "__key__": f"{i:08d}",
                     "jpg": jpg,
                     "txt": caps["taxon_com"],
-                    **{f"{t}.txt": caps[t] for t in TEXT_TYPES},  # the members the trainer reads,
+                    **{f"{t}.txt": caps[t] for t in TRAINING_TEXT_TYPES},  # the members the trainer reads,
                 }
             )
     shards = [{"name": p.name, "split": "train"} for p in sorted((root / "train").glob("shard-*.tar"))]

@@ -30,13 +30,14 @@ def main() -> None:
     from training.config import load_config
     from training.loop import train
     from warehouse.catalog import open_catalog
+    from warehouse.contracts import SOURCES
 
     result: dict = {"bench": "shard_train_evaluate"}
     with tempfile.TemporaryDirectory() as tmp:
         world = build_sample_world(Path(tmp) / "world")
         cat = open_catalog(Path(tmp) / "home")
         with serve_sample_world(world.root) as srv:
-            for s in ("gbif", "eol", "bioscan", "fathomnet"):
+            for s in SOURCES:
                 run_ingest(cat, IngestConfig(s, api_url=srv.base_url))
             load_backbone(cat, world.backbone)
             run_resolve(cat)

@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from etl.images import ImageConfig, is_image_name, process_image, tar_images
 from etl.near_dup import near_pairs
 from warehouse.catalog import Catalog, fetch_first
-from warehouse.contracts import check_name
+from warehouse.contracts import SOURCES, check_name
 from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES
 from warehouse.stage_runs import StageRun
@@ -34,7 +34,7 @@ from warehouse.stage_runs import StageRun
 class DedupConfig:
     near_k: int = 6  # planted resize/re-encode variants sit at 0-4; distinct images at 20+ (measured on the sample world)
     leak_k: int = 8
-    source_priority: tuple[str, ...] = ("gbif", "eol", "bioscan", "fathomnet")
+    source_priority: tuple[str, ...] = SOURCES
     degenerate_min_bits: int = 4  # hashes with fewer than this many 1-bits (or 0-bits) are degenerate
     eval_sets: dict[str, str] = field(default_factory=dict)
 

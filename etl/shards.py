@@ -26,12 +26,11 @@ from PIL import Image
 from etl.dedup import latest_dedup_run
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, fetch_first
-from warehouse.contracts import check_name
+from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
 from warehouse.lake import remove_tree, write_bytes_atomic, write_parquet_atomic
 from warehouse.stage_runs import CODE_VERSION, StageRun
 from warehouse.versions import BUILDS, link_version
 
-RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 SIDECAR = pa.schema(
     [
         ("key", pa.string()),
@@ -57,13 +56,11 @@ class ShardConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        from taxonomy.captions import TEXT_TYPES
-
         check_name("version", self.version)
         if self.where is not None and not self.where.strip():
             raise ValueError("--where is empty: leave it out to select every kept sample")
-        if self.txt_caption not in TEXT_TYPES:
-            raise ValueError(f"txt_caption must be one of {TEXT_TYPES}")
+        if self.txt_caption not in CAPTION_TYPES:
+            raise ValueError(f"txt_caption must be one of {CAPTION_TYPES}")
         if self.samples_per_shard < 1 or not 0 <= self.val_fraction < 1:
             raise ValueError("samples_per_shard must be >= 1 and val_fraction in [0, 1)")
 
@@ -113,7 +110,7 @@ def _squash(jpeg: bytes, size: int) -> bytes:
 def _sample_members(
     row: dict[str, Any], image_size: int | None, txt_caption: str = "taxon_com"
 ) -> dict[str, bytes]:
-    lineage = {r: row[r] for r in RANKS7}
+    lineage = {r: row[r] for r in RANKS}
     caps = captions(lineage, row["common_name"])
     meta = {
         **lineage,
@@ -133,18 +130,7 @@ def _sample_members(
         "jpg": _squash(row["jpeg"], image_size) if image_size else row["jpeg"],
         "json": json.dumps(meta, sort_keys=True).encode(),
     }
-    for name in (
-        "sci",
-        "com",
-        "taxon",
-        "sci_com",
-        "taxon_com",
-        "taxonTag",
-        "taxonTag_com",
-        "scientific_name",
-        "common_name",
-        "taxonomic_name",
-    ):
+    for name in SHARD_TEXT_MEMBERS:
         members[f"{name}.txt"] = caps[name].encode()
     members["txt"] = caps[txt_caption].encode()  # what open_clip's own trainer reads
     return members
@@ -416,7 +402,7 @@ def _manifest(cfg: ShardConfig, rows: list[dict], shards: list[dict], dedup_run:
         "per_source": count(lambda r: r["source"]),
         "per_kingdom": count(lambda r: r["kingdom"]),
         "per_license": count(lambda r: r["license"]),
-        "rank_completeness": {rank: sum(1 for r in rows if r[rank]) for rank in RANKS7},
+        "rank_completeness": {rank: sum(1 for r in rows if r[rank]) for rank in RANKS},
         "n_taxa": len({r["taxon_id"] for r in rows}),
         "shards": shards,
     }

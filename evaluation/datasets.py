@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from etl.images import IMAGE_SUFFIXES, image_member
-from taxonomy.captions import RANKS7, captions
+from taxonomy.captions import captions
+from warehouse.contracts import RANKS
 
 
 @dataclass
@@ -48,7 +49,7 @@ def load_metadata_folder(
         rows = list(csv.DictReader(fh))
     if not rows or "filepath" not in rows[0]:
         raise ValueError(f"{meta}: needs a `filepath` column")
-    has_ranks = all(r in rows[0] for r in RANKS7)
+    has_ranks = all(r in rows[0] for r in RANKS)
     keys, lineages, commons = [], [], []
     index: dict[str, int] = {}
     labels = []
@@ -59,8 +60,8 @@ def load_metadata_folder(
             key = row["class"]
             lineage: dict[str, str | None] = {}
         else:
-            lineage = {r: (row[r] or None) for r in RANKS7}
-            key = "|".join(lineage[r] or "" for r in RANKS7)
+            lineage = {r: (row[r] or None) for r in RANKS}
+            key = "|".join(lineage[r] or "" for r in RANKS)
         if key not in index:
             index[key] = len(keys)
             keys.append(key)
@@ -71,7 +72,7 @@ def load_metadata_folder(
         names = keys
     else:
         names = [class_text(lin, com, text_type) for lin, com in zip(lineages, commons, strict=True)]
-    extra = [{k: v for k, v in r.items() if k not in ("filepath", *RANKS7)} for r in rows]
+    extra = [{k: v for k, v in r.items() if k not in ("filepath", *RANKS)} for r in rows]
     return LabelledImages(root, [root / r["filepath"] for r in rows], labels, names, lineages, extra)
 
 
@@ -123,14 +124,14 @@ def load_webdataset(
     if not rows:
         raise ValueError(f"{root}: shards hold no images")
     has_ranks = text_type != "asis" and all(
-        rows[0]["meta"].get(r) is not None or r in rows[0]["meta"] for r in RANKS7
+        rows[0]["meta"].get(r) is not None or r in rows[0]["meta"] for r in RANKS
     )
     index: dict[str, int] = {}
     lineages, commons, labels, keys = [], [], [], []
     for row in rows:
         if has_ranks:
-            lineage = {r: row["meta"].get(r) for r in RANKS7}
-            k = "|".join(lineage[r] or "" for r in RANKS7)
+            lineage = {r: row["meta"].get(r) for r in RANKS}
+            k = "|".join(lineage[r] or "" for r in RANKS)
         else:
             lineage, k = {}, row["label"] or row["meta"].get("scientific_name") or ""
         if k not in index:
@@ -144,7 +145,7 @@ def load_webdataset(
         if has_ranks
         else keys
     )
-    extra = [{k: str(v) for k, v in r["meta"].items() if k not in RANKS7} for r in rows]
+    extra = [{k: str(v) for k, v in r["meta"].items() if k not in RANKS} for r in rows]
     return LabelledImages(root, [r["path"] for r in rows], labels, names, lineages, extra)
 
 

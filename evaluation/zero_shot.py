@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from evaluation.datasets import LabelledImages
 from evaluation.metrics import macro_f1
-from taxonomy.captions import RANKS7
+from warehouse.contracts import RANKS
 
 SINGLE_TEMPLATE = (lambda c: f"a photo of {c}.",)
 TEMPLATES = {"openai": OPENAI_IMAGENET_TEMPLATES, "single": SINGLE_TEMPLATE}
@@ -106,7 +106,7 @@ def metrics_from_logits(
         "macro_f1": macro_f1(labels, top1),
     }
     if class_lineages and class_lineages[0]:
-        for rank in RANKS7:
+        for rank in RANKS:
             pred = [class_lineages[c].get(rank) for c in top1]
             true = [class_lineages[c].get(rank) for c in labels]
             out[f"rank_acc_{rank}"] = float(np.mean([p == t for p, t in zip(pred, true, strict=True)]))

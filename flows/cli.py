@@ -309,6 +309,8 @@ def cmd_sample_world(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from warehouse.contracts import CAPTION_TYPES, SOURCES, TRAINING_TEXT_TYPES
+
     p = argparse.ArgumentParser(prog="tol", description="TreeOfLife curation pipeline and BioCLIP 2 training")
     p.add_argument("--home", default=os.environ.get("TOL_HOME", "tol-data"), help="catalog home folder")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -320,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("ingest", help="pull a source into raw_records")
-    s.add_argument("source", choices=["gbif", "eol", "bioscan", "fathomnet"])
+    s.add_argument("source", choices=SOURCES)
     s.add_argument("--api-url", help="service or mirror base URL (default: the real service)")
     s.add_argument("--path", help="a local file or folder instead of the API")
     s.add_argument("--param", action="append", metavar="KEY=VALUE", help="query filter passed through")
@@ -408,7 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, help="squash-resize images to this size")
     s.add_argument("--val-fraction", type=float, default=0.05)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--txt-caption", default="taxon_com", help="caption type also written as plain `txt`")
+    s.add_argument(
+        "--txt-caption",
+        default="taxon_com",
+        choices=CAPTION_TYPES,
+        help="caption type also written as plain `txt`",
+    )
     s.add_argument("--executor", choices=["local", "spark"], default="local")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--spark-master")
@@ -447,9 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", help="multi_label: comma-separated binary metadata columns (FishNet-style traits)"
     )
     s.add_argument("--variant", help="emergent: the intra-species metadata column (default life_stage)")
-    s.add_argument(
-        "--text-type", default="taxon", choices=["asis", "sci", "com", "taxon", "sci_com", "taxon_com"]
-    )
+    s.add_argument("--text-type", default="taxon", choices=["asis", *TRAINING_TEXT_TYPES])
     s.add_argument("--templates", default="openai", choices=["openai", "single"])
     s.add_argument("--json", help="also write the scores here")
     s.set_defaults(fn=cmd_evaluate)

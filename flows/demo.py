@@ -14,6 +14,7 @@ from etl.sample_world import SampleWorld, build_sample_world, serve_sample_world
 from etl.sample_world.build import SampleWorldConfig
 from flows.pipeline import curate_flow, evaluate_flow, ingest_flow, train_flow
 from warehouse.catalog import open_catalog
+from warehouse.contracts import SOURCES
 
 DEMO_VERSION = "sample-v1"
 
@@ -47,7 +48,7 @@ def demo_flow(
     t0 = time.perf_counter()
     world = prepare_world(home, seed)
     with serve_sample_world(world.root, port=_stable_port(world.root)) as server:
-        urls = dict.fromkeys(("gbif", "eol", "bioscan", "fathomnet"), server.base_url)
+        urls = dict.fromkeys(SOURCES, server.base_url)
         ingest_flow(home, api_urls=urls)
         curate = curate_flow(
             home,

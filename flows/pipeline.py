@@ -34,7 +34,7 @@ def ingest_flow(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Pull each source (default: all four, at their real services) into `raw_records`, incrementally."""
-    from etl.sources import SOURCES
+    from warehouse.contracts import SOURCES
 
     results = []
     for source in sources or list(SOURCES):

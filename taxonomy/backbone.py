@@ -20,8 +20,6 @@ from warehouse.catalog import Catalog, fetch_first
 from warehouse.stage_runs import StageRun
 from warehouse.tables import conformed_select, sql_path
 
-RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
-
 
 def _checksum(paths: list[Path]) -> str:
     h = hashlib.sha1()

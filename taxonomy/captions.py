@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-RANKS7 = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
-TEXT_TYPES = ("sci", "com", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com")
+from warehouse.contracts import HIGHER_RANKS, RANKS
 
 
 def scientific_name(lineage: Mapping[str, str | None]) -> str:
@@ -13,7 +12,7 @@ def scientific_name(lineage: Mapping[str, str | None]) -> str:
     genus, epithet = lineage.get("genus"), lineage.get("species")
     if genus and epithet:
         return f"{genus} {epithet}"
-    for rank in reversed(RANKS7[:-1]):
+    for rank in reversed(HIGHER_RANKS):
         if lineage.get(rank):
             return str(lineage[rank])
     return ""
@@ -21,11 +20,11 @@ def scientific_name(lineage: Mapping[str, str | None]) -> str:
 
 def taxonomic_name(lineage: Mapping[str, str | None]) -> str:
     """The 7 rank values joined by spaces; empty ranks are skipped, never shifted."""
-    return " ".join(str(lineage[r]) for r in RANKS7 if lineage.get(r))
+    return " ".join(str(lineage[r]) for r in RANKS if lineage.get(r))
 
 
 def taxon_tag(lineage: Mapping[str, str | None]) -> str:
-    return " ".join(f"{r} {lineage[r]}" for r in RANKS7 if lineage.get(r))
+    return " ".join(f"{r} {lineage[r]}" for r in RANKS if lineage.get(r))
 
 
 def captions(lineage: Mapping[str, str | None], common: str | None) -> dict[str, str]:

@@ -22,13 +22,13 @@ from rapidfuzz.distance import Levenshtein
 from taxonomy.backbone import backbone_dir, latest_backbone
 from taxonomy.names import INCERTAE_SEDIS, canonical_name, normalize_kingdom, parse_name
 from warehouse.catalog import Catalog
+from warehouse.contracts import HIGHER_RANKS, RANKS
 from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import RESOLUTIONS
 from warehouse.stage_runs import StageRun
 
 HIGHER = ("phylum", "class", "order", "family")
 FALLBACK_RANKS = ("genus", "family", "order", "class", "phylum", "kingdom")
-LINEAGE_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 CONFIDENCE = {"exact": 1.0, "synonym": 0.95, "fuzzy": 0.9, "doubtful": 0.8, "higherrank": 0.6, "none": 0.0}
 TIERS = ("exact", "synonym", "doubtful")
 # Not an answer: resolution goes on with the record's higher ranks, and the reason is kept for the record.
@@ -171,10 +171,10 @@ def _narrow(index: BackboneIndex, ids: list[str], q: Query) -> tuple[list[str], 
 def _lowest_common(index: BackboneIndex, ids: list[str]) -> tuple[str, str] | None:
     """(rank, name) of the lowest rank on which every candidate's lineage agrees, from the kingdom down (so
     two homonymous genera never agree on `genus` just by sharing the name)."""
-    for depth in range(len(LINEAGE_RANKS), 0, -1):
-        paths = {tuple(index.lineage[i].get(r) for r in LINEAGE_RANKS[:depth]) for i in ids}
+    for depth in range(len(HIGHER_RANKS), 0, -1):
+        paths = {tuple(index.lineage[i].get(r) for r in HIGHER_RANKS[:depth]) for i in ids}
         if len(paths) == 1 and (path := paths.pop())[-1] is not None:
-            return LINEAGE_RANKS[depth - 1], path[-1]
+            return HIGHER_RANKS[depth - 1], path[-1]
     return None
 
 
@@ -421,7 +421,6 @@ def resolve_names(
     by_version = dict(indexes)
     if timings is not None:
         timings["index_seconds"] = round(time.perf_counter() - t0, 2)
-    ranks = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
     cache: dict[Query, dict] = {}
     out = []
     for row in names:
@@ -440,7 +439,7 @@ def resolve_names(
             version, res = resolve_prioritised(indexes, q)
             lin = by_version[version].lineage.get(res.taxon_id or "", {})
             result = cache[q] = {
-                **{r: lin.get(r) for r in ranks},
+                **{r: lin.get(r) for r in RANKS},
                 "accepted_name": lin.get("scientific_name"),
                 "common_name": lin.get("common_name"),
                 "match_type": res.match_type,

@@ -10,6 +10,7 @@ import pytest
 from etl.sample_world import build_sample_world, serve_sample_world
 from etl.sample_world.build import SampleWorldConfig
 from warehouse.catalog import open_catalog
+from warehouse.contracts import SOURCES
 
 # Smaller than the demo's world, same shapes: every kind of planted mess is still present.
 TEST_WORLD = SampleWorldConfig(
@@ -52,7 +53,7 @@ def curated(world, tmp_path_factory):
 
     cat = open_catalog(tmp_path_factory.mktemp("curated") / "home")
     with serve_sample_world(world.root) as srv:
-        for source in ("gbif", "eol", "bioscan", "fathomnet"):
+        for source in SOURCES:
             run_ingest(cat, IngestConfig(source, api_url=srv.base_url))
         load_backbone(cat, world.backbone)
         run_resolve(cat)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.config import TINY_VIT_CFG
+from warehouse.contracts import SOURCES
 
 # The micro model of the training tests, as a config file a `tol train` process reads.
 MICRO_MODEL = {
@@ -108,10 +109,7 @@ class Pipeline:
     config: Path  # the training config file
 
     def commands(self) -> list[tuple[str, list[str]]]:
-        ingest = [
-            (f"ingest-{s}", ["ingest", s, "--api-url", self.base_url])
-            for s in ("gbif", "eol", "bioscan", "fathomnet")
-        ]
+        ingest = [(f"ingest-{s}", ["ingest", s, "--api-url", self.base_url]) for s in SOURCES]
         return [
             *ingest,
             ("load_backbone", ["taxonomy", "load-backbone", str(self.backbone)]),

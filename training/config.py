@@ -10,9 +10,7 @@ from typing import Any
 
 import yaml
 
-from warehouse.contracts import check_name
-
-TEXT_TYPES = ("sci", "com", "taxon", "sci_com", "taxon_com")
+from warehouse.contracts import TRAINING_TEXT_TYPES, check_name
 
 # A ~9 M-parameter ViT that trains on the sample world in minutes on 2 CPU cores.
 TINY_VIT_CFG: dict[str, Any] = {
@@ -46,7 +44,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
-    text_type: str = "random"  # drawn per step from TEXT_TYPES, or one fixed type
+    text_type: str = "random"  # drawn per step from TRAINING_TEXT_TYPES, or one fixed type
     normalization: str = "openai"  # or "imagenet"; recorded in the export
     seed: int = 42
     checkpoint_every: int = 100
@@ -62,8 +60,10 @@ class TrainConfig:
     resume: str | None = None  # "latest" (with run_id) or a checkpoint path
 
     def __post_init__(self) -> None:
-        if self.text_type != "random" and self.text_type not in TEXT_TYPES:
-            raise ValueError(f"text_type must be 'random' or one of {TEXT_TYPES}, got {self.text_type!r}")
+        if self.text_type != "random" and self.text_type not in TRAINING_TEXT_TYPES:
+            raise ValueError(
+                f"text_type must be 'random' or one of {TRAINING_TEXT_TYPES}, got {self.text_type!r}"
+            )
         if self.normalization not in ("openai", "imagenet"):
             raise ValueError("normalization must be 'openai' or 'imagenet'")
         if self.batch_size < 2 or self.steps < 1 or self.accum_steps < 1:

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
-from training.config import TEXT_TYPES
+from warehouse.contracts import TRAINING_TEXT_TYPES
 
 
 def _bio_sample(preprocess: Callable) -> Callable:
     def make(sample: dict) -> tuple:
-        caps = [sample[f"{t}.txt"] for t in TEXT_TYPES]
+        caps = [sample[f"{t}.txt"] for t in TRAINING_TEXT_TYPES]
         return (preprocess(sample["jpg"]), *caps)
 
     return make
@@ -111,7 +111,7 @@ def bio_loader(
         world=world,
     )
     for images, *caps in _iterate(ds, workers):
-        yield images, {t: list(c) for t, c in zip(TEXT_TYPES, caps, strict=True)}
+        yield images, {t: list(c) for t, c in zip(TRAINING_TEXT_TYPES, caps, strict=True)}
 
 
 def replay_loader(

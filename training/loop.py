@@ -23,12 +23,12 @@ from torch.nn.functional import normalize
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.config import TEXT_TYPES, TrainConfig
+from training.config import TrainConfig
 from training.data import bio_loader, replay_loader
 from training.distributed import broadcast, init_distributed, mean_across
 from training.model import NORMALIZATION, ReplayCLIP, build_clip, export_open_clip
 from warehouse.catalog import Catalog
-from warehouse.contracts import check_name
+from warehouse.contracts import TRAINING_TEXT_TYPES, check_name
 from warehouse.lake import new_run_id
 from warehouse.locks import train_lock
 from warehouse.stage_runs import StageRun
@@ -41,7 +41,7 @@ def text_type_for_step(cfg: TrainConfig, step: int) -> str:
     """One caption type per step for the whole batch, reproducible from (seed, step) alone."""
     if cfg.text_type != "random":
         return cfg.text_type
-    return random.Random(cfg.seed * 1_000_003 + step).choice(TEXT_TYPES)
+    return random.Random(cfg.seed * 1_000_003 + step).choice(TRAINING_TEXT_TYPES)
 
 
 def cosine_lr(step: int, cfg: TrainConfig) -> float:

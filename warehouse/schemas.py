@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+from warehouse.contracts import RANKS
 
 RAW_RECORDS = pa.schema(
     [

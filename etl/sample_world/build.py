@@ -20,6 +20,7 @@ from PIL import Image
 
 from etl.sample_world.render import LIFE_STAGES, jpeg_bytes, render_organism, render_scene
 from etl.sample_world.tree import Species, Tree, build_tree
+from warehouse.contracts import HIGHER_RANKS
 
 BASE = "{{BASE_URL}}"
 TAXON_COLUMNS = [
@@ -307,7 +308,7 @@ def _write_backbone(world: SampleWorld, tree: Tree) -> None:
                 "specificEpithet": epithet if n.rank == "species" else "",
                 "taxonRank": n.rank,
                 "taxonomicStatus": n.status,
-                **{r: (lin.get(r) or "") for r in ("kingdom", "phylum", "class", "order", "family", "genus")},
+                **{r: (lin.get(r) or "") for r in HIGHER_RANKS},
             }
         )
     # A doubtful duplicate usage of one species name, as the real backbone has.
@@ -370,8 +371,7 @@ def _reencode(data: bytes, scale: float, quality: int) -> bytes:
 
 
 def _gbif_lineage_fields(sp: Species, taxon_rank: str) -> dict:
-    keys = ("kingdom", "phylum", "class", "order", "family", "genus")
-    fields = {r: sp.lineage[r] for r in keys if sp.lineage.get(r)}
+    fields = {r: sp.lineage[r] for r in HIGHER_RANKS if sp.lineage.get(r)}
     if taxon_rank == "SPECIES":
         fields["species"] = sp.binomial
     else:

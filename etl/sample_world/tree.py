@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+from warehouse.contracts import RANKS
 
 # (kingdom, phylum, class or None, orders, families per order, genera per family, species per genus,
 #  order suffix, family suffix)

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from etl.http import PoliteClient
+from warehouse.contracts import SOURCES
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ ConnectorFn = Callable[[PoliteClient, IngestConfig, dict[str, Any]], Iterator[Pa
 def _registry() -> dict[str, ConnectorFn]:
     from etl.sources import bioscan, eol, fathomnet, gbif
 
-    return {"gbif": gbif.pages, "eol": eol.pages, "bioscan": bioscan.pages, "fathomnet": fathomnet.pages}
+    registry = {"gbif": gbif.pages, "eol": eol.pages, "bioscan": bioscan.pages, "fathomnet": fathomnet.pages}
+    assert tuple(registry) == SOURCES, "every source in warehouse.contracts.SOURCES has one connector"
+    return registry
 
 
 def get_connector(name: str) -> ConnectorFn:
@@ -59,6 +62,3 @@ def get_connector(name: str) -> ConnectorFn:
     if name not in registry:
         raise ValueError(f"unknown source {name!r}; choose one of: {', '.join(sorted(registry))}")
     return registry[name]
-
-
-SOURCES = ("gbif", "eol", "bioscan", "fathomnet")

@@ -14,6 +14,7 @@ from typing import Any
 from etl.http import FetchError, PoliteClient
 from etl.records import clean, normalize_license, record_id
 from etl.sources import IngestConfig, Page
+from warehouse.contracts import HIGHER_RANKS
 
 DEFAULT_API = "https://api.gbif.org"
 MAX_LIMIT = 300
@@ -26,7 +27,6 @@ MUSEUM_BASES = {
     "LIVING_SPECIMEN",
     "MATERIAL_CITATION",
 }
-RANK_KEYS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
 
 def image_type(occ: dict[str, Any]) -> str:
@@ -75,7 +75,7 @@ def occurrence_rows(occ: dict[str, Any]) -> list[dict[str, Any]]:
         "img_type": image_type(occ),
         "verbatim_name": clean(occ.get("scientificName")),
         "verbatim_rank": clean(occ.get("taxonRank")),
-        **{f"verbatim_{r}": clean(occ.get(r)) for r in RANK_KEYS},
+        **{f"verbatim_{r}": clean(occ.get(r)) for r in HIGHER_RANKS},
         "verbatim_species": clean(occ.get("species")),
         "event_date": occ.get("eventDate"),
         "payload": occ,

@@ -22,7 +22,8 @@ import pyarrow as pa
 
 from etl.records import RECORD_NAMESPACE, normalize_license, payload_hash, record_id
 from etl.sources import IngestConfig, Page
-from etl.sources.gbif import CITIZEN_SCIENCE_PUBLISHERS, MUSEUM_BASES, RANK_KEYS
+from etl.sources.gbif import CITIZEN_SCIENCE_PUBLISHERS, MUSEUM_BASES
+from warehouse.contracts import HIGHER_RANKS
 from warehouse.schemas import RAW_RECORDS
 from warehouse.tables import conformed_select, sql_path
 
@@ -30,7 +31,7 @@ BATCH_ROWS = 250_000
 MEMORY_LIMIT = "1GB"
 OCC_REQUIRED = ("gbifID",)
 OCC_OPTIONAL = (
-    "datasetKey", "basisOfRecord", "scientificName", "taxonRank", *RANK_KEYS, "species", "eventDate", "license",
+    "datasetKey", "basisOfRecord", "scientificName", "taxonRank", *HIGHER_RANKS, "species", "eventDate", "license",
     "rightsHolder", "publisher", "institutionCode", "eventRemarks", "vernacularName",
 )  # fmt: skip
 MM_REQUIRED = ("gbifID", "identifier")
