@@ -104,8 +104,7 @@ def _repair(text: str) -> tuple[str, list[str]]:
         text = "".join(c for c in text if unicodedata.category(c) != "Cf")
         notes.append("removed invisible " + ", ".join(f"U+{ord(c):04X}" for c in invisible))
     tokens = text.split(" ")
-    head = [t.strip(_QUOTES) if i < 2 else t for i, t in enumerate(tokens)]
-    head = [t.translate({ord(q): None for q in _QUOTES}) if i < 2 else t for i, t in enumerate(head)]
+    head = [t.translate({ord(q): None for q in _QUOTES}) if i < 2 else t for i, t in enumerate(tokens)]
     if head != tokens:
         notes.append("removed stray quotes")
         text = " ".join(t for t in head if t)
