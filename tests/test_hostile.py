@@ -135,18 +135,10 @@ def test_1_removal_only_inside_its_folder(tmp_path):
 
 def test_1_killed_overwrite_leaves_the_old_version_whole(home_copy, monkeypatch):
     from etl import shards as shards_mod
+    from tests.test_shards import kill_shard_write
 
     old = build_version(home_copy, ShardConfig("ow", samples_per_shard=64), workers=1)
-    real = shards_mod._write_shard
-    calls = {"n": 0}
-
-    def killed_on_second(path, samples):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real(path, samples)
-
-    monkeypatch.setattr(shards_mod, "_write_shard", killed_on_second)
+    real = kill_shard_write(monkeypatch, 2)
     new_cfg = ShardConfig("ow", samples_per_shard=32, overwrite=True)
     with pytest.raises(KeyboardInterrupt):
         build_version(home_copy, new_cfg, workers=1)

@@ -125,19 +125,28 @@ def test_squash_resize_and_txt_member(curated):
     assert sample["jpg"].size == (96, 96) and sample["txt"] == sample["sci.txt"]
 
 
-def test_interrupted_build_resumes_and_reuses_finished_shards(curated, monkeypatch):
+def kill_shard_write(monkeypatch, n: int):
+    """Make the n-th shard write of this process raise KeyboardInterrupt (a kill mid-build); returns the real
+    writer, to put back."""
     from etl import shards as shards_mod
 
     real = shards_mod._write_shard
     calls = {"n": 0}
 
-    def dies_on_third(path, samples):
+    def dies(path, samples):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == n:
             raise KeyboardInterrupt("killed")
         return real(path, samples)
 
-    monkeypatch.setattr(shards_mod, "_write_shard", dies_on_third)
+    monkeypatch.setattr(shards_mod, "_write_shard", dies)
+    return real
+
+
+def test_interrupted_build_resumes_and_reuses_finished_shards(curated, monkeypatch):
+    from etl import shards as shards_mod
+
+    real = kill_shard_write(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         build_version(curated, ShardConfig("t4", samples_per_shard=32), workers=1)
     monkeypatch.setattr(shards_mod, "_write_shard", real)

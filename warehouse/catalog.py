@@ -143,8 +143,11 @@ class Catalog:
         con = connect_with_retry(self.db_path, read_only=read_only)
         if read_only and views_home(con) != str(self.home):
             con.close()
-            with self.connect():
-                pass
+            writer = connect_with_retry(self.db_path)
+            try:
+                register_lake_views(writer, self.home)
+            finally:
+                writer.close()
             con = connect_with_retry(self.db_path, read_only=True)
         try:
             if not read_only:
