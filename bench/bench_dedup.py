@@ -1,6 +1,6 @@
 """Dedup benchmarks, JSON lines on stdout.
 
-1. `near_search`: exact near-duplicate search (etl/near_dup.py) over N synthetic 64-bit hashes with 1,000
+1. `near_search`: exact near-duplicate search (etl/dedup/near_dup.py) over N synthetic 64-bit hashes with 1,000
    planted neighbours at 1..k bits; each size runs in its own process so peak RSS is per size; the growth
    exponent is log(t_10M / t_1M) / log(10).
 2. `vs_imagededup`: rendered images with planted near duplicates (resize, JPEG re-encode, 2% crop, resize +
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from _common import emit, peak_rss_mb
 
-from etl.near_dup import near_pairs, plan_layout
+from etl.dedup.near_dup import near_pairs, plan_layout
 
 
 def synthetic(n: int, k: int, planted: int = 1000, seed: int = 0) -> dict:
@@ -85,7 +85,7 @@ def bench_synthetic(sizes: list[int], k: int) -> dict:
 
 
 def _variants(img, rng: random.Random) -> dict[str, bytes]:
-    from etl.sample_world.render import jpeg_bytes
+    from sample_world.render import jpeg_bytes
 
     w, h = img.size
     dx, dy = max(1, round(w * 0.02)), max(1, round(h * 0.02))
@@ -103,7 +103,7 @@ def _variants(img, rng: random.Random) -> dict[str, bytes]:
 def make_images(folder: Path, n_base: int, n_dup_groups: int, seed: int = 0) -> list[set[str]]:
     """n_base renders (20 individuals per species: look-alike distractors); the first n_dup_groups get
     their four variants. Returns the duplicate groups (file names)."""
-    from etl.sample_world.render import jpeg_bytes, render_organism
+    from sample_world.render import jpeg_bytes, render_organism
 
     rng = random.Random(seed)
     groups = []
@@ -128,7 +128,7 @@ def make_images(folder: Path, n_base: int, n_dup_groups: int, seed: int = 0) -> 
 
 
 def _our_hash(path: str) -> int | None:
-    from etl.images import ImageConfig, process_image
+    from etl.fetch.images import ImageConfig, process_image
 
     return process_image(Path(path).read_bytes(), ImageConfig(min_side=1, encode=False)).phash  # as eval sets
 

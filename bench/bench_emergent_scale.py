@@ -30,11 +30,11 @@ import numpy as np
 import webdataset as wds
 from _common import emit
 
-from etl.sample_world.render import LIFE_STAGES, jpeg_bytes, render_organism
-from etl.sample_world.tree import Tree, build_tree
 from evaluation.datasets import load_metadata_folder
 from evaluation.emergent import orthogonality, separation
 from evaluation.zero_shot import image_features, load_model, zero_shot_scores
+from sample_world.render import LIFE_STAGES, jpeg_bytes, render_organism
+from sample_world.tree import Tree, build_tree
 from taxonomy.captions import captions
 from training.config import load_config
 from training.loop import train

@@ -34,7 +34,7 @@ from _common import emit
 from PIL import Image
 
 from etl.executors import get_executor
-from etl.fetch import FETCH_OUTPUT, FetchConfig, fetch_partition
+from etl.fetch.stage import FETCH_OUTPUT, FetchConfig, fetch_partition
 from warehouse.lake import write_parquet_atomic
 
 

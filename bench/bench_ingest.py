@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import emit, peak_rss_mb, timer
 
-from etl.records import make_rows
-from etl.sources.gbif import occurrence_rows
+from etl.ingest.records import make_rows
+from etl.ingest.sources.gbif import occurrence_rows
 
 
 def synthetic_page(rng: random.Random, start: int, n: int = 300) -> list[dict]:
@@ -118,8 +118,8 @@ def write_synthetic_dwca(folder: Path, n_media: int, seed: int = 0) -> int:
 def bench_dwca_one(n_media: int) -> dict:
     from _common import peak_rss_mb as rss
 
-    from etl.ingest import run_ingest
-    from etl.sources import IngestConfig
+    from etl.ingest.sources import IngestConfig
+    from etl.ingest.stage import run_ingest
     from warehouse.catalog import open_catalog
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,8 +20,8 @@ from _common import emit
 from PIL import Image
 
 from etl.executors import get_executor
-from etl.fetch import FETCH_OUTPUT, FetchConfig, fetch_partition
-from etl.images import ImageConfig
+from etl.fetch.images import ImageConfig
+from etl.fetch.stage import FETCH_OUTPUT, FetchConfig, fetch_partition
 
 
 def _tree_rss_mb(root: int) -> float:

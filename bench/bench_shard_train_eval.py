@@ -17,18 +17,15 @@ from _common import emit, peak_rss_mb
 
 
 def main() -> None:
-    from etl.dedup import DedupConfig, run_dedup
-    from etl.fetch import FetchConfig, run_fetch
-    from etl.ingest import run_ingest
-    from etl.sample_world import build_sample_world, serve_sample_world
-    from etl.shards import ShardConfig, build_version
-    from etl.sources import IngestConfig
+    from etl.dedup.stage import DedupConfig
+    from etl.fetch.stage import FetchConfig
+    from etl.ingest.sources import IngestConfig
+    from etl.shards.stage import ShardConfig
     from evaluation.datasets import load_metadata_folder
     from evaluation.zero_shot import image_features, load_model
-    from taxonomy.backbone import load_backbone
-    from taxonomy.resolve import run_resolve
+    from flows import stages
+    from sample_world import build_sample_world, serve_sample_world
     from training.config import load_config
-    from training.loop import train
     from warehouse.catalog import open_catalog
     from warehouse.contracts import SOURCES
 
@@ -38,13 +35,13 @@ def main() -> None:
         cat = open_catalog(Path(tmp) / "home")
         with serve_sample_world(world.root) as srv:
             for s in SOURCES:
-                run_ingest(cat, IngestConfig(s, api_url=srv.base_url))
-            load_backbone(cat, world.backbone)
-            run_resolve(cat)
-            run_fetch(cat, FetchConfig(allow_private_hosts=True), progress=False)
-        run_dedup(cat, DedupConfig(eval_sets={"heldout": str(world.eval_dir)}))
+                stages.ingest(cat, IngestConfig(s, api_url=srv.base_url))
+            stages.load_backbone(cat, world.backbone)
+            stages.resolve(cat)
+            stages.fetch(cat, FetchConfig(allow_private_hosts=True))
+        stages.dedup(cat, DedupConfig(eval_sets={"heldout": str(world.eval_dir)}))
         t0 = time.perf_counter()
-        manifest = build_version(cat, ShardConfig("b1", samples_per_shard=256))
+        manifest = stages.shard(cat, ShardConfig("b1", samples_per_shard=256))
         write_s = time.perf_counter() - t0
         mb = sum(s["bytes"] for s in manifest["shards"]) / 2**20
         urls = sorted(glob.glob(str(cat.shards / "b1" / "*" / "*.tar")))
@@ -70,7 +67,7 @@ def main() -> None:
                     "run_id": f"bench-{replay}",
                 },
             )
-            out = train(cat, cfg, progress=False)
+            out = stages.train(cat, cfg, progress=False)
             result[f"train_replay_{replay}"] = {
                 "bio_samples_per_s": round(out["final"]["samples_per_s"], 1),
                 "seconds": round(out["seconds"], 1),

@@ -1,5 +1,7 @@
-"""One shared, polite HTTP client: timeouts, retries with exponential backoff and jitter on 5xx/429/420,
-`Retry-After` honoured, and HTML where JSON was expected treated as a retryable error with a clear message."""
+"""The one HTTP layer of the pipeline, for ingest's API pages and fetch's image downloads alike: one error
+type (`HttpError`), one retry policy (`retrying`: exponential back-off with jitter on 5xx/429/420 and network
+errors, `Retry-After` honoured), one per-host adaptive rate (`HostThrottle`), and, for URLs taken from
+records, the address guard and the whole-request deadline."""
 
 from __future__ import annotations
 
@@ -84,31 +86,121 @@ class HostThrottle:
             self._blocked[host] = max(self._blocked.get(host, 0.0), now + wait)
 
 
-class FetchError(RuntimeError):
-    """A request that failed for good; `kind` is a short machine-readable reason."""
+class HttpError(RuntimeError):
+    """A request that failed for good, or one attempt that failed (the retry loop decides).
 
-    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
+    `kind` is the machine-readable reason (a drop reason for fetch: `timeout`, `http_503`, `bad_json`, ...),
+    `status` the HTTP status when there was an answer, `retry_after` its `Retry-After` header, and `host` /
+    `sent_at` the host that answered and when the attempt was scheduled (for `HostThrottle.throttled`)."""
+
+    def __init__(
+        self, kind: str, message: str, status: int | None = None, retry_after: str | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
+        self.retry_after = retry_after
+        self.host: str | None = None
+        self.sent_at: float | None = None
+
+
+TRANSIENT_KINDS = frozenset({"timeout", "connection_error", *(f"http_{s}" for s in RETRYABLE_STATUS)})
+
+
+def request_error(exc: requests.RequestException, url: str) -> HttpError:
+    """A requests exception as an HttpError of kind `timeout` or `connection_error`."""
+    if isinstance(exc, requests.Timeout) or "timed out" in str(exc).lower():
+        return HttpError("timeout", f"timeout fetching {url}: {str(exc)[:200]}")
+    return HttpError("connection_error", f"connection error fetching {url}: {str(exc)[:200]}")
+
+
+def status_error(response: requests.Response, url: str, host: str, sent_at: float) -> HttpError:
+    err = HttpError(
+        f"http_{response.status_code}",
+        f"HTTP {response.status_code} from {url}",
+        response.status_code,
+        response.headers.get("Retry-After"),
+    )
+    err.host, err.sent_at = host, sent_at
+    return err
 
 
 @dataclass(frozen=True)
 class HttpConfig:
+    """How politely one process talks to one kind of host: timeouts, retries and the per-host rate.
+    API pages (ingest) use the defaults; image hosts (fetch) use `IMAGE_HOSTS`."""
+
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_retries: int = 4
     backoff_base: float = 0.5
-    backoff_max: float = 30.0
+    backoff_max: float = 30.0  # also the cap on a server's Retry-After
     user_agent: str = USER_AGENT
     per_host: int = 2  # concurrent requests per host
     host_rate: float = 5.0  # starting requests/s per host; adapts (HostThrottle)
     host_rate_min: float = 0.2
     host_rate_max: float = 50.0
 
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.per_host < 1 or not 0 < self.host_rate_min <= self.host_rate_max:
+            raise ValueError("max_retries must be >= 0, per_host >= 1, 0 < host_rate_min <= host_rate_max")
+
+    def throttle(self) -> HostThrottle:
+        return HostThrottle(self.per_host, self.host_rate, self.host_rate_min, self.host_rate_max)
+
+
+# Image hosts: many hosts, each asked often; a failed image is recorded and retried by a later run.
+IMAGE_HOSTS = HttpConfig(
+    read_timeout=20.0,
+    max_retries=2,
+    backoff_max=10.0,
+    per_host=4,
+    host_rate=20.0,
+    host_rate_min=0.5,
+    host_rate_max=500.0,
+)
+
+
+def backoff(config: HttpConfig, attempt: int, retry_after: str | None, rng: random.Random) -> float:
+    """Seconds before the next attempt: the server's Retry-After (capped), else jittered exponential."""
+    if retry_after:
+        try:
+            return min(float(retry_after), config.backoff_max)
+        except ValueError:
+            pass
+    delay = min(config.backoff_base * 2**attempt, config.backoff_max)
+    return delay * (0.5 + rng.random() / 2)  # no herd
+
+
+def retrying(
+    attempt: Callable[[], Any],
+    config: HttpConfig,
+    throttle: HostThrottle,
+    rng: random.Random,
+    on_retry: Callable[[], None] | None = None,
+) -> Any:
+    """The one retry policy: call `attempt` until it returns, or raises an HttpError that is not transient,
+    or `config.max_retries` retries are spent. A 420/429/5xx halves the host's rate and blocks the host for the
+    back-off (every thread waits in its slot, not just this one); a network error just waits."""
+    for n in range(config.max_retries + 1):
+        try:
+            return attempt()
+        except HttpError as err:
+            if err.kind not in TRANSIENT_KINDS or n == config.max_retries:
+                raise
+            wait = backoff(config, n, err.retry_after, rng)
+            if on_retry is not None:
+                on_retry()
+            if err.status in RETRYABLE_STATUS and err.host:
+                throttle.throttled(err.host, wait, err.sent_at)  # the next slot waits it out
+            else:
+                time.sleep(wait)
+    raise AssertionError("unreachable")
+
 
 class PoliteClient:
-    """A requests session with the retry policy above and a per-host adaptive rate; one per process."""
+    """A requests session with the retry policy above and a per-host adaptive rate; one per process
+    (the API pages of ingest)."""
 
     def __init__(
         self, config: HttpConfig | None = None, seed: int | None = None, auth: tuple[str, str] | None = None
@@ -117,79 +209,69 @@ class PoliteClient:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = self.config.user_agent
         self.auth = auth
-        self.throttle = HostThrottle(
-            self.config.per_host, self.config.host_rate, self.config.host_rate_min, self.config.host_rate_max
-        )
+        self.throttle = self.config.throttle()
         self._rng = random.Random(seed)
         self.retries = 0
 
-    def _sleep_for(self, attempt: int, response: requests.Response | None) -> float:
-        if response is not None and (ra := response.headers.get("Retry-After")):
+    def _count_retry(self) -> None:
+        self.retries += 1
+
+    def _attempt(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
+        host = urlparse(url).hostname or ""
+        with self.throttle.slot(host) as scheduled:
             try:
-                return min(float(ra), self.config.backoff_max)
-            except ValueError:
-                pass
-        delay = min(self.config.backoff_base * 2**attempt, self.config.backoff_max)
-        return delay * (0.5 + self._rng.random() / 2)
+                response = self.session.request(
+                    method,
+                    url,
+                    **{
+                        "auth": self.auth,
+                        "timeout": (self.config.connect_timeout, self.config.read_timeout),
+                        **kwargs,
+                    },
+                )
+            except requests.RequestException as exc:
+                raise request_error(exc, url) from exc
+        if response.status_code >= 400:
+            raise status_error(response, url, host, scheduled)
+        self.throttle.success(host)
+        return response
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One request with retries: 420/429/5xx and network errors are retried (the host's rate is halved
-        and the host waits out `Retry-After` or the jittered back-off); other 4xx raise at once."""
-        host = urlparse(url).hostname or ""
-        last: FetchError | None = None
-        for attempt in range(self.config.max_retries + 1):
-            response = None
-            with self.throttle.slot(host) as scheduled:
-                try:
-                    response = self.session.request(
-                        method,
-                        url,
-                        **{
-                            "auth": self.auth,
-                            "timeout": (self.config.connect_timeout, self.config.read_timeout),
-                            **kwargs,
-                        },
-                    )
-                except requests.Timeout as exc:
-                    last = FetchError("timeout", f"timeout fetching {url}: {exc}")
-                except requests.ConnectionError as exc:
-                    last = FetchError("connection_error", f"connection error fetching {url}: {exc}")
-            if response is not None:
-                if response.status_code < 400:
-                    self.throttle.success(host)
-                    return response
-                kind = f"http_{response.status_code}"
-                last = FetchError(kind, f"HTTP {response.status_code} from {url}", response.status_code)
-                if response.status_code not in RETRYABLE_STATUS:
-                    raise last
-            if attempt < self.config.max_retries:
-                self.retries += 1
-                wait = self._sleep_for(attempt, response)
-                if response is not None:
-                    self.throttle.throttled(host, wait, scheduled)
-                time.sleep(wait)
-        assert last is not None
-        raise last
+        """One request with retries: 420/429/5xx and network errors are retried; other 4xx raise at once."""
+        return retrying(
+            lambda: self._attempt(method, url, kwargs),
+            self.config,
+            self.throttle,
+            self._rng,
+            self._count_retry,
+        )
 
     def get(self, url: str, params: dict[str, Any] | None = None) -> requests.Response:
         return self.request("GET", url, params=params)
 
     def get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
         """GET and decode JSON; an HTML or truncated body is retried, then raised as `bad_json`."""
-        last: FetchError | None = None
-        for attempt in range(self.config.max_retries + 1):
+
+        def attempt() -> Any:
             response = self.get(url, params)
             try:
                 return response.json()
             except (json.JSONDecodeError, requests.JSONDecodeError, ValueError):
                 ctype = response.headers.get("Content-Type", "?")
                 snippet = response.text[:80].replace("\n", " ")
-                last = FetchError("bad_json", f"expected JSON from {response.url}, got {ctype}: {snippet!r}")
-            if attempt < self.config.max_retries:
+                raise HttpError(
+                    "bad_json", f"expected JSON from {response.url}, got {ctype}: {snippet!r}"
+                ) from None
+
+        for n in range(self.config.max_retries + 1):
+            try:
+                return attempt()
+            except HttpError as err:
+                if err.kind != "bad_json" or n == self.config.max_retries:
+                    raise
                 self.retries += 1
-                time.sleep(self._sleep_for(attempt, None))
-        assert last is not None
-        raise last
+                time.sleep(backoff(self.config, n, None, self._rng))
+        raise AssertionError("unreachable")
 
 
 # --- Address guard and deadline -------------------------------------------------------------------------

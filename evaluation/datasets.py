@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl.images import IMAGE_SUFFIXES, image_member
+from etl.fetch.images import IMAGE_SUFFIXES, image_member
 from taxonomy.captions import captions
 from warehouse.contracts import RANKS
 

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from evaluation.datasets import (
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import check_name
 from warehouse.stage_runs import StageRun
+from warehouse.writers import EvalScore, record_scores
 
 DEFAULT_REGISTRY = Path(__file__).with_name("tasks.yaml")
 ADAPTERS: dict[str, Callable[..., LabelledImages]] = {
@@ -66,11 +67,27 @@ def load_registry(extra: str | Path | None = None) -> dict[str, Task]:
     return tasks
 
 
+MODEL_PREFIXES = ("local-dir:", "hf-hub:")  # what open_clip loads weights from
+
+
 def resolve_model(catalog: Catalog, spec: str) -> tuple[str, str | None]:
-    """A training run id becomes its export path; anything else is passed to open_clip as is."""
+    """(what open_clip loads, the training run id or None). A run id of this home becomes its export; an
+    export folder, `local-dir:PATH` and `hf-hub:ORG/NAME` pass as they are. Anything else is an error, not a
+    name handed to open_clip (a bare architecture name would load random weights)."""
     with catalog.connect() as con:
-        row = fetch_first(con, "SELECT export_path FROM training_runs WHERE run_id = ?", [spec])
-    return (row[0], spec) if row and row[0] else (spec, None)
+        row = fetch_first(con, "SELECT export_path, status FROM training_runs WHERE run_id = ?", [spec])
+        runs = [r[0] for r in con.execute("SELECT run_id FROM training_runs").fetchall()]
+    if row is not None:
+        if not row[0]:
+            raise LookupError(f"training run {spec!r} has no export yet (status {row[1]})")
+        return row[0], spec
+    if spec.startswith(MODEL_PREFIXES) or Path(spec).is_dir():
+        return spec, None
+    near = difflib.get_close_matches(spec, runs, n=3)
+    raise LookupError(
+        f"model {spec!r} is not a training run of this home, an export folder, local-dir:PATH or "
+        f"hf-hub:ORG/NAME" + (f"; did you mean {', '.join(near)}?" if near else "")
+    )
 
 
 def _features(catalog: Catalog, model, data: LabelledImages, progress: bool) -> np.ndarray:
@@ -202,23 +219,15 @@ def run_task(
             "n": len(data.paths),
             **scores,
         }
-        now = datetime.now(UTC)
-        with catalog.connect() as con:
-            for metric, value in scores.items():
-                if isinstance(value, float | int) and not isinstance(value, bool) and metric != "n":
-                    con.execute(
-                        "INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            run_id,
-                            spec,
-                            task.name,
-                            metric,
-                            float(value),
-                            len(data.paths),
-                            json.dumps({"protocol": task.protocol, "options": task.options}),
-                            now,
-                        ],
-                    )
+        details = {"protocol": task.protocol, "options": task.options}
+        record_scores(
+            catalog,
+            [
+                EvalScore(run_id, spec, task.name, metric, float(value), len(data.paths), details)
+                for metric, value in scores.items()
+                if isinstance(value, float | int) and not isinstance(value, bool) and metric != "n"
+            ],
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(scores, indent=1, default=str)
         (out_dir / f"{task.name}.json").write_text(text)
@@ -230,16 +239,28 @@ def run_task(
 
 
 def adhoc_task(
-    data: str, protocol: str, text_type: str = "taxon", templates: str = "openai", options: dict | None = None
+    data: str,
+    protocol: str,
+    text_type: str | None = None,
+    templates: str = "openai",
+    options: dict | None = None,
 ) -> Task:
-    """A task for a folder given on the command line; the adapter is detected from what the folder holds."""
+    """A task for a folder given on the command line; the adapter is detected from what the folder holds.
+    `text_type` None means what the data carries: `asis` (folder names) for an ImageFolder, else `taxon`."""
     adapter = detect_adapter(data)
+    if adapter == "image_folder" and text_type not in (None, "asis"):
+        raise ValueError(
+            f"{data} is an ImageFolder tree: its classes are folder names, so --text-type {text_type} cannot be "
+            "made from them; leave --text-type out (or asis), or give a metadata.csv with the 7 rank columns"
+        )
+    if text_type is None:
+        text_type = "asis" if adapter == "image_folder" else "taxon"
     return Task(
         name=f"adhoc-{re.sub(r'[^A-Za-z0-9._-]', '_', Path(data).resolve().name)[:80]}-{protocol}",
         path=str(Path(data).resolve()),
         protocol=protocol,
         adapter=adapter,
-        text_type="asis" if adapter == "image_folder" else text_type,
+        text_type=text_type,
         templates=templates,
         options=options or {},
     )

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import sys
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,15 @@ def _now():
     return datetime.now(UTC)
 
 
+def _executor(args):
+    from flows.stages import ExecutorConfig
+
+    return ExecutorConfig(args.executor, args.workers, args.spark_master)
+
+
 def cmd_ingest(args) -> None:
-    from etl.ingest import run_ingest
-    from etl.sources import IngestConfig
+    from etl.ingest.sources import IngestConfig
+    from flows import stages
 
     params = _kv(args.param, "--param")
     if args.since:
@@ -88,16 +95,16 @@ def cmd_ingest(args) -> None:
         page_size=args.page_size,
         download=args.download,
     )
-    _print(run_ingest(_catalog(args), cfg, progress=True))
+    _print(stages.ingest(_catalog(args), cfg, progress=True))
 
 
 def cmd_taxonomy(args) -> None:
-    from taxonomy.backbone import load_backbone
+    from flows import stages
     from taxonomy.resolve import resolve_names
 
     catalog = _catalog(args)
     if args.taxonomy_cmd == "load-backbone":
-        print(load_backbone(catalog, args.path, common_name_fallback=args.common_name_fallback))
+        print(stages.load_backbone(catalog, args.path, common_name_fallback=args.common_name_fallback))
         return
     with open(args.input, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -112,14 +119,16 @@ def cmd_taxonomy(args) -> None:
 
 
 def cmd_resolve(args) -> None:
-    from taxonomy.resolve import run_resolve
+    from flows import stages
 
-    _print(run_resolve(_catalog(args), args.backbone))
+    _print(stages.resolve(_catalog(args), args.backbone))
 
 
 def cmd_fetch(args) -> None:
-    from etl.fetch import FetchConfig, run_fetch
-    from etl.images import ImageConfig
+    from etl.fetch.images import ImageConfig
+    from etl.fetch.stage import FetchConfig
+    from etl.http import IMAGE_HOSTS
+    from flows import stages
 
     cfg = FetchConfig(
         image=ImageConfig(
@@ -131,35 +140,30 @@ def cmd_fetch(args) -> None:
         allow_private_hosts=args.allow_private_hosts,
         deadline=args.deadline,
         threads=args.threads,
-        per_host=args.per_host,
-        host_rate=args.host_rate,
+        http=replace(IMAGE_HOSTS, per_host=args.per_host, host_rate=args.host_rate),
         local_roots=tuple(args.allow_local_root or ()),
+        partition_rows=args.partition_rows,
+        retry_failed=args.retry_failed,
+        max_internal_error_rate=args.max_internal_error_rate,
     )
-    _print(
-        run_fetch(
-            _catalog(args),
-            cfg,
-            executor=args.executor,
-            workers=args.workers,
-            partition_rows=args.partition_rows,
-            retry_failed=args.retry_failed,
-            spark_master=args.spark_master,
-        )
-    )
+    _print(stages.fetch(_catalog(args), cfg, _executor(args), progress=True))
 
 
 def cmd_dedup(args) -> None:
-    from etl.dedup import DedupConfig, run_dedup
+    from etl.dedup.stage import DedupConfig
+    from flows import stages
 
     evals = _kv(args.eval, "--eval")
     for name, path in evals.items():
         if not Path(path).exists():
             raise FileNotFoundError(f"--eval {name}: {path} does not exist (a folder or a .tar shard)")
-    _print(run_dedup(_catalog(args), DedupConfig(near_k=args.near_k, leak_k=args.leak_k, eval_sets=evals)))
+    cfg = DedupConfig(near_k=args.near_k, leak_k=args.leak_k, eval_sets=evals)
+    _print(stages.dedup(_catalog(args), cfg))
 
 
 def cmd_shard(args) -> None:
-    from etl.shards import ShardConfig, build_version
+    from etl.shards.stage import ShardConfig
+    from flows import stages
 
     cfg = ShardConfig(
         args.version,
@@ -172,10 +176,10 @@ def cmd_shard(args) -> None:
         txt_caption=args.txt_caption,
         overwrite=args.overwrite,
     )
-    manifest = build_version(
-        _catalog(args), cfg, executor=args.executor, workers=args.workers, spark_master=args.spark_master
+    manifest = stages.shard(
+        _catalog(args), cfg, _executor(args), dedup_run=args.dedup_run, resolve_run=args.resolve_run
     )
-    _print({k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"])})
+    _print(stages.manifest_summary(manifest))
 
 
 def cmd_versions(args) -> None:
@@ -196,21 +200,16 @@ def cmd_versions(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from flows import stages
     from training.config import load_config
-    from training.loop import train
 
     cfg = load_config(args.config, args.overrides, preset=args.preset)
-    if args.devices > 1:
-        from training.distributed import launch
-
-        _catalog(args)  # create or migrate the home before the ranks start
-        _print(launch(args.home, cfg.to_dict(), args.devices))
-        return
-    _print(train(_catalog(args), cfg))
+    _print(stages.train(_catalog(args), cfg, devices=args.devices))
 
 
 def cmd_evaluate(args) -> None:
-    from evaluation.tasks import adhoc_task, compare, load_registry, run_task
+    from evaluation.tasks import adhoc_task, compare
+    from flows import stages
 
     catalog = _catalog(args)
     if args.targets and args.targets[0] == "compare":
@@ -236,17 +235,10 @@ def cmd_evaluate(args) -> None:
             options["variant"] = args.variant
         tasks = [adhoc_task(args.data, args.protocol, args.text_type, args.templates, options)]
     else:
-        registry = load_registry(args.registry)
-        names = args.task or []
-        unknown = [n for n in names if n not in registry]
-        if not names or unknown:
-            raise ValueError(f"give --data DIR or --task NAME (registered: {', '.join(sorted(registry))})")
-        tasks = [registry[n] for n in names]
-    results = [
-        run_task(catalog, args.model, t, json_out=args.json if len(tasks) == 1 else None) for t in tasks
-    ]
-    if args.json and len(tasks) > 1:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        if not args.task:
+            raise ValueError("give --data DIR or --task NAME (see `tol evaluate --task ?` for the names)")
+        tasks = stages.registered_tasks(args.task, args.registry)
+    results = stages.evaluate(catalog, args.model, tasks, json_out=args.json)
     _print(results if len(results) > 1 else results[0])
 
 
@@ -291,8 +283,8 @@ def cmd_serve(args) -> None:
 
 
 def cmd_sample_world(args) -> None:
-    from etl.sample_world import build_sample_world, serve_sample_world
-    from etl.sample_world.build import SampleWorldConfig
+    from sample_world import build_sample_world, serve_sample_world
+    from sample_world.build import SampleWorldConfig
 
     root = Path(args.home) / "sample_world"
     world = build_sample_world(root, SampleWorldConfig(seed=args.seed))
@@ -309,6 +301,7 @@ def cmd_sample_world(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from etl.executors import EXECUTORS
     from warehouse.contracts import CAPTION_TYPES, SOURCES, TRAINING_TEXT_TYPES
 
     p = argparse.ArgumentParser(prog="tol", description="TreeOfLife curation pipeline and BioCLIP 2 training")
@@ -362,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_resolve)
 
     s = sub.add_parser("fetch", help="download, resize and hash images")
-    s.add_argument("--executor", choices=["local", "spark"], default="local")
+    s.add_argument("--executor", choices=EXECUTORS, default="local")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--threads", type=int, default=8, help="download threads per worker")
     s.add_argument("--per-host", type=int, default=4, help="concurrent requests per host, per worker")
@@ -372,7 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partition-rows", type=int, default=128)
     s.add_argument("--spark-master")
     s.add_argument("--allow-private-hosts", action="store_true")
-    s.add_argument("--retry-failed", action="store_true", help="retry transient failures only")
+    s.add_argument(
+        "--retry-failed", action="store_true", help="retry transient failures (and internal errors) only"
+    )
+    s.add_argument(
+        "--max-internal-error-rate",
+        type=float,
+        default=0.02,
+        help="stop and fail when more than this fraction of rows end as internal_error (a bug; default 0.02)",
+    )
     s.add_argument("--min-side", type=int, default=224)
     s.add_argument("--max-side", type=int, default=720)
     s.add_argument("--pdq", action="store_true", help="also a 256-bit PDQ hash (needs the `pdq` extra)")
@@ -416,10 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CAPTION_TYPES,
         help="caption type also written as plain `txt`",
     )
-    s.add_argument("--executor", choices=["local", "spark"], default="local")
+    s.add_argument("--executor", choices=EXECUTORS, default="local")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--spark-master")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--dedup-run", help="the dedup run whose kept images to shard (default: the latest)")
+    s.add_argument("--resolve-run", help="the resolve run whose names label them (default: the latest)")
     s.set_defaults(fn=cmd_shard)
 
     s = sub.add_parser("versions", help="list, show or verify dataset versions")
@@ -454,7 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", help="multi_label: comma-separated binary metadata columns (FishNet-style traits)"
     )
     s.add_argument("--variant", help="emergent: the intra-species metadata column (default life_stage)")
-    s.add_argument("--text-type", default="taxon", choices=["asis", *TRAINING_TEXT_TYPES])
+    s.add_argument(
+        "--text-type",
+        choices=["asis", *TRAINING_TEXT_TYPES],
+        help="class text: asis (the class names) or a caption type; default taxon, asis for an ImageFolder",
+    )
     s.add_argument("--templates", default="openai", choices=["openai", "single"])
     s.add_argument("--json", help="also write the scores here")
     s.set_defaults(fn=cmd_evaluate)

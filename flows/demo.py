@@ -10,9 +10,12 @@ from typing import Any
 
 from prefect import flow
 
-from etl.sample_world import SampleWorld, build_sample_world, serve_sample_world
-from etl.sample_world.build import SampleWorldConfig
+from etl.dedup.stage import DedupConfig
+from etl.fetch.stage import FetchConfig
+from etl.shards.stage import ShardConfig
 from flows.pipeline import curate_flow, evaluate_flow, ingest_flow, train_flow
+from sample_world import SampleWorld, build_sample_world, serve_sample_world
+from sample_world.build import SampleWorldConfig
 from warehouse.catalog import open_catalog
 from warehouse.contracts import SOURCES
 
@@ -53,11 +56,9 @@ def demo_flow(
         curate = curate_flow(
             home,
             backbone_path=str(world.backbone),
-            allow_private_hosts=True,
-            eval_sets={"heldout": str(world.eval_dir)},
-            version=DEMO_VERSION,
-            samples_per_shard=256,
-            overwrite=True,
+            fetch=FetchConfig(allow_private_hosts=True),  # the sample world is served on loopback
+            dedup=DedupConfig(eval_sets={"heldout": str(world.eval_dir)}),
+            shard=ShardConfig(DEMO_VERSION, samples_per_shard=256, overwrite=True),
         )
     trained = train_flow(
         home,

@@ -1,4 +1,8 @@
-"""Prefect flows over the stage functions: `ingest`, `curate`, `train`, `evaluate`."""
+"""Prefect flows over `flows.stages`: `ingest`, `curate`, `train`, `evaluate`.
+
+Each task is one call of a stage function. Flow parameters are the stages' own typed configs (dataclasses),
+so the UI's run form shows every setting a stage has (for example `dedup.near_k`), with its default, and
+checks it before the run starts."""
 
 from __future__ import annotations
 
@@ -8,20 +12,19 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
+from etl.dedup.stage import DedupConfig
+from etl.fetch.stage import FetchConfig
+from etl.ingest.sources import IngestConfig
+from etl.shards.stage import ShardConfig
+from flows import stages
+from flows.stages import ExecutorConfig
 from warehouse.catalog import open_catalog
-from warehouse.contracts import check_name
+from warehouse.contracts import SOURCES, check_name
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=10)
-def ingest_task(
-    home: str, source: str, api_url: str | None, path: str | None, params: dict[str, str], limit: int | None
-) -> dict[str, Any]:
-    from etl.ingest import run_ingest
-    from etl.sources import IngestConfig
-
-    return run_ingest(
-        open_catalog(home), IngestConfig(source, api_url=api_url, path=path, params=params, limit=limit)
-    )
+def ingest_task(home: str, cfg: IngestConfig) -> dict[str, Any]:
+    return stages.ingest(open_catalog(home), cfg)
 
 
 @flow(name="ingest", log_prints=True)
@@ -32,22 +35,23 @@ def ingest_flow(
     paths: dict[str, str] | None = None,
     params: dict[str, dict[str, str]] | None = None,
     limit: int | None = None,
+    page_size: int = 300,
 ) -> list[dict[str, Any]]:
     """Pull each source (default: all four, at their real services) into `raw_records`, incrementally."""
-    from warehouse.contracts import SOURCES
-
+    unknown = sorted(set(sources or ()) - set(SOURCES))
+    if unknown:
+        raise ValueError(f"unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
     results = []
     for source in sources or list(SOURCES):
-        results.append(
-            ingest_task(
-                home,
-                source,
-                (api_urls or {}).get(source),
-                (paths or {}).get(source),
-                (params or {}).get(source, {}),
-                limit,
-            )
+        cfg = IngestConfig(
+            source,
+            api_url=(api_urls or {}).get(source),
+            path=(paths or {}).get(source),
+            params=(params or {}).get(source, {}),
+            limit=limit,
+            page_size=page_size,
         )
+        results.append(ingest_task(home, cfg))
     create_table_artifact(
         key="ingest-summary",
         table=[
@@ -67,79 +71,49 @@ def ingest_flow(
 
 @task(cache_policy=NONE)
 def resolve_task(home: str, backbone_path: str | None) -> dict[str, Any]:
-    from taxonomy.backbone import load_backbone
-    from taxonomy.resolve import run_resolve
-
     catalog = open_catalog(home)
-    version = load_backbone(catalog, backbone_path) if backbone_path else None
-    return run_resolve(catalog, version)
+    backbones = [stages.load_backbone(catalog, backbone_path)] if backbone_path else None
+    return stages.resolve(catalog, backbones)
 
 
 @task(cache_policy=NONE)
-def fetch_task(home: str, executor: str, workers: int, allow_private_hosts: bool) -> dict[str, Any]:
-    from etl.fetch import FetchConfig, run_fetch
-
-    return run_fetch(
-        open_catalog(home),
-        FetchConfig(allow_private_hosts=allow_private_hosts),
-        executor=executor,
-        workers=workers,
-    )
+def fetch_task(home: str, cfg: FetchConfig, executor: ExecutorConfig) -> dict[str, Any]:
+    return stages.fetch(open_catalog(home), cfg, executor)
 
 
 @task(cache_policy=NONE)
-def dedup_task(home: str, eval_sets: dict[str, str]) -> dict[str, Any]:
-    from etl.dedup import DedupConfig, run_dedup
-
-    return run_dedup(open_catalog(home), DedupConfig(eval_sets=eval_sets))
+def dedup_task(home: str, cfg: DedupConfig) -> dict[str, Any]:
+    return stages.dedup(open_catalog(home), cfg)
 
 
 @task(cache_policy=NONE)
 def shard_task(
-    home: str, version: str, where: str | None, samples_per_shard: int, val_fraction: float, overwrite: bool
+    home: str, cfg: ShardConfig, executor: ExecutorConfig, dedup_run: str, resolve_run: str
 ) -> dict[str, Any]:
-    from etl.shards import ShardConfig, build_version
-
-    manifest = build_version(
-        open_catalog(home),
-        ShardConfig(
-            version,
-            where=where,
-            samples_per_shard=samples_per_shard,
-            val_fraction=val_fraction,
-            overwrite=overwrite,
-        ),
-    )
-    return {k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"])}
+    manifest = stages.shard(open_catalog(home), cfg, executor, dedup_run=dedup_run, resolve_run=resolve_run)
+    return stages.manifest_summary(manifest)
 
 
 @flow(name="curate", log_prints=True)
 def curate_flow(
     home: str = "tol-data",
     backbone_path: str | None = None,
-    executor: str = "local",
-    workers: int = 2,
-    allow_private_hosts: bool = False,
-    eval_sets: dict[str, str] | None = None,
-    version: str | None = None,
-    where: str | None = None,
-    samples_per_shard: int = 10_000,
-    val_fraction: float = 0.05,
-    overwrite: bool = False,
+    fetch: FetchConfig = FetchConfig(),
+    dedup: DedupConfig = DedupConfig(),
+    shard: ShardConfig | None = None,
+    executor: ExecutorConfig = ExecutorConfig(),
 ) -> dict[str, Any]:
-    """Resolve, fetch, dedup and (when `version` is given) shard."""
-    # Names are checked before any stage runs, not half-way through the flow.
-    if version is not None:
-        check_name("version", version)
-    for name in eval_sets or {}:
-        check_name("evaluation set", name)
+    """Resolve, fetch, dedup and (when `shard` names a version) shard. The shard step is built from the
+    resolve and dedup runs of this flow run, not from whatever is latest when it starts."""
+    # The configs were checked (names included) when Prefect built them from the parameters: before any
+    # stage runs, not half-way through the flow.
     out = {
         "resolve": resolve_task(home, backbone_path),
-        "fetch": fetch_task(home, executor, workers, allow_private_hosts),
-        "dedup": dedup_task(home, eval_sets or {}),
+        "fetch": fetch_task(home, fetch, executor),
+        "dedup": dedup_task(home, dedup),
     }
-    if version:
-        out["shard"] = shard_task(home, version, where, samples_per_shard, val_fraction, overwrite)
+    if shard is not None:
+        out["shard"] = shard_task(home, shard, executor, out["dedup"]["run_id"], out["resolve"]["run_id"])
     create_markdown_artifact(key="curate-summary", markdown=_stage_table(out), description="Curation counts")
     return out
 
@@ -165,9 +139,9 @@ def train_flow(
     devices: int = 1,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train from the UI: parameters are the common knobs; `devices` > 1 launches torchrun (DDP)."""
+    """Train from the UI: parameters are the common knobs, `overrides` any other TrainConfig field;
+    `devices` > 1 launches torchrun (DDP)."""
     from training.config import load_config
-    from training.loop import train
 
     if dataset_version:
         check_name("version", dataset_version)
@@ -185,13 +159,7 @@ def train_flow(
     }
     values.update(overrides or {})
     cfg = load_config(preset=preset, overrides=values)
-    catalog = open_catalog(home)
-    if devices > 1:
-        from training.distributed import launch
-
-        result = launch(catalog.home, cfg.to_dict(), devices)  # torchrun, one process per device
-    else:
-        result = train(catalog, cfg, progress=False)
+    result = stages.train(open_catalog(home), cfg, devices=devices, progress=False)
     create_markdown_artifact(
         key="train-summary",
         markdown=f"Run `{result['run_id']}`: {result['steps']} steps, final {result['final']}",
@@ -213,22 +181,16 @@ def evaluate_flow(
     home: str = "tol-data", model: str = "", tasks: list[str] | None = None, registry: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """Run registered tasks on a model (a training run id, an export folder, or any open_clip name)."""
-    from evaluation.tasks import load_registry, run_task
-
-    catalog = open_catalog(home)
-    known = load_registry(registry)
-    results = {}
-    for name in tasks or SAMPLE_TASKS:
-        if name not in known:
-            raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(known))}")
-        results[name] = run_task(catalog, model, known[name], progress=False)
+    chosen = stages.registered_tasks(tasks or SAMPLE_TASKS, registry)
+    results = stages.evaluate(open_catalog(home), model, chosen, progress=False)
+    by_task = {t.name: r for t, r in zip(chosen, results, strict=True)}
     create_table_artifact(
         key="evaluate-summary",
         table=[
             {"task": t, "metric": k, "value": v}
-            for t, r in results.items()
+            for t, r in by_task.items()
             for k, v in r.items()
             if isinstance(v, float)
         ],
     )
-    return results
+    return by_task

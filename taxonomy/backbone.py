@@ -10,7 +10,6 @@ import hashlib
 import shutil
 import uuid
 import zipfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from duckdb.sqltypes import VARCHAR
@@ -19,6 +18,7 @@ from taxonomy.names import canonical_name
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.stage_runs import StageRun
 from warehouse.tables import conformed_select, sql_path
+from warehouse.writers import record_backbone
 
 
 def _checksum(paths: list[Path]) -> str:
@@ -115,7 +115,7 @@ def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool
         # One lineage row per accepted (or doubtful) usage: its own rank holds its own name, lower ranks null.
         con.execute(
             """
-            INSERT INTO taxa
+            CREATE TEMP TABLE new_taxa AS
             WITH names AS (
               SELECT taxonID, vernacularName AS name,
                      row_number() OVER (PARTITION BY taxonID ORDER BY length(vernacularName), vernacularName) AS k
@@ -128,47 +128,44 @@ def load_backbone(catalog: Catalog, path: str | Path, common_name_fallback: bool
               FROM t WHERE lower(taxonomicStatus) IN ('accepted', 'doubtful', 'provisionally accepted')
                 AND taxonID <> '0'
             )
-            SELECT u.taxonID,
-              CASE WHEN rnk = 'kingdom' THEN nm ELSE kingdom END,
-              CASE WHEN rnk = 'phylum' THEN nm WHEN rnk IN ('kingdom') THEN NULL ELSE phylum END,
-              CASE WHEN rnk = 'class' THEN nm WHEN rnk IN ('kingdom', 'phylum') THEN NULL ELSE class END,
-              CASE WHEN rnk = 'order' THEN nm WHEN rnk IN ('kingdom', 'phylum', 'class') THEN NULL ELSE "order" END,
+            SELECT u.taxonID AS taxon_id,
+              CASE WHEN rnk = 'kingdom' THEN nm ELSE kingdom END AS kingdom,
+              CASE WHEN rnk = 'phylum' THEN nm WHEN rnk IN ('kingdom') THEN NULL ELSE phylum END AS phylum,
+              CASE WHEN rnk = 'class' THEN nm WHEN rnk IN ('kingdom', 'phylum') THEN NULL ELSE class END AS class,
+              CASE WHEN rnk = 'order' THEN nm WHEN rnk IN ('kingdom', 'phylum', 'class') THEN NULL ELSE "order" END
+                AS "order",
               CASE WHEN rnk = 'family' THEN nm WHEN rnk IN ('kingdom', 'phylum', 'class', 'order') THEN NULL
-                   ELSE family END,
+                   ELSE family END AS family,
               CASE WHEN rnk = 'genus' THEN nm WHEN rnk IN ('species', 'subspecies', 'variety', 'form') THEN genus
-                   ELSE NULL END,
+                   ELSE NULL END AS genus,
               CASE WHEN rnk IN ('species', 'subspecies', 'variety', 'form')
-                   THEN coalesce(epithet, split_part(nm, ' ', 2)) END,
-              nm, rnk, n.name, CASE WHEN n.name IS NOT NULL THEN rnk END, ?
+                   THEN coalesce(epithet, split_part(nm, ' ', 2)) END AS species,
+              nm AS scientific_name, rnk AS taxon_rank, n.name AS common_name,
+              CASE WHEN n.name IS NOT NULL THEN rnk END AS common_name_rank
             FROM usages u LEFT JOIN names n ON n.taxonID = u.taxonID AND n.k = 1
-            """,
-            [version],
+            """
         )
         if common_name_fallback:
             for rank in ("genus", "family"):
                 con.execute(
-                    f"""UPDATE taxa SET common_name = h.common_name, common_name_rank = h.taxon_rank
-                        FROM taxa h
-                        WHERE taxa.backbone_version = $v AND h.backbone_version = $v AND taxa.common_name IS NULL
+                    f"""UPDATE new_taxa SET common_name = h.common_name, common_name_rank = h.taxon_rank
+                        FROM new_taxa h
+                        WHERE new_taxa.common_name IS NULL
                           AND h.taxon_rank = '{rank}' AND h.common_name_rank = '{rank}'
-                          AND taxa.taxon_rank <> '{rank}' AND taxa.{rank} = h.{rank}
-                          AND taxa.kingdom IS NOT DISTINCT FROM h.kingdom
-                          AND (taxa.family IS NULL OR h.family IS NULL OR taxa.family = h.family)""",
-                    {"v": version},
+                          AND new_taxa.taxon_rank <> '{rank}' AND new_taxa.{rank} = h.{rank}
+                          AND new_taxa.kingdom IS NOT DISTINCT FROM h.kingdom
+                          AND (new_taxa.family IS NULL OR h.family IS NULL OR new_taxa.family = h.family)"""
                 )
         n_taxa = fetch_first(con, "SELECT count(*) FROM t")[0]
         n_vern = fetch_first(con, "SELECT count(*) FROM v")[0]
-        n_usable = fetch_first(con, "SELECT count(*) FROM taxa WHERE backbone_version = ?", [version])[0]
+        n_usable = fetch_first(con, "SELECT count(*) FROM new_taxa")[0]
         if not n_usable:
             con.execute("ROLLBACK")
             raise ValueError(
                 f"{taxon}: no accepted or doubtful usages ({n_taxa} rows); an empty backbone would resolve "
                 "nothing, so it is not loaded"
             )
-        con.execute(
-            "INSERT INTO backbones VALUES (?, ?, ?, ?, ?)",
-            [version, str(path), n_taxa, n_vern, datetime.now(UTC)],
-        )
+        record_backbone(con, version, str(path), n_taxa, n_vern, rows="new_taxa")
         con.execute("COMMIT")
         run.n_in, run.n_out = n_taxa, n_usable
     return version

@@ -23,7 +23,6 @@ from taxonomy.backbone import backbone_dir, latest_backbone
 from taxonomy.names import INCERTAE_SEDIS, canonical_name, normalize_kingdom, parse_name
 from warehouse.catalog import Catalog
 from warehouse.contracts import HIGHER_RANKS, RANKS
-from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import RESOLUTIONS
 from warehouse.stage_runs import StageRun
 
@@ -393,7 +392,7 @@ def run_resolve(catalog: Catalog, backbone_version: str | Sequence[str] | None =
             if res.taxon_id is None:
                 run.drop("unresolved")
         table = pa.Table.from_pydict(out, schema=RESOLUTIONS)
-        write_parquet_atomic(table, catalog.lake / "resolved" / f"run={run.run_id}" / "part-00000.parquet")
+        catalog.write_part("resolutions_history", table, partition={"run": run.run_id}, part="part-00000")
         run.n_in, run.n_out = len(records), len(records) - counts["none"]
         parsers = Counter(parse_name(n).parser for q in cache for n in (q.species, q.name) if n)
         run.details = {

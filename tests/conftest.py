@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.sample_world import build_sample_world, serve_sample_world
-from etl.sample_world.build import SampleWorldConfig
+from sample_world import build_sample_world, serve_sample_world
+from sample_world.build import SampleWorldConfig
 from warehouse.catalog import open_catalog
 from warehouse.contracts import SOURCES
 
@@ -43,23 +43,22 @@ def catalog(tmp_path):
 @pytest.fixture(scope="session")
 def curated(world, tmp_path_factory):
     """A home with every curation stage run once on the test world (ingest .. shard), shared read-only."""
-    from etl.dedup import DedupConfig, run_dedup
-    from etl.fetch import FetchConfig, run_fetch
-    from etl.ingest import run_ingest
-    from etl.shards import ShardConfig, build_version
-    from etl.sources import IngestConfig
-    from taxonomy.backbone import load_backbone
-    from taxonomy.resolve import run_resolve
+    from etl.dedup.stage import DedupConfig
+    from etl.fetch.stage import FetchConfig
+    from etl.ingest.sources import IngestConfig
+    from etl.shards.stage import ShardConfig
+    from flows import stages
+    from flows.stages import ExecutorConfig
 
     cat = open_catalog(tmp_path_factory.mktemp("curated") / "home")
     with serve_sample_world(world.root) as srv:
         for source in SOURCES:
-            run_ingest(cat, IngestConfig(source, api_url=srv.base_url))
-        load_backbone(cat, world.backbone)
-        run_resolve(cat)
-        run_fetch(cat, FetchConfig(allow_private_hosts=True), workers=1, progress=False)
-    run_dedup(cat, DedupConfig(eval_sets={"heldout": str(world.eval_dir)}))
-    build_version(cat, ShardConfig("t1", samples_per_shard=64, val_fraction=0.1))
+            stages.ingest(cat, IngestConfig(source, api_url=srv.base_url))
+        stages.load_backbone(cat, world.backbone)
+        stages.resolve(cat)
+        stages.fetch(cat, FetchConfig(allow_private_hosts=True), ExecutorConfig(workers=1))
+    stages.dedup(cat, DedupConfig(eval_sets={"heldout": str(world.eval_dir)}))
+    stages.shard(cat, ShardConfig("t1", samples_per_shard=64, val_fraction=0.1))
     return cat
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from etl.sample_world import serve_sample_world
+from sample_world import serve_sample_world
 from tests.tolcli import env, run_pipeline, sql, start, tol
 
 pytestmark = pytest.mark.slow

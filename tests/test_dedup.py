@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from etl.near_dup import Layout, brute_force_pairs, near_pairs, plan_layout
+from etl.dedup.near_dup import Layout, brute_force_pairs, near_pairs, plan_layout
 
 
 def _planted(seed: int, n: int, n_pairs: int, max_flips: int) -> np.ndarray:
@@ -109,8 +109,8 @@ def test_every_image_has_one_decision_per_run(curated):
 def test_eval_sets_from_metadata_folder_plain_folder_and_webdataset_shards_hash_alike(world, tmp_path):
     import webdataset as wds
 
-    from etl.dedup import eval_images
-    from etl.images import ImageConfig, process_image
+    from etl.dedup.stage import eval_images
+    from etl.fetch.images import ImageConfig, process_image
 
     from_meta = dict(eval_images(world.eval_dir))
     plain = tmp_path / "plain" / "nested"
@@ -136,7 +136,7 @@ def test_eval_sets_from_metadata_folder_plain_folder_and_webdataset_shards_hash_
 def test_rerun_without_eval_folder_uses_stored_hashes_and_decides_the_same(curated, tmp_path):
     import shutil
 
-    from etl.dedup import run_dedup
+    from etl.dedup.stage import run_dedup
     from warehouse.catalog import open_catalog
 
     shutil.copytree(curated.home, tmp_path / "home")
@@ -170,8 +170,8 @@ def test_degenerate_hashes_neither_cluster_nor_leak_by_phash(catalog):
     unless the bytes are the same (MD5)."""
     import pyarrow as pa
 
-    from etl.dedup import DedupConfig, run_dedup
-    from etl.records import make_rows
+    from etl.dedup.stage import DedupConfig, run_dedup
+    from etl.ingest.records import make_rows
     from warehouse.lake import write_parquet_atomic
     from warehouse.schemas import EVAL_HASHES, IMAGES
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.sample_world import serve_sample_world
+from sample_world import serve_sample_world
 from tests.tolcli import alive, children, run_pipeline, sql, start, tol, wait_until
 
 pytestmark = pytest.mark.slow

@@ -5,6 +5,7 @@ import struct
 import threading
 import time
 import zlib
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -13,10 +14,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from etl import fetch as fetch_mod
 from etl.executors.local import LocalExecutor
-from etl.fetch import FETCH_OUTPUT, FetchConfig, fetch_one, fetch_partition, run_fetch
-from etl.images import ImageConfig, process_image
+from etl.fetch import stage as fetch_mod
+from etl.fetch.images import ImageConfig, process_image
+from etl.fetch.stage import FETCH_OUTPUT, FetchConfig, fetch_one, fetch_partition, run_fetch
+from etl.http import IMAGE_HOSTS
 
 
 def _jpeg(size=(400, 300), mode="RGB", color=(200, 30, 30)) -> bytes:
@@ -128,7 +130,9 @@ def _fresh_throttles():
 
 
 CFG = FetchConfig(
-    allow_private_hosts=True, read_timeout=0.8, max_bytes=200_000, retries=2, retry_after_cap=1.5
+    allow_private_hosts=True,
+    max_bytes=200_000,
+    http=replace(IMAGE_HOSTS, read_timeout=0.8, max_retries=2, backoff_max=1.5),
 )
 
 
@@ -223,8 +227,8 @@ def test_local_executor_rows_equal_in_process_rows(bad_server):
 
 
 def test_killed_fetch_resumes_without_loss_or_duplicates(catalog, server, monkeypatch):
-    from etl.ingest import run_ingest
-    from etl.sources import IngestConfig
+    from etl.ingest.sources import IngestConfig
+    from etl.ingest.stage import run_ingest
 
     run_ingest(catalog, IngestConfig("bioscan", api_url=server.base_url))
     real = fetch_mod.run_fetch.__globals__["fetch_partition"]
@@ -238,13 +242,13 @@ def test_killed_fetch_resumes_without_loss_or_duplicates(catalog, server, monkey
 
     monkeypatch.setattr(fetch_mod, "fetch_partition", dies_on_third_partition)
     with pytest.raises(KeyboardInterrupt):
-        run_fetch(catalog, FetchConfig(allow_private_hosts=True), workers=1, partition_rows=8, progress=False)
+        run_fetch(catalog, FetchConfig(allow_private_hosts=True, partition_rows=8), workers=1, progress=False)
     monkeypatch.setattr(fetch_mod, "fetch_partition", real)
     with catalog.connect() as con:
         partial_rows = con.execute("SELECT count(*) FROM images_history").fetchall()[0][0]
     assert partial_rows == 16
     second = run_fetch(
-        catalog, FetchConfig(allow_private_hosts=True), workers=1, partition_rows=8, progress=False
+        catalog, FetchConfig(allow_private_hosts=True, partition_rows=8), workers=1, progress=False
     )
     with catalog.connect() as con:
         n, distinct, raw = con.execute("""SELECT count(*), count(DISTINCT record_id),
@@ -289,16 +293,16 @@ def test_large_jpeg_is_decoded_reduced_but_gated_and_recorded_at_full_size():
 def test_retry_failed_refetches_only_transient_failures(catalog, world):
     """A 503 during the first fetch is transient: --retry-failed fetches it again and counts the attempt;
     permanent failures (404, too small, corrupt) are left alone."""
-    from etl.ingest import run_ingest
-    from etl.sample_world import serve_sample_world
-    from etl.sources import IngestConfig
+    from etl.ingest.sources import IngestConfig
+    from etl.ingest.stage import run_ingest
+    from sample_world import serve_sample_world
 
     with serve_sample_world(world.root, faults={"/bioscan5m/images": [503] * 9}) as srv:
         run_ingest(catalog, IngestConfig("bioscan", api_url=srv.base_url))
-        cfg = FetchConfig(allow_private_hosts=True, retries=0)
+        cfg = FetchConfig(allow_private_hosts=True, http=replace(IMAGE_HOSTS, max_retries=0))
         first = run_fetch(catalog, cfg, workers=1, progress=False)
         assert first["dropped"].get("http_503") == 9
-        again = run_fetch(catalog, cfg, workers=1, progress=False, retry_failed=True)
+        again = run_fetch(catalog, replace(cfg, retry_failed=True), workers=1, progress=False)
     assert again["n_in"] == 9 and again["n_out"] == 9
     with catalog.connect() as con:
         rows = con.execute("SELECT status, attempts FROM images WHERE attempts > 1").fetchall()
@@ -377,8 +381,9 @@ def test_fetch_slows_down_for_a_rate_limited_host():
     two counts then overlap.)"""
     _RateLimited.limit = 30
     n = 150
-    common = {"allow_private_hosts": True, "threads": 8, "per_host": 8, "retries": 8, "retry_after_cap": 1.0}
-    adaptive = FetchConfig(host_rate=100.0, **common)
+    hosts = replace(IMAGE_HOSTS, per_host=8, max_retries=8, backoff_max=1.0)
+    common = {"allow_private_hosts": True, "threads": 8}
+    adaptive = FetchConfig(http=replace(hosts, host_rate=100.0), **common)
     statuses, refused = _fetch_from_rate_limited_server(n, adaptive)
     assert statuses == ["ok"] * n  # every image arrives in the end
     assert refused < n // 4
@@ -386,7 +391,7 @@ def test_fetch_slows_down_for_a_rate_limited_host():
 
 
 def test_pdq_is_an_optional_second_hash():
-    from etl.images import pdq256
+    from etl.fetch.images import pdq256
 
     rng = np.random.default_rng(3)
     img = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize((800, 600))

@@ -2,9 +2,9 @@
 
 import pytest
 
-pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
-
+@pytest.mark.prefect
+@pytest.mark.slow
 def test_demo_flow_end_to_end(prefect_harness, tmp_path):
     from flows.demo import demo_flow
     from warehouse.catalog import open_catalog
@@ -34,6 +34,7 @@ def test_demo_flow_end_to_end(prefect_harness, tmp_path):
     )
 
 
+@pytest.mark.prefect
 def test_deployments_build_with_schedule(prefect_harness, tmp_path):
     from flows.serve import INGEST_CRON, build_deployments
 
@@ -50,3 +51,22 @@ def test_deployments_build_with_schedule(prefect_harness, tmp_path):
         ui_fields
     )
     assert deployments["train"].parameters["home"] == str(tmp_path.resolve())
+
+
+def test_a_stage_setting_reaches_the_stage_from_the_ui_form(tmp_path):
+    """`dedup.near_k` as the UI shows it (the flow's parameter schema) and sends it (JSON) arrives in the
+    DedupConfig the dedup task is called with. No server is needed for either step."""
+    from prefect.utilities.callables import parameter_schema
+
+    from etl.dedup.stage import DedupConfig
+    from flows.pipeline import curate_flow
+
+    schema = parameter_schema(curate_flow).model_dump()
+    near_k = schema["definitions"]["DedupConfig"]["properties"]["near_k"]
+    assert near_k["type"] == "integer" and near_k["default"] == DedupConfig().near_k
+    fetch_fields = schema["definitions"]["FetchConfig"]["properties"]
+    assert {"threads", "http", "deadline", "max_internal_error_rate", "image"} <= set(fetch_fields)
+    assert "min_side" in schema["definitions"]["ImageConfig"]["properties"]
+    assert {"per_host", "host_rate", "max_retries"} <= set(schema["definitions"]["HttpConfig"]["properties"])
+    params = curate_flow.validate_parameters({"home": str(tmp_path), "dedup": {"near_k": 3}})
+    assert params["dedup"] == DedupConfig(near_k=3)

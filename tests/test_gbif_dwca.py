@@ -4,9 +4,9 @@ import zipfile
 
 import pytest
 
-from etl.ingest import run_ingest
-from etl.sources import IngestConfig, gbif_dwca
-from etl.sources import gbif as gbif_mod
+from etl.ingest.sources import IngestConfig, gbif_dwca
+from etl.ingest.sources import gbif as gbif_mod
+from etl.ingest.stage import run_ingest
 
 OCC_COLS = ["gbifID", "datasetKey", "basisOfRecord", "scientificName", "taxonRank", "kingdom", "phylum", "class",
             "order", "family", "genus", "species", "eventDate", "license", "rightsHolder", "publisher",

@@ -11,6 +11,7 @@ import threading
 import time
 import zipfile
 from contextlib import contextmanager
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,13 +19,16 @@ import pytest
 from PIL import Image
 
 import etl.http
-from etl.dedup import DedupConfig, eval_images
-from etl.fetch import FetchConfig, fetch_one, fetch_partition
-from etl.images import ImageConfig, PixelBudget, pixel_budget
-from etl.ingest import run_ingest
-from etl.shards import ShardConfig, build_version
-from etl.sources import IngestConfig
+from etl.dedup.stage import DedupConfig, eval_images
+from etl.fetch.images import ImageConfig, PixelBudget, pixel_budget
+from etl.fetch.stage import FetchConfig, fetch_one, fetch_partition
+from etl.http import IMAGE_HOSTS
+from etl.ingest.sources import IngestConfig
+from etl.ingest.stage import run_ingest
+from etl.shards.stage import ShardConfig
+from flows import stages
 from flows.cli import main
+from flows.stages import ExecutorConfig
 from taxonomy.backbone import latest_backbone, load_backbone
 from warehouse.catalog import open_catalog
 from warehouse.contracts import check_name
@@ -112,12 +116,16 @@ def test_1_shard_version_dotdot_deletes_nothing(home_copy, capsys):
 
 
 def test_1_flow_parameters_are_checked_before_any_stage(tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
     from flows.pipeline import curate_flow, train_flow
 
-    with pytest.raises(ValueError, match="never a path"):
-        curate_flow.fn(home=str(tmp_path / "h"), version="..")
-    with pytest.raises(ValueError, match="never a path"):
-        curate_flow.fn(home=str(tmp_path / "h"), eval_sets={"held/out": "/x"})
+    # What the UI sends: plain JSON, turned into the stage configs (and checked) before the flow starts.
+    home = str(tmp_path / "h")
+    with pytest.raises(ParameterTypeError, match="never a path"):
+        curate_flow.validate_parameters({"home": home, "shard": {"version": ".."}})
+    with pytest.raises(ParameterTypeError, match="never a path"):
+        curate_flow.validate_parameters({"home": home, "dedup": {"eval_sets": {"held/out": "/x"}}})
     with pytest.raises(ValueError, match="never a path"):
         train_flow.fn(home=str(tmp_path / "h"), dataset_version="../x")
     assert not (tmp_path / "h").exists()
@@ -134,21 +142,21 @@ def test_1_removal_only_inside_its_folder(tmp_path):
 
 
 def test_1_killed_overwrite_leaves_the_old_version_whole(home_copy, monkeypatch):
-    from etl import shards as shards_mod
+    from etl.shards import stage as shards_mod
     from tests.test_shards import kill_shard_write
 
-    old = build_version(home_copy, ShardConfig("ow", samples_per_shard=64), workers=1)
+    old = stages.shard(home_copy, ShardConfig("ow", samples_per_shard=64), ExecutorConfig(workers=1))
     real = kill_shard_write(monkeypatch, 2)
     new_cfg = ShardConfig("ow", samples_per_shard=32, overwrite=True)
     with pytest.raises(KeyboardInterrupt):
-        build_version(home_copy, new_cfg, workers=1)
+        stages.shard(home_copy, new_cfg, ExecutorConfig(workers=1))
     # The catalog still names the old version, and its files are all there.
     assert verify_version(home_copy, "ow") == []
     with home_copy.connect() as con:
         n = con.execute("SELECT n_shards FROM dataset_versions WHERE version = 'ow'").fetchall()
     assert n == [(len(old["shards"]),)]
     monkeypatch.setattr(shards_mod, "_write_shard", real)
-    new = build_version(home_copy, new_cfg, workers=1)
+    new = stages.shard(home_copy, new_cfg, ExecutorConfig(workers=1))
     assert verify_version(home_copy, "ow") == [] and len(new["shards"]) > len(old["shards"])
     builds = sorted(p.name for p in (home_copy.shards / ".builds").glob("ow.*"))
     assert len(builds) == 1 and (home_copy.shards / "ow").resolve().name == builds[0]
@@ -158,7 +166,7 @@ def test_1_killed_overwrite_leaves_the_old_version_whole(home_copy, monkeypatch)
 
 
 def test_2_backbone_load_killed_midway_can_be_rerun(world, tmp_path, monkeypatch):
-    import taxonomy.backbone as backbone_mod
+    import warehouse.writers as writers_mod
 
     catalog = open_catalog(tmp_path / "home")
 
@@ -167,7 +175,7 @@ def test_2_backbone_load_killed_midway_can_be_rerun(world, tmp_path, monkeypatch
         def now(tz=None):
             raise KeyboardInterrupt("killed after the taxa rows, before the backbones row")
 
-    monkeypatch.setattr(backbone_mod, "datetime", Dies)
+    monkeypatch.setattr(writers_mod, "datetime", Dies)  # the backbones row is written after the taxa
     with pytest.raises(KeyboardInterrupt):
         load_backbone(catalog, world.backbone)
     monkeypatch.undo()
@@ -369,7 +377,8 @@ class _Trickle(BaseHTTPRequestHandler):
 def test_7_a_trickling_server_ends_at_the_deadline():
     with _server("127.0.0.1", _Trickle) as srv:
         url = f"http://127.0.0.1:{srv.server_address[1]}/slow.jpg"
-        cfg = FetchConfig(allow_private_hosts=True, deadline=2.0, read_timeout=10, retries=0)
+        slow = replace(IMAGE_HOSTS, read_timeout=10, max_retries=0)
+        cfg = FetchConfig(allow_private_hosts=True, deadline=2.0, http=slow)
         result = {}
         t0 = time.monotonic()
         worker = threading.Thread(
@@ -515,7 +524,7 @@ def test_12_simple_csv_download_is_named(catalog, tmp_path):
 
 def test_12_a_where_that_selects_nothing_makes_no_version(home_copy):
     with pytest.raises(ValueError, match="empty"):
-        build_version(home_copy, ShardConfig("none", where="kingdom = 'Nonexistia'"))
+        stages.shard(home_copy, ShardConfig("none", where="kingdom = 'Nonexistia'"))
     with pytest.raises(ValueError, match="empty"):
         ShardConfig("blank", where="   ")
     with home_copy.connect() as con:

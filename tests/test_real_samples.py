@@ -23,7 +23,7 @@ def _body(name: str) -> dict:
 
 def test_real_gbif_search_page():
     """3 records: genus-level, order-level and a synonym, media without a media-level licence."""
-    from etl.sources.gbif import occurrence_rows
+    from etl.ingest.sources.gbif import occurrence_rows
 
     page = _body("pygbif__test_search_recorded_by_id.yaml")
     rows = [r for occ in page["results"] for r in occurrence_rows(occ)]
@@ -72,7 +72,7 @@ def test_real_gbif_names_resolve_against_a_backbone_of_their_taxa(tmp_path):
 
 def test_real_eol_data_object():
     """One StillImage with mediaURL, eolMediaURL, a licence URL and agents; names carry <i> tags."""
-    from etl.sources.eol import data_object_row
+    from etl.ingest.sources.eol import data_object_row
     from taxonomy.names import parse_name
 
     taxon = _body("taxize__eol_dataobjects_9a499eef.yml")["taxon"]

@@ -1,6 +1,6 @@
 import pytest
 
-from etl.records import normalize_license, record_id
+from etl.ingest.records import normalize_license, record_id
 
 
 @pytest.mark.parametrize(

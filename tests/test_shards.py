@@ -4,7 +4,9 @@ import json
 import pytest
 import webdataset as wds
 
-from etl.shards import ShardConfig, build_version
+from etl.shards.stage import ShardConfig
+from flows import stages
+from flows.stages import ExecutorConfig
 from warehouse.versions import list_versions, verify_version
 
 
@@ -53,8 +55,8 @@ def test_split_is_by_occurrence(curated):
 
 def test_versions_are_immutable_and_verify_catches_corruption(curated, tmp_path):
     with pytest.raises(FileExistsError, match="immutable"):
-        build_version(curated, ShardConfig("t1"))
-    build_version(curated, ShardConfig("t2", samples_per_shard=64, where="kingdom = 'Plantae'"))
+        stages.shard(curated, ShardConfig("t1"))
+    stages.shard(curated, ShardConfig("t2", samples_per_shard=64, where="kingdom = 'Plantae'"))
     manifest = json.loads((curated.shards / "t2" / "manifest.json").read_text())
     assert set(manifest["per_kingdom"]) == {"Plantae"}
     shard = curated.shards / "t2" / "train" / manifest["shards"][0]["name"]
@@ -119,7 +121,7 @@ def test_our_training_loader_reads_the_version(curated):
 
 
 def test_squash_resize_and_txt_member(curated):
-    build_version(curated, ShardConfig("t3", samples_per_shard=64, image_size=96, txt_caption="sci"))
+    stages.shard(curated, ShardConfig("t3", samples_per_shard=64, image_size=96, txt_caption="sci"))
     url = sorted(glob.glob(str(curated.shards / "t3" / "train" / "*.tar")))[0]
     sample = next(iter(wds.WebDataset(url, shardshuffle=False).decode("pil")))
     assert sample["jpg"].size == (96, 96) and sample["txt"] == sample["sci.txt"]
@@ -128,7 +130,7 @@ def test_squash_resize_and_txt_member(curated):
 def kill_shard_write(monkeypatch, n: int):
     """Make the n-th shard write of this process raise KeyboardInterrupt (a kill mid-build); returns the real
     writer, to put back."""
-    from etl import shards as shards_mod
+    from etl.shards import stage as shards_mod
 
     real = shards_mod._write_shard
     calls = {"n": 0}
@@ -144,20 +146,20 @@ def kill_shard_write(monkeypatch, n: int):
 
 
 def test_interrupted_build_resumes_and_reuses_finished_shards(curated, monkeypatch):
-    from etl import shards as shards_mod
+    from etl.shards import stage as shards_mod
 
     real = kill_shard_write(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        build_version(curated, ShardConfig("t4", samples_per_shard=32), workers=1)
+        stages.shard(curated, ShardConfig("t4", samples_per_shard=32), ExecutorConfig(workers=1))
     monkeypatch.setattr(shards_mod, "_write_shard", real)
-    manifest = build_version(curated, ShardConfig("t4", samples_per_shard=32), workers=1)
+    manifest = stages.shard(curated, ShardConfig("t4", samples_per_shard=32), ExecutorConfig(workers=1))
     with curated.connect() as con:
         details = json.loads(
             con.execute("""SELECT details FROM stage_runs WHERE stage = 'shard' AND status = 'succeeded'
                                             ORDER BY ended_at DESC LIMIT 1""").fetchall()[0][0]
         )
     assert details["reused_shards"] == 2 and verify_version(curated, "t4") == []
-    reference = build_version(
+    reference = stages.shard(
         curated, ShardConfig("t1", samples_per_shard=64, val_fraction=0.1, overwrite=True)
     )
     assert manifest["n_samples"] == reference["n_samples"]
@@ -166,8 +168,8 @@ def test_interrupted_build_resumes_and_reuses_finished_shards(curated, monkeypat
 @pytest.mark.spark
 @pytest.mark.slow
 def test_spark_executor_writes_identical_shards(curated):
-    local = build_version(curated, ShardConfig("t5", samples_per_shard=64), workers=1)
-    spark = build_version(
-        curated, ShardConfig("t6", samples_per_shard=64), executor="spark", spark_master="local[2]"
+    local = stages.shard(curated, ShardConfig("t5", samples_per_shard=64), ExecutorConfig(workers=1))
+    spark = stages.shard(
+        curated, ShardConfig("t6", samples_per_shard=64), ExecutorConfig("spark", spark_master="local[2]")
     )
     assert [s["sha256"] for s in local["shards"]] == [s["sha256"] for s in spark["shards"]]

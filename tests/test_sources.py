@@ -2,13 +2,13 @@ import json
 
 import pytest
 
-from etl import ingest as ingest_mod
-from etl.http import FetchError, HttpConfig, PoliteClient
-from etl.ingest import run_ingest
-from etl.sources import IngestConfig, get_connector
-from etl.sources.bioscan import is_placeholder_species
-from etl.sources.fathomnet import box_rows, strip_subgenus
-from etl.sources.gbif import occurrence_rows
+from etl.http import HttpConfig, HttpError, PoliteClient
+from etl.ingest import stage as ingest_mod
+from etl.ingest.sources import IngestConfig, get_connector
+from etl.ingest.sources.bioscan import is_placeholder_species
+from etl.ingest.sources.fathomnet import box_rows, strip_subgenus
+from etl.ingest.sources.gbif import occurrence_rows
+from etl.ingest.stage import run_ingest
 
 FAST = HttpConfig(backoff_base=0.01, max_retries=3)
 
@@ -35,7 +35,7 @@ def test_gbif_pages_through_search_api_and_reingest_adds_nothing(catalog, server
 
 
 def test_gbif_503_html_page_is_retried(catalog, world):
-    from etl.sample_world import serve_sample_world
+    from sample_world import serve_sample_world
 
     with serve_sample_world(world.root, faults={"/v1/occurrence/search": [503, 429]}) as srv:
         client = PoliteClient(FAST)
@@ -45,10 +45,10 @@ def test_gbif_503_html_page_is_retried(catalog, world):
 
 def test_html_where_json_expected_is_a_clear_error(server):
     client = PoliteClient(HttpConfig(backoff_base=0.01, max_retries=1))
-    with pytest.raises(FetchError) as err:
+    with pytest.raises(HttpError) as err:
         client.get_json(f"{server.base_url}/bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv")
     assert err.value.kind == "bad_json" and "expected JSON" in str(err.value)
-    with pytest.raises(FetchError) as err:
+    with pytest.raises(HttpError) as err:
         client.get_json(f"{server.base_url}/no/such/page.json")
     assert err.value.kind == "http_404"
 
@@ -212,7 +212,7 @@ def test_fathomnet_coco_export_non_organisms_and_boxes_outside(catalog, tmp_path
 
 
 def test_fathomnet_bare_array_pages():
-    from etl.sources.fathomnet import pages
+    from etl.ingest.sources.fathomnet import pages
 
     class Client:
         def __init__(self):
@@ -229,7 +229,7 @@ def test_fathomnet_bare_array_pages():
 
 
 def test_eol_pages_api_rows_keyed_like_the_manifest():
-    from etl.sources.eol import API_IMAGES_PER_PAGE, manifest_row, pages
+    from etl.ingest.sources.eol import API_IMAGES_PER_PAGE, manifest_row, pages
 
     def obj(i, **kw):
         return {"dataObjectVersionID": 7000 + i, "dataType": "http://purl.org/dc/dcmitype/StillImage",

@@ -27,6 +27,10 @@ TINY_VIT_CFG: dict[str, Any] = {
 }
 
 
+# auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: bf16 autocast on any device; fp32: no autocast.
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     dataset_version: str = ""
@@ -52,7 +56,7 @@ class TrainConfig:
     accum_steps: int = 1
     grad_checkpointing: bool = False
     compile: bool = False
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # one of PRECISIONS
     device: str = "auto"
     workers: int = 0
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -64,6 +68,10 @@ class TrainConfig:
             raise ValueError(
                 f"text_type must be 'random' or one of {TRAINING_TEXT_TYPES}, got {self.text_type!r}"
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.normalization not in ("openai", "imagenet"):
             raise ValueError("normalization must be 'openai' or 'imagenet'")
         if self.batch_size < 2 or self.steps < 1 or self.accum_steps < 1:

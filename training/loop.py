@@ -11,7 +11,6 @@ import random
 import time
 import uuid
 from contextlib import nullcontext
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +26,7 @@ from training.config import TrainConfig
 from training.data import bio_loader, replay_loader
 from training.distributed import broadcast, init_distributed, mean_across
 from training.model import NORMALIZATION, ReplayCLIP, build_clip, export_open_clip
+from warehouse import writers
 from warehouse.catalog import Catalog
 from warehouse.contracts import TRAINING_TEXT_TYPES, check_name
 from warehouse.lake import new_run_id
@@ -71,8 +71,8 @@ def _device(cfg: TrainConfig) -> torch.device:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -190,20 +190,10 @@ def _train(catalog: Catalog, cfg: TrainConfig, dist, run_id: str, stage, progres
     loss_fn = ClipLoss(
         local_loss=dist.enabled, gather_with_grad=dist.enabled, rank=dist.rank, world_size=dist.world
     )
-    started = datetime.now(UTC)
     if dist.main:
-        with catalog.connect() as con:
-            con.execute(
-                """INSERT OR REPLACE INTO training_runs (run_id, version, config, status, steps, started_at)
-                           VALUES (?, ?, ?, 'running', ?, ?)""",
-                [
-                    run_id,
-                    cfg.dataset_version,
-                    json.dumps({**cfg.to_dict(), "devices": dist.world}),
-                    cfg.steps,
-                    started,
-                ],
-            )
+        writers.training_started(
+            catalog, run_id, cfg.dataset_version, {**cfg.to_dict(), "devices": dist.world}, cfg.steps
+        )
     metrics_path = run_dir / "metrics.jsonl"
     if dist.main:
         _trim_metrics(metrics_path, step)
@@ -292,21 +282,12 @@ def _train(catalog: Catalog, cfg: TrainConfig, dist, run_id: str, stage, progres
         }
         if dist.main:
             export_open_clip(model, mcfg, export)
-            with catalog.connect() as con:
-                con.execute(
-                    """UPDATE training_runs SET status = 'succeeded', checkpoint = ?, export_path = ?,
-                               metrics = ?, ended_at = ? WHERE run_id = ?""",
-                    [str(ckpt_path), str(export), json.dumps(metrics), datetime.now(UTC), run_id],
-                )
+            writers.training_succeeded(catalog, run_id, str(ckpt_path), str(export), metrics)
             stage.n_in, stage.n_out = seen, step
             stage.details.update({"training_run": run_id, **metrics})
     except BaseException as exc:
         if dist.main:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            with catalog.connect() as con:
-                con.execute(
-                    "UPDATE training_runs SET status = ?, ended_at = ? WHERE run_id = ?",
-                    [status, datetime.now(UTC), run_id],
-                )
+            writers.training_ended(catalog, run_id, status)
         raise
     return {"run_id": run_id, "export_path": str(export), "steps": step, **metrics}

@@ -15,6 +15,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from warehouse.contracts import DROP_REASONS
+from warehouse.lake import write_part
 from warehouse.locks import mark_interrupted
 from warehouse.schemas import LAKE_TABLES, RAW_RECORDS, duckdb_type
 
@@ -64,6 +66,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE stage_runs ADD COLUMN host VARCHAR;
         ALTER TABLE stage_runs ADD COLUMN lock VARCHAR;
         """,
+    ),
+    (
+        3,
+        "explicit lineage",
+        # Which backbone a version's names were resolved against (resolve_run_id is now filled too).
+        "ALTER TABLE dataset_versions ADD COLUMN backbone_version VARCHAR;",
     ),
 ]
 
@@ -156,6 +164,10 @@ class Catalog:
         finally:
             con.close()
 
+    def write_part(self, table: str, data: pa.Table, *, partition: dict[str, str], part: str) -> Path:
+        """Write one Parquet part of a lake table (see `warehouse.lake.write_part`)."""
+        return write_part(self.lake, table, data, partition=partition, part=part)
+
     def query_arrow(self, sql: str, params: list | None = None) -> pa.Table:
         with self.connect() as con:
             return con.sql(sql, params=params or None).to_arrow_table()
@@ -212,6 +224,10 @@ def _source_select(home: Path, pattern: str, schema: pa.Schema) -> str:
     return f"SELECT * FROM read_parquet('{escaped}', union_by_name = true, hive_partitioning = false)"
 
 
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def views_home(con: duckdb.DuckDBPyConnection) -> str | None:
     """The home folder the lake views were last built for."""
     try:
@@ -224,8 +240,8 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
     """(Re)create the lake views. History views hold every row ever written; the plain views the current state."""
     home_sql = str(home).replace("'", "''")
     con.execute(f"CREATE OR REPLACE VIEW lake_views_home AS SELECT '{home_sql}' AS home")
-    for name, (pattern, schema) in LAKE_TABLES.items():
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {_source_select(home, pattern, schema)}")
+    for name, spec in LAKE_TABLES.items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {_source_select(home, spec.pattern, spec.schema)}")
     raw_cols = ", ".join(f'"{f.name}"' for f in RAW_RECORDS)
     # Current state = latest row per key; history keeps every payload version for audit.
     con.execute(
@@ -249,15 +265,24 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
         QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
     )
     con.execute("CREATE OR REPLACE VIEW dedup_decisions AS SELECT * FROM dedup_decisions_history")
+    reasons = ", ".join(
+        "(" + ", ".join(_sql_str(v) for v in (key, r.stage, r.meaning)) + ")"
+        for key, r in DROP_REASONS.items()
+    )
+    con.execute(f"CREATE OR REPLACE VIEW drop_reasons (reason, stage, meaning) AS VALUES {reasons}")
     con.execute(
         """CREATE OR REPLACE VIEW record_lineage AS
         SELECT r.record_id, r.source, r.source_id, r.dataset_key, r.license, r.media_url,
                s.taxon_id, s.match_type, t.kingdom, t.phylum, t.class, t."order", t.family, t.genus,
-               t.species, t.scientific_name, t.common_name, i.status AS image_status, i.md5, i.phash
+               t.species, t.scientific_name, t.common_name, i.status AS image_status, i.md5, i.phash,
+               r.drop_reason, d.kept AS dedup_kept, d.reason AS dedup_reason, d.run_id AS dedup_run_id
         FROM raw_records r
         LEFT JOIN resolutions s USING (record_id)
         LEFT JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
-        LEFT JOIN images i USING (record_id)"""
+        LEFT JOIN images i USING (record_id)
+        LEFT JOIN dedup_decisions d ON d.record_id = r.record_id AND d.run_id = (
+            SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
+            ORDER BY ended_at DESC, run_id DESC LIMIT 1)"""
     )
 
 

@@ -1,9 +1,10 @@
 """Facts several modules share, defined once: the taxonomic ranks, the caption types, the text members of a
-shard, the source names, and what a user-given name may be."""
+shard, the source names, what a user-given name may be, and the drop reasons."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 # The 7 ranks of every lineage, from the top; `species` holds the epithet alone.
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
@@ -35,3 +36,86 @@ def check_name(kind: str, value: object) -> str:
             "not starting with '.'); a name is never a path"
         )
     return value
+
+
+# --- Drop reasons -------------------------------------------------------------------------------------------
+# Every row a stage does not carry forward ends with one of these reasons, stored in the column of the stage
+# that dropped it (the columns predate this vocabulary and are part of the catalog contract):
+#   ingest  raw_records.drop_reason      resolve  resolutions.match_type ('unresolved' counted in stage_runs)
+#   fetch   images.status (not 'ok')     dedup    dedup_decisions.reason
+# Two reasons are families with a suffix: `http_<status>` (an HTTP answer >= 400) and `eval_leak:<set>`.
+# The catalog view `drop_reasons` lists them with their meanings, for joins in `tol sql`.
+
+
+@dataclass(frozen=True)
+class DropReason:
+    stage: str
+    meaning: str
+
+
+DROP_REASONS: dict[str, DropReason] = {
+    # ingest: the record cannot give an image of an organism
+    "no_media": DropReason("ingest", "the occurrence has no media item at all"),
+    "no_media_url": DropReason("ingest", "a media item without a URL"),
+    "not_still_image": DropReason("ingest", "sound, video or another non-image media type"),
+    "iiif_manifest_unresolved": DropReason("ingest", "a IIIF manifest (JSON-LD), not an image URL"),
+    "dzi_unsupported": DropReason("ingest", "a Deep Zoom tile pyramid, not one image"),
+    "unsupported_url_scheme": DropReason(
+        "ingest", "a URL that is not http(s) (fetch also: a redirect to one)"
+    ),
+    "material_citation": DropReason("ingest", "a GBIF material citation: a figure in a paper, not a photo"),
+    "malformed_record": DropReason(
+        "ingest", "a source record that is not an object with the expected fields"
+    ),
+    "malformed_line": DropReason("ingest", "a line of a DwC-A or CSV file that does not parse"),
+    "untrusted_media": DropReason("ingest", "EOL marked the media item untrusted by its curators"),
+    "not_an_organism": DropReason("ingest", "a FathomNet concept for equipment, debris or similar"),
+    "box_outside_image": DropReason("ingest", "a bounding box wholly outside its image"),
+    "malformed_box": DropReason("ingest", "a bounding box that is not four numbers with positive size"),
+    "unlabelled": DropReason("ingest", "a FathomNet box without a category"),
+    # resolve
+    "unresolved": DropReason("resolve", "the name matched no taxon of the backbone at any rank"),
+    # fetch: the download or the image failed
+    "http_status": DropReason("fetch", "`http_<status>`: the server answered with that HTTP status (>= 400)"),
+    "timeout": DropReason("fetch", "no complete answer within the timeouts or the whole-request deadline"),
+    "connection_error": DropReason("fetch", "the connection failed or was reset"),
+    "dns_error": DropReason("fetch", "the host name does not resolve"),
+    "private_address": DropReason("fetch", "the host resolves to a non-public address (refused)"),
+    "bad_url": DropReason("fetch", "the URL has no host"),
+    "too_many_redirects": DropReason("fetch", "more redirects than allowed"),
+    "too_large": DropReason("fetch", "the body is larger than the byte limit"),
+    "empty_body": DropReason("fetch", "a zero-byte answer"),
+    "not_an_image": DropReason("fetch", "the body is not a decodable image"),
+    "corrupt_image": DropReason("fetch", "the image is truncated or damaged"),
+    "decompression_bomb": DropReason("fetch", "more pixels than the decoder allows"),
+    "crop_outside_image": DropReason("fetch", "the record's crop box lies outside the downloaded image"),
+    "too_small": DropReason("fetch", "the short side is below the minimum"),
+    "internal_error": DropReason(
+        "fetch", "a bug: an unexpected exception (counts towards the failure limit)"
+    ),
+    # dedup
+    "no_hash": DropReason("dedup", "the image was not fetched, so it has no hash"),
+    "eval_leak": DropReason(
+        "dedup", "`eval_leak:<set>`: near or exact copy of an image of that evaluation set"
+    ),
+    "exact_duplicate": DropReason("dedup", "same MD5 as a kept image"),
+    "near_duplicate": DropReason("dedup", "pHash within near_k bits of a kept image"),
+    "degenerate_hash": DropReason("dedup", "a blank or uniform image, whose pHash says nothing"),
+}
+
+_FAMILIES = {"http_status": re.compile(r"http_[1-5][0-9]{2}"), "eval_leak": re.compile(r"eval_leak:.+")}
+
+
+def reason_key(reason: str) -> str:
+    """The vocabulary entry of `reason` (`http_404` -> `http_status`); ValueError if it has none."""
+    if reason in DROP_REASONS and reason not in _FAMILIES:
+        return reason
+    for key, pattern in _FAMILIES.items():
+        if pattern.fullmatch(reason):
+            return key
+    raise ValueError(f"{reason!r} is not a drop reason of warehouse/contracts.py DROP_REASONS")
+
+
+def check_reason(reason: str) -> str:
+    reason_key(reason)
+    return reason

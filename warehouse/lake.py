@@ -25,6 +25,27 @@ def write_parquet_atomic(table: pa.Table, path: str | Path, *, compression: str 
     return path
 
 
+def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, str], part: str) -> Path:
+    """Write `data` as one part of the lake table `table` (a `schemas.LAKE_TABLES` key), atomically.
+
+    The columns are taken and cast to the table's schema (a missing column is an error, not a NULL column);
+    `partition` must name the table's partition keys, in order; values and `part` must be names."""
+    from warehouse.contracts import check_name
+    from warehouse.schemas import LAKE_TABLES
+
+    if table not in LAKE_TABLES:
+        raise ValueError(f"no lake table {table!r}; known: {', '.join(LAKE_TABLES)}")
+    spec = LAKE_TABLES[table]
+    if tuple(partition) != spec.partitions:
+        raise ValueError(f"lake table {table} is partitioned by {spec.partitions}, not {tuple(partition)}")
+    missing = [n for n in spec.schema.names if n not in data.column_names]
+    if missing:
+        raise ValueError(f"rows for {table} lack column(s) {', '.join(missing)}")
+    folder = Path(lake, spec.folder, *(f"{k}={check_name('partition', v)}" for k, v in partition.items()))
+    rows = data.select(spec.schema.names).cast(spec.schema)
+    return write_parquet_atomic(rows, folder / f"{check_name('part', part)}.parquet")
+
+
 def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 
 from warehouse.contracts import RANKS
@@ -116,13 +118,28 @@ EVAL_HASHES = pa.schema(
     ]
 )
 
-# Tables that live as Parquet in the lake and are exposed as views; glob relative to the home folder.
-LAKE_TABLES: dict[str, tuple[str, pa.Schema]] = {
-    "raw_records_history": ("lake/raw/*/*/*.parquet", RAW_RECORDS),
-    "resolutions_history": ("lake/resolved/*/*.parquet", RESOLUTIONS),
-    "images_history": ("lake/images/*/*.parquet", IMAGES),
-    "dedup_decisions_history": ("lake/dedup/*/*.parquet", DEDUP_DECISIONS),
-    "eval_hashes": ("lake/eval_hashes/*/*.parquet", EVAL_HASHES),
+
+@dataclass(frozen=True)
+class LakeTable:
+    """A table stored as Parquet parts under `lake/<folder>/<key>=<value>/.../<part>.parquet`, one folder
+    level per partition key, exposed as a catalog view of the same name."""
+
+    folder: str
+    partitions: tuple[str, ...]
+    schema: pa.Schema
+
+    @property
+    def pattern(self) -> str:
+        """The glob of its parts, relative to the home folder."""
+        return "/".join(["lake", self.folder, *(["*"] * len(self.partitions)), "*.parquet"])
+
+
+LAKE_TABLES: dict[str, LakeTable] = {
+    "raw_records_history": LakeTable("raw", ("source", "ingest"), RAW_RECORDS),
+    "resolutions_history": LakeTable("resolved", ("run",), RESOLUTIONS),
+    "images_history": LakeTable("images", ("source",), IMAGES),
+    "dedup_decisions_history": LakeTable("dedup", ("run",), DEDUP_DECISIONS),
+    "eval_hashes": LakeTable("eval_hashes", ("set",), EVAL_HASHES),
 }
 
 

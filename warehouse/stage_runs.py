@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from warehouse.catalog import Catalog
+from warehouse.contracts import check_reason
 from warehouse.lake import new_run_id
 from warehouse.locks import StageLock, mark_interrupted
 
@@ -85,7 +86,8 @@ class StageRun:
             self._lock = None
 
     def drop(self, reason: str, n: int = 1) -> None:
-        self.dropped[reason] += n
+        """Count `n` rows dropped for `reason`, which must be in the vocabulary (warehouse.contracts)."""
+        self.dropped[check_reason(reason)] += n
 
     def error(self, kind: str, n: int = 1) -> None:
         self.errors[kind] += n
@@ -141,3 +143,42 @@ class StageRun:
             "errors": dict(self.errors),
             **({"details": self.details} if self.details else {}),
         }
+
+
+_FIRST_STEP = {
+    "resolve": "tol resolve",
+    "dedup": "tol dedup",
+    "fetch": "tol fetch",
+    "load_backbone": "tol taxonomy load-backbone PATH",
+}
+
+
+def succeeded_run(catalog: Catalog, stage: str, run_id: str | None = None) -> str:
+    """`run_id` checked to be a succeeded run of `stage`, or (None) the latest succeeded one. This is how
+    a stage's inputs are chosen: once, by the caller, then passed on and recorded."""
+    with catalog.connect() as con:
+        if run_id is None:
+            rows = con.execute(
+                "SELECT run_id FROM stage_runs WHERE stage = ? AND status = 'succeeded'"
+                " ORDER BY ended_at DESC, run_id DESC LIMIT 1",
+                [stage],
+            ).fetchall()
+            if not rows:
+                how = _FIRST_STEP.get(stage, f"the {stage} stage")
+                raise LookupError(f"no successful {stage} run: run `{how}` first")
+            return rows[0][0]
+        rows = con.execute("SELECT stage, status FROM stage_runs WHERE run_id = ?", [run_id]).fetchall()
+    if not rows:
+        raise LookupError(f"no stage run {run_id!r} in the catalog")
+    if rows[0] != (stage, "succeeded"):
+        raise ValueError(f"run {run_id!r} is a {rows[0][1]} {rows[0][0]} run, not a succeeded {stage} run")
+    return run_id
+
+
+def run_config(catalog: Catalog, run_id: str) -> dict[str, Any]:
+    """The settings a run recorded when it started."""
+    with catalog.connect() as con:
+        rows = con.execute("SELECT config FROM stage_runs WHERE run_id = ?", [run_id]).fetchall()
+    if not rows:
+        raise LookupError(f"no stage run {run_id!r} in the catalog")
+    return json.loads(rows[0][0] or "{}")

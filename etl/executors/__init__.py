@@ -8,6 +8,8 @@ from typing import Protocol
 
 import pyarrow as pa
 
+EXECUTORS: tuple[str, ...] = ("local", "spark")
+
 PartitionFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
 

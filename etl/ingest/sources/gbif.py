@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from etl.http import FetchError, PoliteClient
-from etl.records import clean, normalize_license, record_id
-from etl.sources import IngestConfig, Page
+from etl.http import HttpError, PoliteClient
+from etl.ingest.records import clean, normalize_license, record_id
+from etl.ingest.sources import IngestConfig, Page
 from warehouse.contracts import HIGHER_RANKS
 
 DEFAULT_API = "https://api.gbif.org"
@@ -119,7 +119,7 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
     """`--path` reads a Darwin Core Archive download (bulk, set-wise); otherwise the search API is paged."""
     work = Path(cfg.work_dir or tempfile.gettempdir())
     if cfg.path:
-        from etl.sources import gbif_dwca
+        from etl.ingest.sources import gbif_dwca
 
         yield from gbif_dwca.pages(cfg, checkpoint, work / "dwca")
         return
@@ -133,7 +133,7 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
     seen = 0
     while True:
         if offset + limit > RESTRICTED_OFFSET:
-            raise FetchError(
+            raise HttpError(
                 "restricted_offset",
                 f"GBIF search cannot page past offset {RESTRICTED_OFFSET}; "
                 "request a Darwin Core Archive download for bulk pulls",
@@ -141,7 +141,7 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
         body = client.get_json(f"{base}/v1/occurrence/search", {**params, "limit": limit, "offset": offset})
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list):
-            raise FetchError("bad_payload", f"GBIF page at offset {offset} has no results list")
+            raise HttpError("bad_payload", f"GBIF page at offset {offset} has no results list")
         rows: list[dict[str, Any]] = []
         for occ in results:
             if not isinstance(occ, dict):
@@ -181,7 +181,7 @@ def download_predicate(params: dict[str, str]) -> dict[str, Any]:
 def gbif_credentials() -> tuple[str, str, str]:
     user, password, email = (os.environ.get(k) for k in ("GBIF_USER", "GBIF_PWD", "GBIF_EMAIL"))
     if not (user and password and email):
-        raise FetchError(
+        raise HttpError(
             "no_credentials", "GBIF downloads need an account: set GBIF_USER, GBIF_PWD and GBIF_EMAIL"
         )
     return user, password, email
@@ -194,7 +194,7 @@ def download_pages(
 
     The download key is checkpointed as soon as GBIF gives it, so a killed run polls the same download
     instead of requesting another; a finished one requests a fresh download (new data) next time."""
-    from etl.sources import gbif_dwca
+    from etl.ingest.sources import gbif_dwca
 
     base = (cfg.api_url or DEFAULT_API).rstrip("/")
     user, password, email = gbif_credentials()
@@ -233,11 +233,9 @@ def _wait_for_download(client: PoliteClient, base: str, key: str, cfg: IngestCon
         if status == "SUCCEEDED" and meta.get("downloadLink"):
             return meta["downloadLink"]
         if status in ("FAILED", "KILLED", "CANCELLED", "FILE_ERASED"):
-            raise FetchError("download_failed", f"GBIF download {key} ended as {status}")
+            raise HttpError("download_failed", f"GBIF download {key} ended as {status}")
         if time.monotonic() > deadline:
-            raise FetchError(
-                "download_timeout", f"GBIF download {key} still {status or 'unknown'}; run again"
-            )
+            raise HttpError("download_timeout", f"GBIF download {key} still {status or 'unknown'}; run again")
         time.sleep(cfg.download_poll_seconds)
 
 

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from etl.http import FetchError, PoliteClient
-from etl.records import clean, normalize_license, record_id
-from etl.sources import IngestConfig, Page
+from etl.http import HttpError, PoliteClient
+from etl.ingest.records import clean, normalize_license, record_id
+from etl.ingest.sources import IngestConfig, Page
 
 DEFAULT_API = "https://eol.org"
 KINGDOM_NAMES = {
@@ -165,10 +165,10 @@ def api_pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any
             )  # fmt: skip
             taxon = (body.get("taxonConcept") or body.get("taxon")) if isinstance(body, dict) else None
             if not isinstance(taxon, dict):
-                raise FetchError("bad_payload", f"EOL page {page_id}: no taxonConcept in the response")
+                raise HttpError("bad_payload", f"EOL page {page_id}: no taxonConcept in the response")
             objects = taxon.get("dataObjects") or []
             if not isinstance(objects, list):
-                raise FetchError("bad_payload", f"EOL page {page_id}: dataObjects is not a list")
+                raise HttpError("bad_payload", f"EOL page {page_id}: dataObjects is not a list")
             for obj in objects:
                 if isinstance(obj, dict):
                     rows.append(data_object_row(page_id, taxon, obj, len(rows)))
@@ -191,7 +191,7 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
         return
     files = _manifest_files(client, cfg)
     if not files:
-        raise FetchError("no_manifest", "no media_manifest_*.csv files found")
+        raise HttpError("no_manifest", "no media_manifest_*.csv files found")
     taxa = _taxon_tab(client, cfg)
     done_files = set(checkpoint.get("files_done", []))
     seen = 0

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from etl.sample_world.render import LIFE_STAGES, jpeg_bytes, render_organism, render_scene
-from etl.sample_world.tree import Species, Tree, build_tree
+from sample_world.render import LIFE_STAGES, jpeg_bytes, render_organism, render_scene
+from sample_world.tree import Species, Tree, build_tree
 from warehouse.contracts import HIGHER_RANKS
 
 BASE = "{{BASE_URL}}"

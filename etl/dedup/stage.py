@@ -21,11 +21,10 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from etl.images import ImageConfig, is_image_name, process_image, tar_images
-from etl.near_dup import near_pairs
+from etl.dedup.near_dup import near_pairs
+from etl.fetch.images import ImageConfig, is_image_name, process_image, tar_images
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import SOURCES, check_name
-from warehouse.lake import write_parquet_atomic
 from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES
 from warehouse.stage_runs import StageRun
 
@@ -92,7 +91,7 @@ def hash_eval_set(catalog: Catalog, name: str, path: str | Path, run_id: str) ->
         ):
             rows[k].append(v)
     table = pa.Table.from_pydict(rows, schema=EVAL_HASHES)
-    write_parquet_atomic(table, catalog.lake / "eval_hashes" / f"set={name}" / "hashes.parquet")
+    catalog.write_part("eval_hashes", table, partition={"set": name}, part="hashes")
     return table
 
 
@@ -212,19 +211,12 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
     if isinstance(decisions, pa.RecordBatchReader):
         decisions = decisions.read_all()
     decisions = decisions.cast(DEDUP_DECISIONS)
-    write_parquet_atomic(decisions, run.catalog.lake / "dedup" / f"run={run.run_id}" / "decisions.parquet")
+    run.catalog.write_part(
+        "dedup_decisions_history", decisions, partition={"run": run.run_id}, part="decisions"
+    )
     con.register("decided", decisions)
     for reason, n in con.execute(
         "SELECT reason, count(*) FROM decided WHERE NOT kept GROUP BY reason ORDER BY reason"
     ).fetchall():
         run.drop(reason, n)
     run.n_out = fetch_first(con, "SELECT count(*) FROM decided WHERE kept")[0]
-
-
-def latest_dedup_run(con: duckdb.DuckDBPyConnection) -> str | None:
-    row = fetch_first(
-        con,
-        """SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
-                         ORDER BY ended_at DESC LIMIT 1""",
-    )
-    return row[0] if row else None

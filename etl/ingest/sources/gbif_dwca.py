@@ -20,9 +20,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from etl.records import RECORD_NAMESPACE, normalize_license, payload_hash, record_id
-from etl.sources import IngestConfig, Page
-from etl.sources.gbif import CITIZEN_SCIENCE_PUBLISHERS, MUSEUM_BASES
+from etl.ingest.records import RECORD_NAMESPACE, normalize_license, payload_hash, record_id
+from etl.ingest.sources import IngestConfig, Page
+from etl.ingest.sources.gbif import CITIZEN_SCIENCE_PUBLISHERS, MUSEUM_BASES
 from warehouse.contracts import HIGHER_RANKS
 from warehouse.schemas import RAW_RECORDS
 from warehouse.tables import conformed_select, sql_path
@@ -86,7 +86,7 @@ def archive_files(path: Path, workdir: Path) -> tuple[Path, Path | None, str]:
 
 
 def _uuid5_sql(name_sql: str) -> str:
-    """UUIDv5 (RFC 4122) in SQL, equal to `etl.records.record_id`: sha1(namespace || name), version and
+    """UUIDv5 (RFC 4122) in SQL, equal to `etl.ingest.records.record_id`: sha1(namespace || name), version and
     variant bits set."""
     h = f"sha1(from_hex('{RECORD_NAMESPACE.hex}') || encode({name_sql}))"
     return (
@@ -127,7 +127,7 @@ def _image_type_sql() -> str:
 
 
 def _clean(col: str) -> str:
-    """`etl.records.clean` in SQL: blank and NaN-like strings become NULL."""
+    """`etl.ingest.records.clean` in SQL: blank and NaN-like strings become NULL."""
     return (
         f"CASE WHEN lower(trim({col})) IN ('', 'nan', 'null', 'none', 'n/a') THEN NULL ELSE trim({col}) END"
     )

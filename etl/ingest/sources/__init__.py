@@ -50,7 +50,7 @@ ConnectorFn = Callable[[PoliteClient, IngestConfig, dict[str, Any]], Iterator[Pa
 
 
 def _registry() -> dict[str, ConnectorFn]:
-    from etl.sources import bioscan, eol, fathomnet, gbif
+    from etl.ingest.sources import bioscan, eol, fathomnet, gbif
 
     registry = {"gbif": gbif.pages, "eol": eol.pages, "bioscan": bioscan.pages, "fathomnet": fathomnet.pages}
     assert tuple(registry) == SOURCES, "every source in warehouse.contracts.SOURCES has one connector"

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from etl.http import FetchError, PoliteClient
-from etl.records import clean, record_id
-from etl.sources import IngestConfig, Page
+from etl.http import HttpError, PoliteClient
+from etl.ingest.records import clean, record_id
+from etl.ingest.sources import IngestConfig, Page
 
 DEFAULT_API = "https://database.fathomnet.org"
 _SUBGENUS = re.compile(r"\s*\([A-Z][a-z]+\)\s*")
@@ -138,7 +138,7 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
     if cfg.path:
         doc = json.loads(Path(cfg.path).read_text(encoding="utf-8"))
         if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
-            raise FetchError("bad_payload", f"{cfg.path}: not a COCO export (no annotations list)")
+            raise HttpError("bad_payload", f"{cfg.path}: not a COCO export (no annotations list)")
         rows = coco_rows(doc)
         yield Page(rows[: cfg.limit] if cfg.limit else rows, {"path": cfg.path}, complete=True)
         return
@@ -150,7 +150,7 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
         body = client.get_json(f"{base}/api/images/list/all", {"page": page, "size": size})
         content = body.get("content") if isinstance(body, dict) else body  # bare arrays occur too
         if not isinstance(content, list):
-            raise FetchError("bad_payload", f"FathomNet page {page} has no content list")
+            raise HttpError("bad_payload", f"FathomNet page {page} has no content list")
         rows = [r for image in content if isinstance(image, dict) for r in box_rows(image)]
         seen += len(content)
         page += 1

@@ -23,13 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from etl.dedup import latest_dedup_run
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
 from warehouse.lake import remove_tree, write_bytes_atomic, write_parquet_atomic
 from warehouse.stage_runs import CODE_VERSION, StageRun
 from warehouse.versions import BUILDS, link_version
+from warehouse.writers import DatasetVersionRecord, replace_version
 
 SIDECAR = pa.schema(
     [
@@ -70,11 +70,9 @@ def _bucket(value: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def _select(catalog: Catalog, cfg: ShardConfig) -> tuple[list[dict[str, Any]], str]:
+def _select(catalog: Catalog, cfg: ShardConfig, inputs: ShardInputs) -> list[dict[str, Any]]:
+    """The kept samples of the dedup run, named by the resolve run (not whatever is latest now)."""
     with catalog.connect() as con:
-        dedup_run = latest_dedup_run(con)
-        if dedup_run is None:
-            raise LookupError("no successful dedup run: run `tol dedup` first")
         where = f"AND ({cfg.where})" if cfg.where else ""
         rows = (
             con.sql(
@@ -86,17 +84,17 @@ def _select(catalog: Catalog, cfg: ShardConfig) -> tuple[list[dict[str, Any]], s
                      t.species, t.scientific_name, t.common_name, b.jpeg
               FROM dedup_decisions d
               JOIN raw_records r USING (record_id)
-              JOIN resolutions s USING (record_id)
+              JOIN resolutions_history s USING (record_id)
               JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
               JOIN image_bytes b USING (record_id)
-              WHERE d.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
+              WHERE d.run_id = ? AND s.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
             ) WHERE true {where}""",
-                params=[dedup_run],
+                params=[inputs.dedup_run, inputs.resolve_run],
             )
             .to_arrow_table()
             .to_pylist()
         )
-    return rows, dedup_run
+    return rows
 
 
 def _squash(jpeg: bytes, size: int) -> bytes:
@@ -243,33 +241,44 @@ def _plan(rows: list[dict], cfg: ShardConfig) -> list[list[dict]]:
     return groups
 
 
-def _latest_dedup(catalog: Catalog) -> str | None:
-    with catalog.connect() as con:
-        return latest_dedup_run(con)
-
-
-def _same_build(manifest: dict, cfg: ShardConfig, dedup_run: str | None) -> bool:
+def _same_build(manifest: dict, cfg: ShardConfig, inputs: ShardInputs) -> bool:
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
     built = {k: v for k, v in manifest.get("config", {}).items() if k != "overwrite"}
-    return built == settings and manifest.get("dedup_run") == dedup_run
+    return (
+        built == settings
+        and manifest.get("dedup_run") == inputs.dedup_run
+        and manifest.get("resolve_run") == inputs.resolve_run
+    )
 
 
-def _fingerprint(cfg: ShardConfig, dedup_run: str, rows: list[dict]) -> str:
-    """What the build depends on: settings, the dedup run and the selected records (not the timestamp)."""
+def _fingerprint(cfg: ShardConfig, inputs: ShardInputs, rows: list[dict]) -> str:
+    """What the build depends on: settings, the input runs and the selected records (not the timestamp)."""
     keys = hashlib.sha1("\n".join(sorted(r["record_id"] for r in rows)).encode()).hexdigest()
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
-    return hashlib.sha1(json.dumps([settings, dedup_run, keys], sort_keys=True).encode()).hexdigest()
+    runs = [inputs.dedup_run, inputs.resolve_run]
+    return hashlib.sha1(json.dumps([settings, runs, keys], sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardInputs:
+    """The runs a version is built from, chosen once by the caller and recorded in the version."""
+
+    dedup_run: str  # whose kept images are the samples
+    resolve_run: str  # whose names label them
+    backbone_versions: tuple[str, ...]  # the backbones that resolve run used, in priority order
 
 
 def build_version(
     catalog: Catalog,
     cfg: ShardConfig,
+    inputs: ShardInputs,
     *,
     executor: str = "local",
     workers: int = 2,
     spark_master: str | None = None,
 ) -> dict[str, Any]:
-    """Build (or resume building) a dataset version. Shards are written by the executor's workers.
+    """Build (or resume building) a dataset version from `inputs`. Shards are written by the executor's
+    workers.
 
     The version is built in its own folder `shards/.builds/<version>.<fingerprint>` beside any earlier one;
     the catalog row is switched to it in one transaction and `shards/<version>` (a link) follows. So a
@@ -285,14 +294,14 @@ def build_version(
         if current is not None and not cfg.overwrite:
             link_version(catalog, cfg.version, current)  # mends a link a killed build left behind
             manifest = json.loads((current / "manifest.json").read_text())
-            if _same_build(manifest, cfg, _latest_dedup(catalog)):
+            if _same_build(manifest, cfg, inputs):
                 # The same command again (after a kill, say): the version is what it would build.
-                run.message = f"version {cfg.version} exists, built with these settings from this dedup run"
+                run.message = f"version {cfg.version} exists, built with these settings from these runs"
                 return manifest
             raise FileExistsError(
                 f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite"
             )
-        rows, dedup_run = _select(catalog, cfg)
+        rows = _select(catalog, cfg, inputs)
         run.n_in = len(rows)
         if not rows:
             raise ValueError(
@@ -300,7 +309,7 @@ def build_version(
                 + (f" (--where {cfg.where!r} matches no kept sample)" if cfg.where else "")
                 + ": an immutable version of 0 samples is not made"
             )
-        fingerprint = _fingerprint(cfg, dedup_run, rows)
+        fingerprint = _fingerprint(cfg, inputs, rows)
         builds = catalog.shards / BUILDS
         root = builds / f"{cfg.version}.{fingerprint[:16]}"
         for stale in builds.glob(f"{cfg.version}.*"):
@@ -328,12 +337,12 @@ def build_version(
                 {"split": split, "name": name, "n": r["n"], "sha256": r["sha256"], "bytes": r["bytes"]}
             )
         counts = {split: sum(1 for r in rows if r["split"] == split) for split in ("train", "val")}
-        manifest = _manifest(cfg, rows, shards, dedup_run, counts)
+        manifest = _manifest(cfg, rows, shards, inputs, counts)
         for split in ("train", "val"):
             sizes = {s["name"]: s["n"] for s in shards if s["split"] == split}
             write_bytes_atomic(json.dumps(sizes, indent=1).encode(), root / split / "sizes.json")
         write_bytes_atomic(json.dumps(manifest, indent=1, default=str).encode(), root / "manifest.json")
-        shard_rows = pa.table(
+        samples = pa.table(
             {
                 "version": [cfg.version] * len(rows),
                 "split": [r["split"] for r in rows],
@@ -343,32 +352,22 @@ def build_version(
                 "taxon_id": [r["taxon_id"] for r in rows],
             }
         )
-        with catalog.connect() as con:
-            con.execute("BEGIN TRANSACTION")  # the switch: before it the old version stands, after it the new
-            con.execute("DELETE FROM dataset_versions WHERE version = ?", [cfg.version])
-            con.execute("DELETE FROM shard_samples WHERE version = ?", [cfg.version])
-            con.register("ss", shard_rows)
-            con.execute(
-                "INSERT INTO shard_samples SELECT version, split, shard, key, record_id, taxon_id FROM ss"
-            )
-            con.execute(
-                "INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    cfg.version,
-                    datetime.now(UTC),
-                    cfg.where,
-                    cfg.seed,
-                    dedup_run,
-                    len(rows),
-                    counts["train"],
-                    counts["val"],
-                    len(shards),
-                    str(root.relative_to(catalog.home)),  # a home can be moved or copied
-                    json.dumps(manifest, default=str),
-                    CODE_VERSION,
-                ],
-            )
-            con.execute("COMMIT")
+        record = DatasetVersionRecord(
+            version=cfg.version,
+            filters=cfg.where,
+            seed=cfg.seed,
+            dedup_run_id=inputs.dedup_run,
+            resolve_run_id=inputs.resolve_run,
+            backbone_version=",".join(inputs.backbone_versions),
+            n_samples=len(rows),
+            n_train=counts["train"],
+            n_val=counts["val"],
+            n_shards=len(shards),
+            path=str(root.relative_to(catalog.home)),
+            manifest=manifest,
+            code_version=CODE_VERSION,
+        )
+        replace_version(catalog, record, samples)  # the switch: before it the old version stands
         displaced = link_version(catalog, cfg.version, root)
         for old in (current, displaced):  # the version this one replaced, now unreferenced
             if old is not None and old.exists() and old.resolve() != root.resolve():
@@ -383,7 +382,9 @@ def build_version(
     return manifest
 
 
-def _manifest(cfg: ShardConfig, rows: list[dict], shards: list[dict], dedup_run: str, counts: dict) -> dict:
+def _manifest(
+    cfg: ShardConfig, rows: list[dict], shards: list[dict], inputs: ShardInputs, counts: dict
+) -> dict:
     def count(key) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in rows:
@@ -396,7 +397,9 @@ def _manifest(cfg: ShardConfig, rows: list[dict], shards: list[dict], dedup_run:
         "created_at": datetime.now(UTC).isoformat(),
         "config": asdict(cfg),
         "code_version": CODE_VERSION,
-        "dedup_run": dedup_run,
+        "dedup_run": inputs.dedup_run,
+        "resolve_run": inputs.resolve_run,
+        "backbone_versions": list(inputs.backbone_versions),
         "n_samples": len(rows),
         "splits": counts,
         "per_source": count(lambda r: r["source"]),

@@ -7,44 +7,27 @@ resumes from its last committed page.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
 from etl.http import PoliteClient
-from etl.records import make_rows, stamp_table
-from etl.sources import IngestConfig, get_connector
-from warehouse.catalog import Catalog, fetch_first
-from warehouse.lake import write_parquet_atomic
+from etl.ingest.records import make_rows, stamp_table
+from etl.ingest.sources import IngestConfig, get_connector
+from warehouse.catalog import Catalog
 from warehouse.stage_runs import StageRun
+from warehouse.writers import load_checkpoint, save_checkpoint
 
 
-def _load_checkpoint(catalog: Catalog, cfg: IngestConfig) -> dict[str, Any]:
-    with catalog.connect() as con:
-        row = fetch_first(
-            con,
-            "SELECT checkpoint, complete FROM ingest_checkpoints WHERE source = ? AND query_key = ?",
-            [cfg.source, cfg.query_key()],
-        )
-    if row is None:
+def _resume_point(catalog: Catalog, cfg: IngestConfig) -> dict[str, Any]:
+    stored = load_checkpoint(catalog, cfg.source, cfg.query_key())
+    if stored is None:
         return {}
-    checkpoint = json.loads(row[0])
-    if row[1] and not checkpoint.get("high_water"):
+    checkpoint, complete = stored
+    if complete and not checkpoint.get("high_water"):
         return {}  # the last run finished: page from the start again (unchanged rows are skipped)
     return checkpoint  # a run to resume, or a high-water mark (e.g. the checksum of an archive done)
-
-
-def _save_checkpoint(
-    catalog: Catalog, cfg: IngestConfig, checkpoint: dict, complete: bool, run_id: str
-) -> None:
-    with catalog.connect() as con:
-        con.execute(
-            "INSERT OR REPLACE INTO ingest_checkpoints VALUES (?, ?, ?, ?, ?, ?)",
-            [cfg.source, cfg.query_key(), json.dumps(checkpoint), complete, run_id, datetime.now(UTC)],
-        )
 
 
 def _new_rows(catalog: Catalog, table: pa.Table, source: str) -> pa.Table:
@@ -89,7 +72,7 @@ def run_ingest(
         lock=f"ingest-{cfg.source}",  # one run per source at a time; different sources run side by side
     ) as run:
         # Read under the lock: a run that waited for another must start from where that one ended.
-        checkpoint = _load_checkpoint(catalog, cfg)
+        checkpoint = _resume_point(catalog, cfg)
         run.details["resumed_from"] = checkpoint
         unchanged = 0
         for page_no, page in enumerate(connector(client, cfg, checkpoint)):
@@ -103,13 +86,17 @@ def run_ingest(
                 fresh = _new_rows(catalog, table, cfg.source)
                 unchanged += table.num_rows - fresh.num_rows
                 if fresh.num_rows:
-                    path = catalog.lake / "raw" / f"source={cfg.source}" / f"ingest={run.run_id}"
-                    write_parquet_atomic(fresh, path / f"part-{page_no:05d}.parquet")
+                    catalog.write_part(
+                        "raw_records_history",
+                        fresh,
+                        partition={"source": cfg.source, "ingest": run.run_id},
+                        part=f"part-{page_no:05d}",
+                    )
                     run.n_out += fresh.num_rows
                     for reason in fresh.column("drop_reason").to_pylist():
                         if reason:
                             run.drop(reason)
-            _save_checkpoint(catalog, cfg, page.checkpoint, page.complete, run.run_id)
+            save_checkpoint(catalog, cfg.source, cfg.query_key(), page.checkpoint, page.complete, run.run_id)
             if progress:
                 print(
                     f"  ingest {cfg.source}: page {page_no + 1}, {run.n_in} rows read, {run.n_out} new",

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from etl.http import PoliteClient
-from etl.records import clean, record_id
-from etl.sources import IngestConfig, Page
+from etl.ingest.records import clean, record_id
+from etl.ingest.sources import IngestConfig, Page
 
 METADATA_PATH = "bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv"
 IMAGE_PACKAGE = "cropped_256"
@@ -59,7 +59,12 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
         text = Path(cfg.path).read_text(encoding="utf-8", errors="replace")
         image_root = cfg.params.get("image_root") or Path(cfg.path).resolve().parent.as_uri()
     else:
-        base = (cfg.api_url or "").rstrip("/")
+        if not cfg.api_url:
+            raise ValueError(
+                "bioscan has no public API: give --path (the BIOSCAN-5M metadata CSV, its images beside it or "
+                "under --param image_root=URL) or --api-url (a mirror serving the dataset's paths)"
+            )
+        base = cfg.api_url.rstrip("/")
         text = client.get(f"{base}/{METADATA_PATH}").text
         image_root = cfg.params.get("image_root") or f"{base}/bioscan5m/images/{IMAGE_PACKAGE}"
     reader = csv.DictReader(io.StringIO(text))

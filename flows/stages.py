@@ -1,0 +1,198 @@
+"""The one wiring of the pipeline: each stage as a function of a catalog and its typed config.
+
+The command line (`tol`), the Prefect flows, the tests and the benchmarks all call these functions, so a
+setting added to a stage's config reaches every entry point through the config object, not through a
+parameter list repeated in four places. Inputs that default to "the latest" (backbone, resolve run, dedup
+run) are chosen here, once, passed to the stage as arguments, and recorded by it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etl.dedup.stage import DedupConfig
+from etl.executors import EXECUTORS
+from etl.fetch.stage import FetchConfig
+from etl.ingest.sources import IngestConfig
+from etl.shards.stage import ShardConfig
+from warehouse.catalog import Catalog
+
+log = logging.getLogger("tol.stages")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the byte-heavy stages (fetch, shard) run: `local` processes, or Spark (`spark_master`, default
+    `local[workers]`)."""
+
+    name: str = "local"
+    workers: int = 2
+    spark_master: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.name!r}; choose one of: {', '.join(EXECUTORS)}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, not {self.workers}")
+
+
+def ingest(catalog: Catalog, cfg: IngestConfig, *, progress: bool = False) -> dict[str, Any]:
+    from etl.ingest.stage import run_ingest
+
+    return run_ingest(catalog, cfg, progress=progress)
+
+
+def load_backbone(catalog: Catalog, path: str | Path, *, common_name_fallback: bool = False) -> str:
+    from taxonomy.backbone import load_backbone as load
+
+    return load(catalog, path, common_name_fallback=common_name_fallback)
+
+
+def resolve(catalog: Catalog, backbones: Sequence[str] | None = None) -> dict[str, Any]:
+    """Resolve every usable record against `backbones` (priority order), by default the latest loaded."""
+    from taxonomy.backbone import latest_backbone
+    from taxonomy.resolve import run_resolve
+
+    versions = list(backbones) if backbones else [latest_backbone(catalog)]
+    return run_resolve(catalog, versions)
+
+
+def fetch(
+    catalog: Catalog,
+    cfg: FetchConfig | None = None,
+    executor: ExecutorConfig | None = None,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    from etl.fetch.stage import run_fetch
+
+    ex = executor or ExecutorConfig()
+    return run_fetch(
+        catalog,
+        cfg or FetchConfig(),
+        executor=ex.name,
+        workers=ex.workers,
+        spark_master=ex.spark_master,
+        progress=progress,
+    )
+
+
+def dedup(catalog: Catalog, cfg: DedupConfig | None = None) -> dict[str, Any]:
+    from etl.dedup.stage import run_dedup
+
+    return run_dedup(catalog, cfg or DedupConfig())
+
+
+def shard(
+    catalog: Catalog,
+    cfg: ShardConfig,
+    executor: ExecutorConfig | None = None,
+    *,
+    dedup_run: str | None = None,
+    resolve_run: str | None = None,
+) -> dict[str, Any]:
+    """Build the dataset version `cfg.version` from `dedup_run`'s kept images named by `resolve_run`
+    (each by default the latest succeeded run); returns its manifest."""
+    from etl.shards.stage import ShardInputs, build_version
+    from warehouse.stage_runs import run_config, succeeded_run
+
+    resolve_run = succeeded_run(catalog, "resolve", resolve_run)
+    inputs = ShardInputs(
+        dedup_run=succeeded_run(catalog, "dedup", dedup_run),
+        resolve_run=resolve_run,
+        backbone_versions=tuple(run_config(catalog, resolve_run).get("backbone_versions") or ()),
+    )
+    log.info("shard %s from dedup %s, resolve %s", cfg.version, inputs.dedup_run, inputs.resolve_run)
+    ex = executor or ExecutorConfig()
+    return build_version(
+        catalog, cfg, inputs, executor=ex.name, workers=ex.workers, spark_master=ex.spark_master
+    )
+
+
+def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest without its per-shard list: what a person reads after a build."""
+    return {k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"])}
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """Resolve, fetch, dedup and (when `shard` is given) shard, with every stage's full config."""
+
+    backbone_path: str | None = None  # load this checklist first (a no-op when it is loaded already)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    shard: ShardConfig | None = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+def curate(catalog: Catalog, cfg: CurateConfig) -> dict[str, dict[str, Any]]:
+    """The curation stages in order; each stage's summary by name (the shard entry is the manifest summary)."""
+    backbones = [load_backbone(catalog, cfg.backbone_path)] if cfg.backbone_path else None
+    out = {
+        "resolve": resolve(catalog, backbones),
+        "fetch": fetch(catalog, cfg.fetch, cfg.executor),
+        "dedup": dedup(catalog, cfg.dedup),
+    }
+    if cfg.shard is not None:
+        manifest = shard(
+            catalog,
+            cfg.shard,
+            cfg.executor,
+            dedup_run=out["dedup"]["run_id"],
+            resolve_run=out["resolve"]["run_id"],
+        )
+        out["shard"] = manifest_summary(manifest)
+    return out
+
+
+def train(catalog: Catalog, cfg: Any, *, devices: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) `cfg` (a `training.config.TrainConfig`); `devices` > 1 runs torchrun (DDP)."""
+    if devices < 1:
+        raise ValueError(f"devices must be >= 1, not {devices}")
+    if devices > 1:
+        from training.distributed import launch
+
+        return launch(catalog.home, cfg.to_dict(), devices)  # one process per device
+    from training.loop import train as run
+
+    return run(catalog, cfg, progress=progress)
+
+
+def registered_tasks(names: Sequence[str], registry: str | None = None) -> list[Any]:
+    """The registered evaluation tasks called `names`; an unknown name is an error listing the known ones."""
+    from evaluation.tasks import load_registry
+
+    known = load_registry(registry)
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        missing = f"unknown task(s) {', '.join(unknown)}; " if unknown else "no task given; "
+        raise ValueError(f"{missing}registered: {', '.join(sorted(known))}")
+    return [known[n] for n in names]
+
+
+def evaluate(
+    catalog: Catalog,
+    model: str,
+    tasks: Sequence[Any],
+    *,
+    json_out: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run `tasks` (evaluation.tasks.Task) on `model`: a training run id, an export folder, `local-dir:PATH`
+    or `hf-hub:ORG/NAME`. With one task, `json_out` receives its scores; with several, the list."""
+    import json
+
+    from evaluation.tasks import run_task
+
+    if not model:
+        raise ValueError(
+            "a model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
+        )
+    single = json_out if len(tasks) == 1 else None
+    results = [run_task(catalog, model, t, json_out=single, progress=progress) for t in tasks]
+    if json_out and len(tasks) > 1:
+        Path(json_out).write_text(json.dumps(results, indent=1, default=str))
+    return results
