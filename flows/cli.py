@@ -307,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tol", description="TreeOfLife curation pipeline and BioCLIP 2 training")
     p.add_argument("--home", default=os.environ.get("TOL_HOME", "tol-data"), help="catalog home folder")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("TOL_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="stage logs on stderr (default INFO, or TOL_LOG_LEVEL)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("demo", help="run every stage on the offline sample world")
@@ -491,8 +497,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _logging(level: str) -> None:
+    """The stages' loggers (`tol.<stage>`) on stderr; stdout stays the command's result."""
+    import logging
+
+    logger = logging.getLogger("tol")
+    logger.setLevel(level)
+    if not any(getattr(h, "_tol_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._tol_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _logging(args.log_level)
     if args.command == "versions" and args.action in ("show", "verify") and not args.name:
         print(f"tol: error: versions {args.action} needs a NAME", file=sys.stderr)
         return 2

@@ -6,11 +6,15 @@ checks it before the run starts."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.logging.handlers import APILogHandler
 
 from etl.dedup.stage import DedupConfig
 from etl.fetch.stage import FetchConfig
@@ -20,6 +24,24 @@ from flows import stages
 from flows.stages import ExecutorConfig
 from warehouse.catalog import open_catalog
 from warehouse.contracts import SOURCES, check_name
+
+
+@contextmanager
+def stage_logs_to_prefect() -> Iterator[None]:
+    """Forward the stages' own loggers (`tol.<stage>`) to the Prefect run log (the UI shows them live) for
+    the length of a flow; a nested flow reuses its parent's handler."""
+    logger = logging.getLogger("tol")
+    if any(isinstance(h, APILogHandler) for h in logger.handlers):
+        yield
+        return
+    handler = APILogHandler()
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=10)
@@ -38,35 +60,36 @@ def ingest_flow(
     page_size: int = 300,
 ) -> list[dict[str, Any]]:
     """Pull each source (default: all four, at their real services) into `raw_records`, incrementally."""
-    unknown = sorted(set(sources or ()) - set(SOURCES))
-    if unknown:
-        raise ValueError(f"unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
-    results = []
-    for source in sources or list(SOURCES):
-        cfg = IngestConfig(
-            source,
-            api_url=(api_urls or {}).get(source),
-            path=(paths or {}).get(source),
-            params=(params or {}).get(source, {}),
-            limit=limit,
-            page_size=page_size,
+    with stage_logs_to_prefect():
+        unknown = sorted(set(sources or ()) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
+        results = []
+        for source in sources or list(SOURCES):
+            cfg = IngestConfig(
+                source,
+                api_url=(api_urls or {}).get(source),
+                path=(paths or {}).get(source),
+                params=(params or {}).get(source, {}),
+                limit=limit,
+                page_size=page_size,
+            )
+            results.append(ingest_task(home, cfg))
+        create_table_artifact(
+            key="ingest-summary",
+            table=[
+                {
+                    "source": r["run_id"],
+                    "rows_in": r["n_in"],
+                    "new": r["n_out"],
+                    "unchanged": r["unchanged"],
+                    "dropped": sum(r["dropped"].values()),
+                }
+                for r in results
+            ],
+            description="Rows per source",
         )
-        results.append(ingest_task(home, cfg))
-    create_table_artifact(
-        key="ingest-summary",
-        table=[
-            {
-                "source": r["run_id"],
-                "rows_in": r["n_in"],
-                "new": r["n_out"],
-                "unchanged": r["unchanged"],
-                "dropped": sum(r["dropped"].values()),
-            }
-            for r in results
-        ],
-        description="Rows per source",
-    )
-    return results
+        return results
 
 
 @task(cache_policy=NONE)
@@ -105,17 +128,20 @@ def curate_flow(
 ) -> dict[str, Any]:
     """Resolve, fetch, dedup and (when `shard` names a version) shard. The shard step is built from the
     resolve and dedup runs of this flow run, not from whatever is latest when it starts."""
-    # The configs were checked (names included) when Prefect built them from the parameters: before any
-    # stage runs, not half-way through the flow.
-    out = {
-        "resolve": resolve_task(home, backbone_path),
-        "fetch": fetch_task(home, fetch, executor),
-        "dedup": dedup_task(home, dedup),
-    }
-    if shard is not None:
-        out["shard"] = shard_task(home, shard, executor, out["dedup"]["run_id"], out["resolve"]["run_id"])
-    create_markdown_artifact(key="curate-summary", markdown=_stage_table(out), description="Curation counts")
-    return out
+    with stage_logs_to_prefect():
+        # The configs were checked (names included) when Prefect built them from the parameters: before any
+        # stage runs, not half-way through the flow.
+        out = {
+            "resolve": resolve_task(home, backbone_path),
+            "fetch": fetch_task(home, fetch, executor),
+            "dedup": dedup_task(home, dedup),
+        }
+        if shard is not None:
+            out["shard"] = shard_task(home, shard, executor, out["dedup"]["run_id"], out["resolve"]["run_id"])
+        create_markdown_artifact(
+            key="curate-summary", markdown=_stage_table(out), description="Curation counts"
+        )
+        return out
 
 
 def _stage_table(out: dict[str, dict[str, Any]]) -> str:
@@ -141,31 +167,32 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train from the UI: parameters are the common knobs, `overrides` any other TrainConfig field;
     `devices` > 1 launches torchrun (DDP)."""
-    from training.config import load_config
+    with stage_logs_to_prefect():
+        from training.config import load_config
 
-    if dataset_version:
-        check_name("version", dataset_version)
-    values = {
-        k: v
-        for k, v in {
-            "dataset_version": dataset_version,
-            "model": model,
-            "replay_path": replay_path,
-            "replay_batch_size": replay_batch_size,
-            "steps": steps,
-            "batch_size": batch_size,
-        }.items()
-        if v not in (None, "")
-    }
-    values.update(overrides or {})
-    cfg = load_config(preset=preset, overrides=values)
-    result = stages.train(open_catalog(home), cfg, devices=devices, progress=False)
-    create_markdown_artifact(
-        key="train-summary",
-        markdown=f"Run `{result['run_id']}`: {result['steps']} steps, final {result['final']}",
-        description="Training run",
-    )
-    return result
+        if dataset_version:
+            check_name("version", dataset_version)
+        values = {
+            k: v
+            for k, v in {
+                "dataset_version": dataset_version,
+                "model": model,
+                "replay_path": replay_path,
+                "replay_batch_size": replay_batch_size,
+                "steps": steps,
+                "batch_size": batch_size,
+            }.items()
+            if v not in (None, "")
+        }
+        values.update(overrides or {})
+        cfg = load_config(preset=preset, overrides=values)
+        result = stages.train(open_catalog(home), cfg, devices=devices, progress=False)
+        create_markdown_artifact(
+            key="train-summary",
+            markdown=f"Run `{result['run_id']}`: {result['steps']} steps, final {result['final']}",
+            description="Training run",
+        )
+        return result
 
 
 SAMPLE_TASKS = [
@@ -180,17 +207,18 @@ SAMPLE_TASKS = [
 def evaluate_flow(
     home: str = "tol-data", model: str = "", tasks: list[str] | None = None, registry: str | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Run registered tasks on a model (a training run id, an export folder, or any open_clip name)."""
-    chosen = stages.registered_tasks(tasks or SAMPLE_TASKS, registry)
-    results = stages.evaluate(open_catalog(home), model, chosen, progress=False)
-    by_task = {t.name: r for t, r in zip(chosen, results, strict=True)}
-    create_table_artifact(
-        key="evaluate-summary",
-        table=[
-            {"task": t, "metric": k, "value": v}
-            for t, r in by_task.items()
-            for k, v in r.items()
-            if isinstance(v, float)
-        ],
-    )
-    return by_task
+    """Run registered tasks on a model: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME."""
+    with stage_logs_to_prefect():
+        chosen = stages.registered_tasks(tasks or SAMPLE_TASKS, registry)
+        results = stages.evaluate(open_catalog(home), model, chosen, progress=False)
+        by_task = {t.name: r for t, r in zip(chosen, results, strict=True)}
+        create_table_artifact(
+            key="evaluate-summary",
+            table=[
+                {"task": t, "metric": k, "value": v}
+                for t, r in by_task.items()
+                for k, v in r.items()
+                if isinstance(v, float)
+            ],
+        )
+        return by_task

@@ -41,12 +41,7 @@ TAXON_COLUMNS = [
     "taxonomicStatus",
     "nomenclaturalStatus",
     "taxonRemarks",
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "genus",
+    *HIGHER_RANKS,  # Darwin Core names its rank columns as we name the ranks
 ]
 VERNACULAR_COLUMNS = [
     "taxonID",

@@ -16,6 +16,7 @@ from duckdb.sqltypes import VARCHAR
 
 from taxonomy.names import canonical_name
 from warehouse.catalog import Catalog, fetch_first
+from warehouse.contracts import HIGHER_RANKS
 from warehouse.stage_runs import StageRun
 from warehouse.tables import conformed_select, sql_path
 from warehouse.writers import record_backbone
@@ -53,12 +54,7 @@ TAXON_OPTIONAL = (
     "canonicalName",
     "acceptedNameUsageID",
     "specificEpithet",
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "genus",
+    *HIGHER_RANKS,  # Darwin Core names its rank columns as we name the ranks
 )
 
 

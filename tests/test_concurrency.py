@@ -135,12 +135,16 @@ def test_a_busy_catalog_beyond_the_wait_is_a_clear_error(homes, tmp_path):
 @pytest.mark.prefect
 def test_a_long_read_while_a_flow_starts(prefect_harness, homes, tmp_path):
     """The curate flow started while a reader holds the catalog: its first task waits, then all succeed."""
+    from etl.fetch.stage import FetchConfig
     from flows.pipeline import curate_flow
+    from flows.stages import ExecutorConfig
 
     _pipeline, before = homes
     home = _copy(before["resolve"], tmp_path)
     reader = _hold(home, 8, read_only=True)
-    out = curate_flow(home=str(home), allow_private_hosts=True, workers=1)
+    out = curate_flow(
+        home=str(home), fetch=FetchConfig(allow_private_hosts=True), executor=ExecutorConfig(workers=1)
+    )
     reader.wait()
     assert reader.returncode == 0
     assert {stage: r["n_out"] > 0 for stage, r in out.items()} == {

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
@@ -307,6 +307,7 @@ def run_fetch(
             rate = bar.n / max(1e-6, (now - t0).total_seconds())
             bar.set_postfix(ok=run.n_out, failed=sum(run.dropped.values()), ips=f"{rate:.0f}")
         bar.close()
+        _check_failure_rate(run, bar.n, replace(config, min_rows_for_rate=0))  # the whole run, however small
         run.details = {
             "images_per_second": round(run.n_in / max(1e-6, (datetime.now(UTC) - t0).total_seconds()), 1)
         }

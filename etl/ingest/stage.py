@@ -98,9 +98,8 @@ def run_ingest(
                             run.drop(reason)
             save_checkpoint(catalog, cfg.source, cfg.query_key(), page.checkpoint, page.complete, run.run_id)
             if progress:
-                print(
-                    f"  ingest {cfg.source}: page {page_no + 1}, {run.n_in} rows read, {run.n_out} new",
-                    flush=True,
+                run.log.info(
+                    "%s: page %d, %d rows read, %d new", cfg.source, page_no + 1, run.n_in, run.n_out
                 )
         if client.retries:
             run.error("http_retries", client.retries)
