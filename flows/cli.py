@@ -503,6 +503,7 @@ def _logging(level: str) -> None:
 
     logger = logging.getLogger("tol")
     logger.setLevel(level)
+    logger.propagate = False  # printed once, here; not again by handlers others put on the root logger
     if not any(getattr(h, "_tol_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
