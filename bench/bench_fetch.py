@@ -30,12 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import pyarrow as pa
-from _common import emit
+from _common import emit, fetch_slice, slice_units
 from PIL import Image
 
 from etl.executors import get_executor
-from etl.fetch.stage import FETCH_OUTPUT, FetchConfig, fetch_partition
-from warehouse.lake import write_parquet_atomic
+from etl.fetch.stage import FetchConfig
 
 
 def make_corpus(folder: Path, n: int, seed: int = 0) -> None:
@@ -97,8 +96,7 @@ def main() -> None:
         table = pa.table(
             {"record_id": [f"r{i}" for i in range(n)], "media_url": urls, "source": ["bench"] * n}
         )
-        parts = [table.slice(o, 64) for o in range(0, n, 64)]
-        fn = partial(fetch_partition, config=FetchConfig(allow_private_hosts=True))
+        fn = partial(fetch_slice, config=FetchConfig(allow_private_hosts=True))
         result: dict = {
             "bench": "fetch",
             "images": n,
@@ -107,14 +105,15 @@ def main() -> None:
         }
         for name in ("local", "spark"):
             executor = get_executor(name, workers=2, spark_master="local[2]")
-            if name == "spark":  # warm the session so its ~7 s start is not counted as fetch time
-                list(executor.map_partitions(fn, [table.slice(0, 2)], FETCH_OUTPUT))
             out_dir = Path(tmp) / f"out_{name}"
+            out_dir.mkdir()
+            units = slice_units(table, tmp, 64, out=str(out_dir))  # workers write their parts, as the stage's
+            if name == "spark":  # warm the session so its ~7 s start is not counted as fetch time
+                list(executor.run_units(fn, [{**units[0], "n": 2, "out": None}]))
             t0 = time.perf_counter()
             ok = 0
-            for idx, t in executor.map_partitions(fn, parts, FETCH_OUTPUT):
-                write_parquet_atomic(t, out_dir / f"part-{idx:05d}.parquet")  # as the stage writes its parts
-                ok += sum(1 for s in t.column("status").to_pylist() if s == "ok")
+            for _, t in executor.run_units(fn, units):
+                ok += t.column("ok")[0].as_py()
             seconds = time.perf_counter() - t0
             result[name] = {"seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1), "ok": ok}
         result["img2dataset"] = run_img2dataset(args.img2dataset, urls, Path(tmp))

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from _common import emit
+from _common import emit, fetch_slice, slice_units
 from PIL import Image
 
 from etl.executors import get_executor
 from etl.fetch.images import ImageConfig
-from etl.fetch.stage import FETCH_OUTPUT, FetchConfig, fetch_partition
+from etl.fetch.stage import FetchConfig
 
 
 def _tree_rss_mb(root: int) -> float:
@@ -48,7 +48,9 @@ def _run(paths: list[Path], root: Path, budget: int, workers: int, threads: int)
     import os
 
     rows = [{"record_id": str(i), "media_url": p.as_uri(), "source": "gbif"} for i, p in enumerate(paths)]
-    parts = [pa.Table.from_pylist(rows[i : i + 4]) for i in range(0, len(rows), 4)]
+    work = root / f"units-{budget}-{workers}"
+    work.mkdir(exist_ok=True)
+    units = slice_units(pa.Table.from_pylist(rows), work, 4)
     cfg = FetchConfig(
         image=ImageConfig(max_pixels_in_flight=budget),
         local_roots=(str(root),),
@@ -66,15 +68,13 @@ def _run(paths: list[Path], root: Path, budget: int, workers: int, threads: int)
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    statuses = []
-    for _, table in get_executor("local", workers).map_partitions(
-        partial(fetch_partition, config=cfg), parts, FETCH_OUTPUT
-    ):
-        statuses += table.column("status").to_pylist()
+    ok = 0
+    for _, table in get_executor("local", workers).run_units(partial(fetch_slice, config=cfg), units):
+        ok += table.column("ok")[0].as_py()
     seconds = time.perf_counter() - t0
     done.set()
     watcher.join()
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak[0]), "ok": statuses.count("ok")}
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak[0]), "ok": ok}
 
 
 def main() -> None:

@@ -368,7 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--host-rate", type=float, default=20.0, help="starting requests/s per host, per worker (adapts)"
     )
-    s.add_argument("--partition-rows", type=int, default=128)
+    s.add_argument(
+        "--partition-rows",
+        type=int,
+        default=1024,
+        help="rows per work unit, each written as one lake part",
+    )
     s.add_argument("--spark-master")
     s.add_argument("--allow-private-hosts", action="store_true")
     s.add_argument(

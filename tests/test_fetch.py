@@ -207,7 +207,23 @@ def test_crop_box_is_clipped_and_resized_after_cropping(bad_server):
     assert outside.status == "crop_outside_image"
 
 
-def test_local_executor_rows_equal_in_process_rows(bad_server):
+def fetch_slice(unit: dict, config: FetchConfig) -> pa.Table:
+    """A unit function for the executor tests: rows of a slice of a Parquet file fetched and sent back."""
+    from warehouse.lake import read_rows
+
+    rows = read_rows(unit["path"], unit["start"], unit["n"])
+    return pa.Table.from_batches(list(fetch_partition(iter(rows.to_batches()), config)), schema=FETCH_OUTPUT)
+
+
+def _slices(table: pa.Table, tmp_path, ranges: list[tuple[int, int]]) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(table, path, row_group_size=3)  # ranges that cross row groups
+    return [{"path": str(path), "start": a, "n": n} for a, n in ranges]
+
+
+def test_local_executor_rows_equal_in_process_rows(bad_server, tmp_path):
     paths = ["/ok.jpg", "/404.jpg", "/alpha.png", "/small.jpg", "/html.jpg", "/cmyk.jpg"] * 2
     table = pa.table(
         {
@@ -219,8 +235,8 @@ def test_local_executor_rows_equal_in_process_rows(bad_server):
     direct = pa.Table.from_batches(list(fetch_partition(iter(table.to_batches()), CFG)), schema=FETCH_OUTPUT)
     from functools import partial
 
-    parts = [table.slice(0, 6), table.slice(6)]
-    pooled = dict(LocalExecutor(2).map_partitions(partial(fetch_partition, config=CFG), parts, FETCH_OUTPUT))
+    units = _slices(table, tmp_path, [(0, 6), (6, 6)])
+    pooled = dict(LocalExecutor(2).run_units(partial(fetch_slice, config=CFG), units))
     merged = pa.concat_tables([pooled[0], pooled[1]])
     drop = ["seconds", "attempts"]
     assert direct.drop_columns(drop).to_pylist() == merged.drop_columns(drop).to_pylist()
@@ -258,7 +274,7 @@ def test_killed_fetch_resumes_without_loss_or_duplicates(catalog, server, monkey
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_spark_executor_rows_equal_local_rows(bad_server):
+def test_spark_executor_rows_equal_local_rows(bad_server, tmp_path):
     from functools import partial
 
     from etl.executors.spark import SparkExecutor
@@ -272,10 +288,10 @@ def test_spark_executor_rows_equal_local_rows(bad_server):
             "crop_box": pa.array([None] * 6 + [[100, 100, 300, 250]], pa.list_(pa.int32())),
         }
     )
-    parts = [table.slice(0, 4), table.slice(4)]
-    fn = partial(fetch_partition, config=CFG)
-    local = dict(LocalExecutor(1).map_partitions(fn, parts, FETCH_OUTPUT))
-    spark = dict(SparkExecutor("local[2]").map_partitions(fn, parts, FETCH_OUTPUT))
+    units = _slices(table, tmp_path, [(0, 4), (4, 3)])
+    fn = partial(fetch_slice, config=CFG)
+    local = dict(LocalExecutor(1).run_units(fn, units))
+    spark = dict(SparkExecutor("local[2]").run_units(fn, units))
     drop = ["seconds", "attempts"]
     for i in (0, 1):
         assert spark[i].drop_columns(drop).to_pylist() == local[i].drop_columns(drop).to_pylist()

@@ -299,3 +299,16 @@ def test_a_fetch_whose_rows_all_hit_a_bug_fails_loudly_and_keeps_its_rows(catalo
     assert status == "failed" and "--retry-failed" in message and bugs >= 16
     again = stages.fetch(catalog, replace(cfg, retry_failed=True), ExecutorConfig(workers=1))
     assert again["n_in"] == bugs and again["dropped"].get("internal_error", 0) == 0
+
+
+def test_curation_processes_do_not_import_torch():
+    """torch (about 1 GB resident) belongs to training and evaluation; a curation command or worker that
+    imported it would pay that floor in every process."""
+    import subprocess
+    import sys
+
+    modules = ["flows.cli", "flows.stages", "etl.ingest.stage", "etl.fetch.stage", "etl.dedup.stage",
+               "etl.shards.stage", "taxonomy.resolve", "etl.executors.local"]  # fmt: skip
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted({{'torch', 'webdataset'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

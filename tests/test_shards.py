@@ -173,3 +173,51 @@ def test_spark_executor_writes_identical_shards(curated):
         curated, ShardConfig("t6", samples_per_shard=64), ExecutorConfig("spark", spark_master="local[2]")
     )
     assert [s["sha256"] for s in local["shards"]] == [s["sha256"] for s in spark["shards"]]
+
+
+def _reference_plan(rows: list[dict], cfg: ShardConfig) -> dict[str, tuple[str, str]]:
+    """The planner as it was when it held every row in Python: the SQL plan must assign the same split and
+    shard to every sample for the same seed, so a version rebuilt by this code is the same version."""
+    from etl.shards.stage import _bucket
+
+    for row in rows:
+        row["split"] = "val" if _bucket(row["occurrence_id"], cfg.seed) < cfg.val_fraction else "train"
+        row["order_key"] = _bucket(row["record_id"], cfg.seed + 1)
+    out = {}
+    for split in ("train", "val"):
+        part = sorted((r for r in rows if r["split"] == split), key=lambda r: r["order_key"])
+        count = size = index = 0
+        for r in part:
+            estimate = r["jpeg_bytes"] + 2048
+            if count and (count >= cfg.samples_per_shard or size + estimate > cfg.max_shard_bytes):
+                count, size, index = 0, 0, index + 1
+            out[r["record_id"]] = (split, f"{split}/shard-{index:05d}.tar")
+            count, size = count + 1, size + estimate
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_sql_plan_assigns_what_the_python_planner_did(curated, seed):
+    import pyarrow.parquet as pq
+
+    from warehouse.versions import version_root
+
+    cfg = ShardConfig(f"p{seed}", samples_per_shard=40, max_shard_bytes=600_000, val_fraction=0.2, seed=seed)
+    manifest = stages.shard(curated, cfg)
+    plan = pq.read_table(version_root(curated, cfg.version) / "plan.parquet").to_pylist()
+    expected = _reference_plan([dict(r) for r in plan], cfg)
+    assert {r["record_id"]: (r["split"], r["shard"]) for r in plan} == expected
+    assert len({r["shard"] for r in plan}) == len(manifest["shards"]) > 2 * 2  # the byte cap cut shards too
+    assert [r["shard"] for r in plan] == sorted(r["shard"] for r in plan)  # one contiguous range per shard
+
+
+def test_the_driver_never_reads_an_image(curated, monkeypatch):
+    """References in: only the workers (separate processes here) read JPEG bytes; the driver plans."""
+    from etl.shards import stage as shards_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver read image bytes")
+
+    monkeypatch.setattr(shards_mod, "read_image_blobs", refuse)
+    manifest = stages.shard(curated, ShardConfig("nobytes", samples_per_shard=64), ExecutorConfig(workers=2))
+    assert verify_version(curated, "nobytes") == [] and manifest["n_samples"] > 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import logging
 import os
 import random
@@ -18,7 +20,7 @@ import pyarrow as pa
 from warehouse.contracts import DROP_REASONS
 from warehouse.lake import write_part
 from warehouse.locks import mark_interrupted
-from warehouse.schemas import LAKE_TABLES, RAW_RECORDS, duckdb_type
+from warehouse.schemas import IMAGES, LAKE_TABLES, RAW_RECORDS, duckdb_type
 
 # Each migration is applied once, in order, inside a transaction; never edit an applied one, append.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -142,6 +144,30 @@ class Catalog:
     def runs(self) -> Path:
         return self.home / "runs"
 
+    def work_dir(self, run_id: str) -> Path:
+        """A stage run's scratch folder (`work/<run_id>`): inputs handed to its workers by reference."""
+        from warehouse.contracts import check_name
+
+        return self.home / "work" / check_name("run", run_id)
+
+    def export_parquet(
+        self, sql: str, path: Path, params: list | None = None, row_group_rows: int = 8192
+    ) -> int:
+        """Write the result of `sql` to a Parquet file (DuckDB streams it: no rows pass through Python);
+        return the row count. Small row groups let a worker read its range without the rest."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        target = str(tmp).replace("'", "''")
+        with self.connect(read_only=True) as con:
+            con.execute(
+                f"COPY ({sql}) TO '{target}' (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})",
+                params or [],
+            )
+        os.replace(tmp, path)
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows
+
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection with the lake views refreshed (DuckDB allows one writer process).
@@ -216,9 +242,14 @@ def _empty_select(schema: pa.Schema) -> str:
     return f"SELECT {cols} WHERE false"
 
 
+def _has_parts(home: Path, pattern: str) -> bool:
+    """Whether any part matches: stops at the first (a listing of every part costs O(parts))."""
+    return next(glob.iglob(str(home / pattern)), None) is not None
+
+
 def _source_select(home: Path, pattern: str, schema: pa.Schema) -> str:
     full = str(home / pattern)
-    if not glob.glob(full):
+    if not _has_parts(home, pattern):
         return _empty_select(schema)
     escaped = full.replace("'", "''")
     return f"SELECT * FROM read_parquet('{escaped}', union_by_name = true, hive_partitioning = false)"
@@ -228,18 +259,47 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def views_home(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The home folder the lake views were last built for."""
+VIEWS_VERSION = 4  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
+
+
+def _views_state(home: Path) -> str:
+    """What the views depend on: the home, their definitions, and which lake tables have parts yet (an
+    empty table is a typed empty view until its first part lands). Parts added later need no rebuild:
+    the views read their folders by glob."""
+    definitions = hashlib.sha1(
+        json.dumps(
+            [
+                VIEWS_VERSION,
+                {k: [v.pattern, str(v.schema)] for k, v in LAKE_TABLES.items()},
+                list(DROP_REASONS),
+            ]
+        ).encode()
+    ).hexdigest()[:12]
+    filled = [name for name, spec in LAKE_TABLES.items() if _has_parts(home, spec.pattern)]
+    return json.dumps([str(home), definitions, filled])
+
+
+def _stored_view(con: duckdb.DuckDBPyConnection, column: str) -> str | None:
     try:
-        return fetch_first(con, "SELECT home FROM lake_views_home")[0]
+        return fetch_first(con, f"SELECT {column} FROM lake_views_home")[0]
+    except duckdb.BinderException:  # built by an older version, without that column
+        return None
     except duckdb.CatalogException:
         return None
 
 
-def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
-    """(Re)create the lake views. History views hold every row ever written; the plain views the current state."""
-    home_sql = str(home).replace("'", "''")
-    con.execute(f"CREATE OR REPLACE VIEW lake_views_home AS SELECT '{home_sql}' AS home")
+def views_home(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The home folder the lake views were last built for."""
+    return _stored_view(con, "home")
+
+
+def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bool = False) -> None:
+    """(Re)create the lake views unless they are built for this state already (so a connection costs the
+    same at 10 k and 10 M records). History views hold every row ever written; the plain views the
+    current state."""
+    state = _views_state(home)
+    if not force and _stored_view(con, "state") == state:
+        return
     for name, spec in LAKE_TABLES.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {_source_select(home, spec.pattern, spec.schema)}")
     raw_cols = ", ".join(f'"{f.name}"' for f in RAW_RECORDS)
@@ -254,14 +314,16 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
         SELECT * FROM resolutions_history
         QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY run_id DESC) = 1"""
     )
+    image_cols = ", ".join(f'"{f.name}"' for f in IMAGES)
     con.execute(
-        """CREATE OR REPLACE VIEW images AS
-        SELECT * EXCLUDE (jpeg) FROM images_history
+        f"""CREATE OR REPLACE VIEW images AS
+        SELECT {image_cols} FROM images_history
         QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
     )
+    # Where each record's current image lies; `warehouse.lake.read_image_blobs` reads the bytes.
     con.execute(
-        """CREATE OR REPLACE VIEW image_bytes AS
-        SELECT record_id, jpeg FROM images_history WHERE status = 'ok'
+        """CREATE OR REPLACE VIEW image_locations AS
+        SELECT record_id, blob, blob_offset, bytes FROM images_history WHERE status = 'ok'
         QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
     )
     con.execute("CREATE OR REPLACE VIEW dedup_decisions AS SELECT * FROM dedup_decisions_history")
@@ -283,6 +345,10 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
         LEFT JOIN dedup_decisions d ON d.record_id = r.record_id AND d.run_id = (
             SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
             ORDER BY ended_at DESC, run_id DESC LIMIT 1)"""
+    )
+    # Last: a registration that failed half-way is redone by the next connection.
+    con.execute(
+        f"CREATE OR REPLACE VIEW lake_views_home AS SELECT {_sql_str(str(home))} AS home, {_sql_str(state)} AS state"
     )
 
 

@@ -46,6 +46,60 @@ def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, s
     return write_parquet_atomic(rows, folder / f"{check_name('part', part)}.parquet")
 
 
+def write_image_blob(home: Path, source: str, part: str, jpegs: list[bytes | None]) -> tuple[str, list]:
+    """Write the JPEGs of one fetch part back to back as `lake/image_blobs/source=<source>/<part>.jpgs`;
+    return its path relative to `home` and each image's offset (None where there is no image)."""
+    from warehouse.contracts import check_name
+    from warehouse.schemas import BLOB_SUFFIX, IMAGE_BLOBS
+
+    rel = Path("lake", IMAGE_BLOBS, f"source={check_name('partition', source)}", check_name("part", part))
+    rel = rel.with_name(rel.name + BLOB_SUFFIX)
+    offsets: list[int | None] = []
+    position = 0
+    for data in jpegs:
+        offsets.append(position if data else None)
+        position += len(data) if data else 0
+    write_bytes_atomic(b"".join(d for d in jpegs if d), home / rel)
+    return str(rel), offsets
+
+
+def read_image_blobs(home: Path, refs: list[tuple[str, int, int]]) -> list[bytes]:
+    """The bytes at (blob, offset, size) for each ref, in the order given: one open per blob file and
+    reads in file order, so a shard's images cost their own bytes, not their parts'."""
+    out: list[bytes] = [b""] * len(refs)
+    by_blob: dict[str, list[int]] = {}
+    for i, (blob, _, _) in enumerate(refs):
+        by_blob.setdefault(blob, []).append(i)
+    for blob, idx in by_blob.items():
+        with open(home / blob, "rb") as fh:
+            for i in sorted(idx, key=lambda i: refs[i][1]):
+                _, offset, size = refs[i]
+                fh.seek(offset)
+                data = fh.read(size)
+                if len(data) != size:
+                    raise OSError(f"{blob}: {size} bytes at {offset} expected, {len(data)} found")
+                out[i] = data
+    return out
+
+
+def read_rows(path: str | Path, start: int, n: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows [start, start + n) of a Parquet file, reading only the row groups that hold them."""
+    f = pq.ParquetFile(path)
+    groups, first, offset = [], None, 0
+    for g in range(f.metadata.num_row_groups):
+        rows = f.metadata.row_group(g).num_rows
+        if offset + rows > start and offset < start + n:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += rows
+    if not groups:
+        return (
+            f.schema_arrow.empty_table() if columns is None else f.schema_arrow.empty_table().select(columns)
+        )
+    table = f.read_row_groups(groups, columns=columns)
+    return table.slice(start - first, n)
+
+
 def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

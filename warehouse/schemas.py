@@ -91,7 +91,10 @@ IMAGES = pa.schema(
         ("bytes", pa.int64()),
         ("seconds", pa.float32()),
         ("attempts", pa.int32()),
-        ("jpeg", pa.binary()),
+        # Where the JPEG lies: `blob` (a file relative to the home, see IMAGE_BLOBS) at `blob_offset`,
+        # `bytes` long. Bytes are kept out of Parquet so that a reader takes exactly the images it needs.
+        ("blob", pa.string()),
+        ("blob_offset", pa.int64()),
         ("run_id", pa.string()),
         ("fetched_at", pa.timestamp("us", tz="UTC")),
     ]
@@ -117,6 +120,13 @@ EVAL_HASHES = pa.schema(
         ("run_id", pa.string()),
     ]
 )
+
+
+# The image lake's bytes: one file per fetch part, `lake/<IMAGE_BLOBS>/source=<source>/<part>.jpgs`, the
+# processed JPEGs of the part's ok rows back to back, in the part's row order. A file is written whole
+# (atomically) before the Parquet part that points into it, so no row ever points at missing bytes.
+IMAGE_BLOBS = "image_blobs"
+BLOB_SUFFIX = ".jpgs"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -13,6 +14,32 @@ import pyarrow as pa
 
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.schemas import TAXA
+
+# --- fetch -------------------------------------------------------------------------------------------------
+
+
+def write_images_part(catalog: Catalog, rows: pa.Table, *, run_id: str, source: str, part: str) -> None:
+    """One fetch part, written by the worker that fetched it: the JPEGs of its ok rows into the image lake
+    (one blob file), then the `images_history` rows pointing into it. A kill between the two leaves an
+    unreferenced blob, never a row without its bytes."""
+    from warehouse.lake import write_image_blob
+
+    jpegs = rows.column("jpeg").to_pylist()
+    if any(jpegs):
+        blob, offsets = write_image_blob(catalog.home, source, part, jpegs)
+    else:
+        blob, offsets = "", [None] * len(jpegs)
+    now = datetime.now(UTC)
+    n = rows.num_rows
+    table = (
+        rows.drop_columns(["jpeg"])
+        .append_column("blob", pa.array([blob if o is not None else None for o in offsets], pa.string()))
+        .append_column("blob_offset", pa.array(offsets, pa.int64()))
+        .append_column("run_id", pa.array([run_id] * n, pa.string()))
+        .append_column("fetched_at", pa.array([now] * n, pa.timestamp("us", tz="UTC")))
+    )
+    catalog.write_part("images_history", table, partition={"source": source}, part=part)
+
 
 # --- ingest ------------------------------------------------------------------------------------------------
 
@@ -86,9 +113,9 @@ class DatasetVersionRecord:
 SHARD_SAMPLE_COLUMNS = ("version", "split", "shard", "key", "record_id", "taxon_id")
 
 
-def replace_version(catalog: Catalog, record: DatasetVersionRecord, samples: pa.Table) -> None:
-    """Make `record` (and its `shard_samples`) the version of its name, in one transaction: before it the old
-    version stands, after it the new one."""
+def replace_version(catalog: Catalog, record: DatasetVersionRecord, samples: Path) -> None:
+    """Make `record` (and its `shard_samples`, read by DuckDB from the Parquet file `samples`: the shard
+    plan) the version of its name, in one transaction: before it the old version stands, after it the new."""
     names = [f.name for f in fields(DatasetVersionRecord)]
     values = list(astuple(record))
     values[names.index("manifest")] = json.dumps(record.manifest, default=str)
@@ -97,9 +124,11 @@ def replace_version(catalog: Catalog, record: DatasetVersionRecord, samples: pa.
         try:
             con.execute("DELETE FROM dataset_versions WHERE version = ?", [record.version])
             con.execute("DELETE FROM shard_samples WHERE version = ?", [record.version])
-            con.register("new_shard_samples", samples.select(list(SHARD_SAMPLE_COLUMNS)))
-            cols = ", ".join(SHARD_SAMPLE_COLUMNS)
-            con.execute(f"INSERT INTO shard_samples ({cols}) SELECT {cols} FROM new_shard_samples")
+            cols = ", ".join(c for c in SHARD_SAMPLE_COLUMNS if c != "version")
+            con.execute(
+                f"INSERT INTO shard_samples (version, {cols}) SELECT ?, {cols} FROM read_parquet(?)",
+                [record.version, str(samples)],
+            )
             con.execute(
                 f"INSERT INTO dataset_versions ({', '.join(names)}, created_at)"
                 f" VALUES ({', '.join('?' * len(names))}, ?)",

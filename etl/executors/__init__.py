@@ -1,34 +1,62 @@
-"""Executors run a per-partition function `Iterator[RecordBatch] -> Iterator[RecordBatch]` over Arrow
-partitions. What a step does stays apart from where it runs; both executors must give identical rows."""
+"""Executors run a per-unit function over work units. What a step does stays apart from where it runs.
+
+A work unit is a small descriptor (a dict of strings and numbers: lake paths, row ranges, output names),
+never the rows themselves. The unit function reads its inputs from the lake, writes its outputs itself
+(atomic lake parts, shard tars) and returns a small Arrow table of results (counts, paths, checksums).
+So the driver's memory is O(units), the same code runs on one machine and on a cluster whose nodes see
+the home at the same path, and a killed run loses only the units in flight: finished units' outputs are
+already on disk. Both executors must give identical results for the same units."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Protocol
+import io
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 EXECUTORS: tuple[str, ...] = ("local", "spark")
 
-PartitionFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+Unit = dict[str, Any]
+UnitFn = Callable[[Unit], pa.Table]
 
 
 class Executor(Protocol):
-    def map_partitions(
-        self, fn: PartitionFn, partitions: list[pa.Table], schema: pa.Schema
-    ) -> Iterator[tuple[int, pa.Table]]:
-        """Yield (partition index, output table) as partitions complete, in any order."""
+    def run_units(self, fn: UnitFn, units: Sequence[Unit]) -> Iterator[tuple[int, pa.Table]]:
+        """Yield (unit index, result table) as units complete, in any order. Closing the iterator early
+        (a failure-rate stop, Ctrl-C) stops the units not started yet."""
         ...
 
 
-def get_executor(name: str, workers: int = 2, spark_master: str | None = None) -> Executor:
+def table_to_ipc(table: pa.Table) -> bytes:
+    """A result table as Arrow IPC bytes (what crosses a process or a network boundary)."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def table_from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
+def _local(workers: int, spark_master: str | None) -> Executor:
     from etl.executors.local import LocalExecutor
 
-    registry: dict[str, Callable[[], Executor]] = {"local": lambda: LocalExecutor(workers)}
-    if name == "spark":
-        from etl.executors.spark import SparkExecutor
+    return LocalExecutor(workers)
 
-        return SparkExecutor(master=spark_master or f"local[{workers}]")
-    if name not in registry:
-        raise ValueError(f"unknown executor {name!r}; choose one of: local, spark")
-    return registry[name]()
+
+def _spark(workers: int, spark_master: str | None) -> Executor:
+    from etl.executors.spark import SparkExecutor
+
+    return SparkExecutor(master=spark_master or f"local[{workers}]")
+
+
+_FACTORIES: dict[str, Callable[[int, str | None], Executor]] = {"local": _local, "spark": _spark}
+assert tuple(_FACTORIES) == EXECUTORS
+
+
+def get_executor(name: str, workers: int = 2, spark_master: str | None = None) -> Executor:
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    return _FACTORIES[name](workers, spark_master)

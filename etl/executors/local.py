@@ -1,4 +1,4 @@
-"""Local executor: a process pool over partitions (threads for I/O live inside the partition function)."""
+"""Local executor: a process pool over work units (threads for I/O live inside the unit function)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 import pyarrow as pa
 
-from etl.executors import PartitionFn
-
-
-def _apply(fn: PartitionFn, table: pa.Table, schema: pa.Schema) -> pa.Table:
-    batches = list(fn(iter(table.to_batches())))
-    return pa.Table.from_batches(batches, schema=schema)
+from etl.executors import Unit, UnitFn
 
 
 def die_with_parent(parent: int) -> None:
@@ -44,12 +39,10 @@ class LocalExecutor:
     def __init__(self, workers: int = 2) -> None:
         self.workers = max(1, workers)
 
-    def map_partitions(
-        self, fn: PartitionFn, partitions: list[pa.Table], schema: pa.Schema
-    ) -> Iterator[tuple[int, pa.Table]]:
+    def run_units(self, fn: UnitFn, units: Sequence[Unit]) -> Iterator[tuple[int, pa.Table]]:
         if self.workers == 1:
-            for i, part in enumerate(partitions):
-                yield i, _apply(fn, part, schema)
+            for i, unit in enumerate(units):
+                yield i, fn(unit)
             return
         # spawn, not fork: the caller may hold threads (Prefect, DuckDB) that fork would copy mid-state.
         ctx = multiprocessing.get_context("spawn")
@@ -57,11 +50,16 @@ class LocalExecutor:
             max_workers=self.workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
         ) as pool:
             pending: dict[Future, int] = {}
-            todo = list(enumerate(partitions))
-            while todo or pending:
-                while todo and len(pending) < self.workers * 2:
-                    i, part = todo.pop(0)
-                    pending[pool.submit(_apply, fn, part, schema)] = i
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield pending.pop(fut), fut.result()
+            todo = iter(enumerate(units))
+            try:
+                while True:
+                    while len(pending) < self.workers * 2 and (nxt := next(todo, None)) is not None:
+                        pending[pool.submit(fn, nxt[1])] = nxt[0]
+                    if not pending:
+                        return
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        yield pending.pop(fut), fut.result()
+            finally:
+                for fut in pending:  # stopped early: units not started yet are not started
+                    fut.cancel()

@@ -1,18 +1,32 @@
-"""Spark executor: the same per-partition function through `DataFrame.mapInArrow`, on `local[*]` or any
-master. Each input partition becomes one Spark partition, so outputs map back to their partition index."""
+"""Spark executor: each work unit is one Spark job of one task, on `local[*]` or any cluster master.
+
+The driver ships only the unit descriptors; the task runs the unit function on an executor, which reads
+its inputs from the shared home and writes its outputs there, and sends back the small result table as
+Arrow IPC bytes. Jobs are submitted from a pool of driver threads as wide as the cluster's cores, so
+results stream back unit by unit (progress, failure-rate stops) and a killed driver loses only the units
+in flight. Nothing is concatenated in the driver and no DataFrame of rows is collected.
+
+On a cluster, every node must see the home at the same path (a shared POSIX filesystem: NFS, Lustre,
+a mounted volume) and run the same Python environment (`PYSPARK_PYTHON`, by default this interpreter's
+path). Object stores (s3://, gs://) as the home are not supported yet."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from etl.executors import PartitionFn
+from etl.executors import Unit, UnitFn, table_from_ipc, table_to_ipc
 
-PART = "__partition"
+log = logging.getLogger("tol.spark")
+
+
+def _run_one(fn: UnitFn, unit: Unit) -> bytes:
+    return table_to_ipc(fn(unit))
 
 
 class SparkExecutor:
@@ -24,41 +38,51 @@ class SparkExecutor:
         from pyspark.sql import SparkSession
 
         # Workers must run this interpreter (its venv holds pyarrow and our packages), not the system one.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        python = os.environ.get("PYSPARK_PYTHON") or sys.executable
+        os.environ["PYSPARK_PYTHON"] = python
+        active = SparkSession.getActiveSession()
+        if active is not None and active.sparkContext.master != self.master:
+            log.info(
+                "spark: stopping the session on %s for one on %s", active.sparkContext.master, self.master
+            )
+            active.stop()  # getOrCreate would hand back the old session, whatever master is asked for
         return (
             SparkSession.builder.master(self.master)
             .appName(self.app_name)
-            .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.pyspark.python", python)
             .config("spark.ui.enabled", "false")
+            # One unit is one task: a unit that fails fails the stage (its rerun resumes), rather than Spark
+            # retrying it behind the stage's back.
+            .config("spark.task.maxFailures", "1")
             .getOrCreate()
         )
 
-    def map_partitions(
-        self, fn: PartitionFn, partitions: list[pa.Table], schema: pa.Schema
-    ) -> Iterator[tuple[int, pa.Table]]:
-        if not partitions:
+    def run_units(self, fn: UnitFn, units: Sequence[Unit]) -> Iterator[tuple[int, pa.Table]]:
+        if not units:
             return
-        from pyspark.sql.pandas.types import from_arrow_schema
+        sc = self._session().sparkContext
+        slots = max(1, sc.defaultParallelism)
+        log.info("spark: %d units on %s (%d task slots)", len(units), self.master, slots)
 
-        spark = self._session()
-        tagged = pa.concat_tables(
-            [p.append_column(PART, pa.array([i] * p.num_rows, pa.int32())) for i, p in enumerate(partitions)]
-        )
-        out_schema = schema.append(pa.field(PART, pa.int32()))
+        def job(i: int, unit: Unit) -> tuple[int, pa.Table]:
+            sc.setJobDescription(f"unit {i}")
+            (data,) = sc.parallelize([unit], 1).map(lambda u: _run_one(fn, u)).collect()
+            return i, table_from_ipc(data)
 
-        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            batches = [b for b in batches if b.num_rows]
-            if not batches:
-                return  # Spark may hand a worker an empty partition
-            table = pa.Table.from_batches(batches)
-            for part in sorted(set(table.column(PART).to_pylist())):
-                rows = table.filter(pc.equal(table.column(PART), part)).drop_columns([PART])
-                for out in fn(iter(rows.to_batches())):
-                    yield out.append_column(PART, pa.array([part] * out.num_rows, pa.int32()))
-
-        df = spark.createDataFrame(tagged).repartition(len(partitions), PART)
-        result = df.mapInArrow(run, from_arrow_schema(out_schema)).toArrow()
-        for i in range(len(partitions)):
-            part = result.filter(pc.equal(result.column(PART), i)).drop_columns([PART])
-            yield i, part.cast(schema)
+        with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="spark-unit") as pool:
+            pending: set[Future] = set()
+            todo = iter(enumerate(units))
+            try:
+                while True:
+                    while len(pending) < slots and (nxt := next(todo, None)) is not None:
+                        pending.add(pool.submit(job, *nxt))
+                    if not pending:
+                        return
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        yield fut.result()
+            finally:
+                if pending:  # stopped early: cancel what runs, start nothing more
+                    for fut in pending:
+                        fut.cancel()
+                    sc.cancelAllJobs()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -15,9 +16,9 @@ from urllib.parse import urljoin, urlparse
 from urllib.request import url2pathname
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import requests
 
+from etl.executors import Unit
 from etl.fetch.images import ImageConfig, process_image, require_pdq
 from etl.http import (
     IMAGE_HOSTS,
@@ -33,9 +34,17 @@ from etl.http import (
     retrying,
     status_error,
 )
+from warehouse.catalog import Catalog
+from warehouse.lake import read_rows, remove_tree
 from warehouse.schemas import IMAGES
+from warehouse.writers import write_images_part
 
-FETCH_OUTPUT = pa.schema([f for f in IMAGES if f.name not in ("run_id", "fetched_at")])
+# What fetching a row gives, the JPEG still in memory; `write_images_part` moves it to the image lake.
+FETCH_OUTPUT = pa.schema(
+    [f for f in IMAGES if f.name not in ("run_id", "fetched_at", "blob", "blob_offset")]
+    + [pa.field("jpeg", pa.binary())]
+)
+FETCH_RESULT = pa.schema([("status", pa.string()), ("n", pa.int64())])  # what a work unit sends back
 RETRIED_ON_RERUN = TRANSIENT_KINDS | {"internal_error"}  # `--retry-failed`: after the bug is fixed, try again
 
 
@@ -53,8 +62,9 @@ class FetchConfig:
     threads: int = 8
     allow_private_hosts: bool = False
     local_roots: tuple[str, ...] = ()  # folders whose files may be read through file:// URLs (BIOSCAN-5M)
-    # How the stage runs: rows per partition (a finished partition is written at once), and the rerun mode.
-    partition_rows: int = 128
+    # How the stage runs: rows per work unit (each unit is one lake part, written by its worker when done:
+    # a kill loses at most the units in flight), and the rerun mode.
+    partition_rows: int = 1024
     retry_failed: bool = False  # fetch again the rows that ended transient (or internal_error), nothing else
     max_attempts: int = 3  # with retry_failed: rows tried this often already are left as they are
     # `internal_error` is a bug, not a bad URL: past this fraction of the rows done (after the first
@@ -224,20 +234,56 @@ def fetch_partition(batches: Iterator[pa.RecordBatch], config: FetchConfig) -> I
             yield pa.RecordBatch.from_pydict(cols, schema=FETCH_OUTPUT)
 
 
-def _select_inputs(catalog, retry_failed: bool, max_attempts: int) -> pa.Table:
+def _inputs_sql(retry_failed: bool, max_attempts: int) -> str:
+    """The rows to fetch, sorted by source so that each unit holds one source's rows."""
     if retry_failed:
         transient = ", ".join(f"'{s}'" for s in sorted(RETRIED_ON_RERUN))
-        sql = f"""SELECT i.record_id, r.media_url, r.source, r.crop_box, i.attempts
+        return f"""SELECT i.record_id, r.media_url, r.source, r.crop_box, i.attempts
                   FROM images i JOIN raw_records r USING (record_id)
                   WHERE i.status IN ({transient}) AND i.attempts < {int(max_attempts)}
                   ORDER BY r.source, i.record_id"""
-    else:
-        sql = """SELECT r.record_id, r.media_url, r.source, r.crop_box, 0 AS attempts
-                 FROM raw_records r
-                 WHERE r.drop_reason IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM images_history i WHERE i.record_id = r.record_id)
-                 ORDER BY r.source, r.record_id"""
-    return catalog.query_arrow(sql)
+    return """SELECT r.record_id, r.media_url, r.source, r.crop_box, 0 AS attempts
+             FROM raw_records r
+             WHERE r.drop_reason IS NULL
+               AND NOT EXISTS (SELECT 1 FROM images_history i WHERE i.record_id = r.record_id)
+             ORDER BY r.source, r.record_id"""
+
+
+def fetch_unit(unit: Unit, config: FetchConfig) -> pa.Table:
+    """One work unit, run by a worker: rows [start, start + n) of the run's input file fetched and written
+    as one lake part (bytes and rows) by this worker; only the status counts go back to the driver."""
+    inputs = read_rows(unit["inputs"], unit["start"], unit["n"])
+    out = pa.Table.from_batches(list(fetch_partition(iter(inputs.to_batches()), config)), schema=FETCH_OUTPUT)
+    write_images_part(
+        Catalog(Path(unit["home"])), out, run_id=unit["run_id"], source=unit["source"], part=unit["part"]
+    )
+    counts = Counter(out.column("status").to_pylist())
+    return pa.table({"status": list(counts), "n": list(counts.values())}, schema=FETCH_RESULT)
+
+
+def _units(catalog: Catalog, inputs: Path, run_id: str, partition_rows: int) -> list[Unit]:
+    """Row ranges of the input file, one source per unit (the file is sorted by source)."""
+    with catalog.connect(read_only=True) as con:
+        per_source = con.execute(
+            "SELECT source, count(*) FROM read_parquet(?) GROUP BY source ORDER BY source", [str(inputs)]
+        ).fetchall()
+    units: list[Unit] = []
+    start = 0
+    for source, count in per_source:
+        for offset in range(0, count, partition_rows):
+            units.append(
+                {
+                    "home": str(catalog.home),
+                    "inputs": str(inputs),
+                    "start": start + offset,
+                    "n": min(partition_rows, count - offset),
+                    "source": source,
+                    "run_id": run_id,
+                    "part": f"part-{run_id}-{len(units):05d}",
+                }
+            )
+        start += count
+    return units
 
 
 def _check_failure_rate(run, done: int, config: FetchConfig) -> None:
@@ -251,7 +297,7 @@ def _check_failure_rate(run, done: int, config: FetchConfig) -> None:
 
 
 def run_fetch(
-    catalog,
+    catalog: Catalog,
     config: FetchConfig | None = None,
     *,
     executor: str = "local",
@@ -260,9 +306,8 @@ def run_fetch(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fetch every usable record not fetched yet (or, with `retry_failed`, transient failures again).
-    Each finished partition is written at once, so a killed run loses at most the partitions in flight;
-    a run stopped by the internal-error limit keeps what it wrote and fails with FailureRateError."""
-    from datetime import UTC, datetime
+    The driver writes the rows to fetch to a scratch file and hands workers row ranges of it; each worker
+    writes its unit's lake part itself, so a killed run loses at most the units in flight; a run stopped by the internal-error limit keeps what it wrote and fails with FailureRateError."""
     from functools import partial
 
     from tqdm import tqdm
@@ -274,41 +319,42 @@ def run_fetch(
     if config.image.pdq:
         require_pdq()  # fail before any download, not once per row
     settings = {"executor": executor, "workers": workers, **config.to_dict()}
-    partition_rows = config.partition_rows
     with StageRun(catalog, "fetch", config=settings) as run:
-        inputs = _select_inputs(catalog, config.retry_failed, config.max_attempts)
-        run.n_in = inputs.num_rows
-        partitions: list[pa.Table] = []
-        for source in sorted(set(inputs.column("source").to_pylist())):
-            part = inputs.filter(pc.equal(inputs.column("source"), source))
-            partitions += [part.slice(o, partition_rows) for o in range(0, part.num_rows, partition_rows)]
-        fn = partial(fetch_partition, config=config)
-        bar = tqdm(total=inputs.num_rows, unit="img", desc="fetch", disable=not progress, mininterval=1.0)
-        t0 = datetime.now(UTC)
-        for idx, table in get_executor(executor, workers, spark_master).map_partitions(
-            fn, partitions, FETCH_OUTPUT
-        ):
-            now = datetime.now(UTC)
-            table = table.append_column("run_id", pa.array([run.run_id] * table.num_rows, pa.string()))
-            table = table.append_column(
-                "fetched_at", pa.array([now] * table.num_rows, IMAGES.field("fetched_at").type)
+        work = catalog.work_dir(run.run_id)
+        for stale in work.parent.glob("fetch-*"):  # scratch of killed runs (the fetch lock is held now)
+            remove_tree(stale, work.parent)
+        try:
+            inputs = work / "inputs.parquet"
+            run.n_in = catalog.export_parquet(_inputs_sql(config.retry_failed, config.max_attempts), inputs)
+            units = _units(catalog, inputs, run.run_id, config.partition_rows)
+            bar = tqdm(total=run.n_in, unit="img", desc="fetch", disable=not progress, mininterval=1.0)
+            t0 = time.perf_counter()
+            results = get_executor(executor, workers, spark_master).run_units(
+                partial(fetch_unit, config=config), units
             )
-            source = table.column("source")[0].as_py() if table.num_rows else "none"
-            catalog.write_part(
-                "images_history", table, partition={"source": source}, part=f"part-{run.run_id}-{idx:05d}"
-            )
-            for status in table.column("status").to_pylist():
-                if status == "ok":
-                    run.n_out += 1
-                else:
-                    run.drop(status)
-            bar.update(table.num_rows)
-            _check_failure_rate(run, bar.n, config)
-            rate = bar.n / max(1e-6, (now - t0).total_seconds())
-            bar.set_postfix(ok=run.n_out, failed=sum(run.dropped.values()), ips=f"{rate:.0f}")
-        bar.close()
-        _check_failure_rate(run, bar.n, replace(config, min_rows_for_rate=0))  # the whole run, however small
-        run.details = {
-            "images_per_second": round(run.n_in / max(1e-6, (datetime.now(UTC) - t0).total_seconds()), 1)
-        }
+            try:
+                for idx, table in results:
+                    for status, n in zip(
+                        table.column("status").to_pylist(), table.column("n").to_pylist(), strict=True
+                    ):
+                        if status == "ok":
+                            run.n_out += n
+                        else:
+                            run.drop(status, n)
+                    bar.update(units[idx]["n"])
+                    _check_failure_rate(run, bar.n, config)
+                    rate = bar.n / max(1e-6, time.perf_counter() - t0)
+                    bar.set_postfix(ok=run.n_out, failed=sum(run.dropped.values()), ips=f"{rate:.0f}")
+            finally:
+                results.close()  # a stop: units not started are not started
+                bar.close()
+            _check_failure_rate(
+                run, bar.n, replace(config, min_rows_for_rate=0)
+            )  # the whole run, however small
+            run.details = {
+                "images_per_second": round(run.n_in / max(1e-6, time.perf_counter() - t0), 1),
+                "units": len(units),
+            }
+        finally:
+            remove_tree(work, work.parent)
     return run.summary()

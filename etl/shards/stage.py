@@ -3,6 +3,12 @@
 Samples are kept, resolved images of the latest dedup run. Train/validation are split by occurrence (never
 the same occurrence on both sides), order is a seeded hash shuffle, members follow the paper's layout
 (`jpg`, `json`, `sci.txt`, `com.txt`, `taxon.txt`, `sci_com.txt`, `taxon_com.txt`, `taxonTag.txt`, ...).
+
+Set-wise, references in and small rows out: DuckDB selects the samples and computes their split and order
+(no image bytes), the driver streams that sorted selection once to cut it into shards and writes the plan
+(one Parquet file, sorted by shard); each work unit is one shard's row range of the plan. Its worker reads
+those rows, reads exactly their JPEGs from the image lake's blobs, and writes the tar and its sidecar; it
+returns one small row. The driver holds one summary per shard, never a sample.
 """
 
 from __future__ import annotations
@@ -10,26 +16,32 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from etl.executors import Unit
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
-from warehouse.lake import remove_tree, write_bytes_atomic, write_parquet_atomic
+from warehouse.lake import read_image_blobs, read_rows, remove_tree, write_bytes_atomic, write_parquet_atomic
 from warehouse.stage_runs import CODE_VERSION, StageRun
 from warehouse.versions import BUILDS, link_version
 from warehouse.writers import DatasetVersionRecord, replace_version
+
+log = logging.getLogger("tol.shard")
+
+PLAN = "plan.parquet"  # in the build folder: every sample's split, shard, key and image location
 
 SIDECAR = pa.schema(
     [
@@ -66,35 +78,39 @@ class ShardConfig:
 
 
 def _bucket(value: str, seed: int) -> float:
+    """The split/order hash, in Python: what `_hash_sql` computes in SQL (kept for tests and readers)."""
     h = hashlib.sha1(f"{seed}:{value}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def _select(catalog: Catalog, cfg: ShardConfig, inputs: ShardInputs) -> list[dict[str, Any]]:
-    """The kept samples of the dedup run, named by the resolve run (not whatever is latest now)."""
-    with catalog.connect() as con:
-        where = f"AND ({cfg.where})" if cfg.where else ""
-        rows = (
-            con.sql(
-                f"""
-            SELECT * FROM (
-              SELECT r.record_id, r.source, r.source_id, coalesce(r.occurrence_id, r.record_id) AS occurrence_id,
-                     r.media_url, r.license, r.rights_holder, r.publisher, r.basis_of_record, r.img_type,
-                     s.taxon_id, s.match_type, t.kingdom, t.phylum, t.class, t."order", t.family, t.genus,
-                     t.species, t.scientific_name, t.common_name, b.jpeg
-              FROM dedup_decisions d
-              JOIN raw_records r USING (record_id)
-              JOIN resolutions_history s USING (record_id)
-              JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
-              JOIN image_bytes b USING (record_id)
-              WHERE d.run_id = ? AND s.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
-            ) WHERE true {where}""",
-                params=[inputs.dedup_run, inputs.resolve_run],
-            )
-            .to_arrow_table()
-            .to_pylist()
-        )
-    return rows
+def _hash_sql(column: str, seed: int) -> str:
+    """The first 8 bytes of sha1('<seed>:<value>') as UBIGINT: `_bucket` * 2**64, computed by DuckDB."""
+    return f"('0x' || substr(sha1('{int(seed)}:' || {column}), 1, 16))::UBIGINT"
+
+
+def _selection_sql(cfg: ShardConfig) -> str:
+    """The kept samples of the dedup run (param 1), named by the resolve run (param 2; not whatever is
+    latest now), with their split, order and image location, sorted as they will be sharded."""
+    where = f"AND ({cfg.where})" if cfg.where else ""
+    val = f"CAST('{float(cfg.val_fraction)!r}' AS DOUBLE)"
+    return f"""
+    SELECT *,
+           CASE WHEN {_hash_sql("occurrence_id", cfg.seed)}::DOUBLE / 18446744073709551616.0 < {val}
+                THEN 'val' ELSE 'train' END AS split,
+           replace(record_id, '.', '') AS key
+    FROM (
+      SELECT r.record_id, r.source, r.source_id, coalesce(r.occurrence_id, r.record_id) AS occurrence_id,
+             r.media_url, r.license, r.rights_holder, r.publisher, r.basis_of_record, r.img_type,
+             s.taxon_id, s.match_type, t.kingdom, t.phylum, t.class, t."order", t.family, t.genus,
+             t.species, t.scientific_name, t.common_name, l.blob, l.blob_offset, l.bytes AS jpeg_bytes
+      FROM dedup_decisions d
+      JOIN raw_records r USING (record_id)
+      JOIN resolutions_history s USING (record_id)
+      JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
+      JOIN image_locations l USING (record_id)
+      WHERE d.run_id = ? AND s.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
+    ) WHERE true {where}
+    ORDER BY split = 'val', {_hash_sql("record_id", cfg.seed + 1)}, record_id"""
 
 
 def _squash(jpeg: bytes, size: int) -> bytes:
@@ -135,32 +151,33 @@ def _sample_members(
 
 
 def _write_shard(
-    path: Path, samples: list[tuple[str, dict[str, bytes], dict]]
+    path: Path, samples: Iterable[tuple[str, dict[str, bytes], dict]]
 ) -> tuple[list[dict], str, int]:
-    """Write a tar atomically; return sidecar rows, sha256 and size."""
+    """Write a tar atomically from a stream of samples (one sample in memory at a time); return sidecar
+    rows, sha256 and size."""
     tmp = path.with_name(f".{path.name}.tmp")
+    sidecar = []
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members, _ in samples:
+        for key, members, row in samples:
             for ext, data in members.items():
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
+            sidecar.append(
+                {
+                    "key": key,
+                    "record_id": row["record_id"],
+                    "taxon_id": row["taxon_id"],
+                    "sample_bytes": sum(len(v) for v in members.values()),
+                }
+            )
     offsets: dict[str, tuple[int, int]] = {}
     with tarfile.open(tmp, "r") as tar:
         for m in tar.getmembers():
             if m.name.endswith(".jpg"):
                 offsets[m.name[:-4]] = (m.offset_data, m.size)
-    sidecar = [
-        {
-            "key": key,
-            "record_id": row["record_id"],
-            "taxon_id": row["taxon_id"],
-            "jpg_offset": offsets[key][0],
-            "jpg_size": offsets[key][1],
-            "sample_bytes": sum(len(v) for v in members.values()),
-        }
-        for key, members, row in samples
-    ]
+    for row in sidecar:
+        row["jpg_offset"], row["jpg_size"] = offsets[row["key"]]
     digest = _sha256(tmp)
     size = tmp.stat().st_size
     os.replace(tmp, path)
@@ -183,62 +200,87 @@ SHARD_RESULT = pa.schema(
 )
 
 
-def write_shards_partition(
-    batches: Iterator[pa.RecordBatch], root: str, image_size: int | None, txt_caption: str
-) -> Iterator[pa.RecordBatch]:
-    """Per-partition function: rows tagged with their `shard` (relative path) in, one result row per shard
-    out. A shard whose tar and sidecar both exist is complete (both are written atomically) and is reused,
-    which is how an interrupted build resumes."""
-    rows = [r for b in batches for r in b.to_pylist()]
-    by_shard: dict[str, list[dict]] = {}
-    for r in rows:
-        by_shard.setdefault(r["shard"], []).append(r)
-    out = []
-    for shard, members in by_shard.items():
-        path = Path(root) / shard
-        sidecar_path = path.with_suffix(".parquet")
-        if path.exists() and sidecar_path.exists():
-            out.append(
-                {
-                    "shard": shard,
-                    "n": pq.read_metadata(sidecar_path).num_rows,
-                    "sha256": _sha256(path),
-                    "bytes": path.stat().st_size,
-                    "reused": True,
-                }
-            )
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        samples = [(r["key"], _sample_members(r, image_size, txt_caption), r) for r in members]
-        sidecar, digest, size = _write_shard(path, samples)
-        write_parquet_atomic(pa.Table.from_pylist(sidecar, schema=SIDECAR), sidecar_path)
-        out.append({"shard": shard, "n": len(samples), "sha256": digest, "bytes": size, "reused": False})
-    yield pa.RecordBatch.from_pylist(out, schema=SHARD_RESULT)
+READ_CHUNK = 256  # samples whose JPEGs a worker reads at once
 
 
-def _plan(rows: list[dict], cfg: ShardConfig) -> list[list[dict]]:
-    """Assign every row a shard (`train/shard-00000.tar`, ...): deterministic from the seed."""
-    for row in rows:
-        row["split"] = "val" if _bucket(row["occurrence_id"], cfg.seed) < cfg.val_fraction else "train"
-        row["order_key"] = _bucket(row["record_id"], cfg.seed + 1)
-        row["key"] = row["record_id"].replace(".", "")
-    groups: list[list[dict]] = []
-    for split in ("train", "val"):
-        part = sorted((r for r in rows if r["split"] == split), key=lambda r: r["order_key"])
-        current: list[dict] = []
-        size = 0
-        index = 0
-        for r in part:
-            estimate = len(r["jpeg"]) + 2048  # captions and json are about 2 KB
-            if current and (len(current) >= cfg.samples_per_shard or size + estimate > cfg.max_shard_bytes):
-                groups.append(current)
-                current, size, index = [], 0, index + 1
-            r["shard"] = f"{split}/shard-{index:05d}.tar"
-            current.append(r)
-            size += estimate
-        if current:
-            groups.append(current)
-    return groups
+def _samples(unit: Unit, rows: list[dict]) -> Iterator[tuple[str, dict[str, bytes], dict]]:
+    home = Path(unit["home"])
+    for start in range(0, len(rows), READ_CHUNK):
+        chunk = rows[start : start + READ_CHUNK]
+        jpegs = read_image_blobs(home, [(r["blob"], r["blob_offset"], r["jpeg_bytes"]) for r in chunk])
+        for r, jpeg in zip(chunk, jpegs, strict=True):
+            yield r["key"], _sample_members({**r, "jpeg": jpeg}, unit["image_size"], unit["txt_caption"]), r
+
+
+def write_shard_unit(unit: Unit) -> pa.Table:
+    """One work unit, run by a worker: the shard `unit["shard"]` from rows [start, start + n) of the plan,
+    its images read from the image lake; one result row back. A shard whose tar and sidecar both exist is
+    complete (both are written atomically) and is reused, which is how an interrupted build resumes."""
+    shard = unit["shard"]
+    path = Path(unit["root"]) / shard
+    sidecar_path = path.with_suffix(".parquet")
+    if path.exists() and sidecar_path.exists():
+        row = {
+            "shard": shard,
+            "n": pq.read_metadata(sidecar_path).num_rows,
+            "sha256": _sha256(path),
+            "bytes": path.stat().st_size,
+            "reused": True,
+        }
+        return pa.Table.from_pylist([row], schema=SHARD_RESULT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = read_rows(unit["plan"], unit["start"], unit["n"]).to_pylist()
+    if [r["shard"] for r in rows[:1] + rows[-1:]] != [shard] * min(2, len(rows)):
+        raise RuntimeError(f"plan rows {unit['start']}+{unit['n']} are not shard {shard}")
+    sidecar, digest, size = _write_shard(path, _samples(unit, rows))
+    write_parquet_atomic(pa.Table.from_pylist(sidecar, schema=SIDECAR), sidecar_path)
+    row = {"shard": shard, "n": len(sidecar), "sha256": digest, "bytes": size, "reused": False}
+    return pa.Table.from_pylist([row], schema=SHARD_RESULT)
+
+
+@dataclass
+class ShardPlan:
+    """One shard of the plan: what the driver keeps per shard (rows [start, start + n) of the plan)."""
+
+    split: str
+    index: int
+    start: int
+    n: int = 0
+    estimate: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}/shard-{self.index:05d}.tar"
+
+
+def _plan(selection: Path, plan: Path, cfg: ShardConfig) -> list[ShardPlan]:
+    """Cut the sorted selection into shards (`train/shard-00000.tar`, ...), streaming it once, and write the
+    plan (the selection with its `shard`). A shard closes at `samples_per_shard` samples or before it
+    would pass `max_shard_bytes` (each sample estimated as its JPEG plus 2 KB of captions and json)."""
+    source = pq.ParquetFile(selection)
+    tmp = plan.with_name(f".{plan.name}.tmp")
+    shards: list[ShardPlan] = []
+    row = 0
+    with pq.ParquetWriter(tmp, source.schema_arrow.append(pa.field("shard", pa.string()))) as writer:
+        for batch in source.iter_batches(batch_size=8192):
+            names = []
+            splits, sizes = batch.column("split").to_pylist(), batch.column("jpeg_bytes").to_pylist()
+            for split, size in zip(splits, sizes, strict=True):
+                estimate = size + 2048
+                cur = shards[-1] if shards else None
+                if cur is None or cur.split != split:
+                    cur = ShardPlan(split, 0, row)
+                    shards.append(cur)
+                elif cur.n >= cfg.samples_per_shard or cur.estimate + estimate > cfg.max_shard_bytes:
+                    cur = ShardPlan(split, cur.index + 1, row)
+                    shards.append(cur)
+                cur.n += 1
+                cur.estimate += estimate
+                names.append(cur.name)
+                row += 1
+            writer.write_batch(batch.append_column("shard", pa.array(names, pa.string())))
+    os.replace(tmp, plan)
+    return shards
 
 
 def _same_build(manifest: dict, cfg: ShardConfig, inputs: ShardInputs) -> bool:
@@ -251,12 +293,17 @@ def _same_build(manifest: dict, cfg: ShardConfig, inputs: ShardInputs) -> bool:
     )
 
 
-def _fingerprint(cfg: ShardConfig, inputs: ShardInputs, rows: list[dict]) -> str:
-    """What the build depends on: settings, the input runs and the selected records (not the timestamp)."""
-    keys = hashlib.sha1("\n".join(sorted(r["record_id"] for r in rows)).encode()).hexdigest()
+def _fingerprint(cfg: ShardConfig, inputs: ShardInputs, selection: Path) -> str:
+    """What the build depends on: settings, the input runs and the selected records (not the timestamp).
+    The records enter as their count and an order-free sum of their ids' hashes, computed by DuckDB."""
+    with duckdb.connect() as con:
+        n, total = con.execute(
+            f"SELECT count(*), sum({_hash_sql('record_id', 0)}::HUGEINT)::VARCHAR FROM read_parquet(?)",
+            [str(selection)],
+        ).fetchall()[0]
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
     runs = [inputs.dedup_run, inputs.resolve_run]
-    return hashlib.sha1(json.dumps([settings, runs, keys], sort_keys=True).encode()).hexdigest()
+    return hashlib.sha1(json.dumps([settings, runs, n, total], sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -278,14 +325,12 @@ def build_version(
     spark_master: str | None = None,
 ) -> dict[str, Any]:
     """Build (or resume building) a dataset version from `inputs`. Shards are written by the executor's
-    workers.
+    workers, one unit per shard.
 
     The version is built in its own folder `shards/.builds/<version>.<fingerprint>` beside any earlier one;
     the catalog row is switched to it in one transaction and `shards/<version>` (a link) follows. So a
     killed build, `--overwrite` included, never leaves the catalog naming files that are gone; a rerun with
     the same inputs resumes the same folder and reuses its finished shards."""
-    from etl.executors import get_executor
-
     check_name("version", cfg.version)
     with StageRun(catalog, "shard", config=cfg, lock=f"shard-{cfg.version}") as run:
         with catalog.connect() as con:
@@ -301,57 +346,48 @@ def build_version(
             raise FileExistsError(
                 f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite"
             )
-        rows = _select(catalog, cfg, inputs)
-        run.n_in = len(rows)
-        if not rows:
-            raise ValueError(
-                f"the selection for version {cfg.version!r} is empty"
-                + (f" (--where {cfg.where!r} matches no kept sample)" if cfg.where else "")
-                + ": an immutable version of 0 samples is not made"
-            )
-        fingerprint = _fingerprint(cfg, inputs, rows)
         builds = catalog.shards / BUILDS
-        root = builds / f"{cfg.version}.{fingerprint[:16]}"
-        for stale in builds.glob(f"{cfg.version}.*"):
-            own = "." not in stale.name[len(cfg.version) + 1 :]  # not a build of version "<name>.<more>"
-            if own and stale != root and stale != current:  # partial builds of other inputs
-                remove_tree(stale, builds)
-        root.mkdir(parents=True, exist_ok=True)
-        groups = _plan(rows, cfg)
-        columns = [c for c in rows[0] if c not in ("order_key",)] if rows else []
-        partitions = [pa.Table.from_pylist([{c: r[c] for c in columns} for r in g]) for g in groups]
-        fn = partial(
-            write_shards_partition, root=str(root), image_size=cfg.image_size, txt_caption=cfg.txt_caption
-        )
-        results = {}
-        for _, table in get_executor(executor, workers, spark_master).map_partitions(
-            fn, partitions, SHARD_RESULT
-        ):
-            for r in table.to_pylist():
-                results[r["shard"]] = r
-        shards = []
-        for g in groups:
-            r = results[g[0]["shard"]]
-            split, name = r["shard"].split("/")
-            shards.append(
-                {"split": split, "name": name, "n": r["n"], "sha256": r["sha256"], "bytes": r["bytes"]}
+        builds.mkdir(parents=True, exist_ok=True)
+        selection = builds / f".selection-{cfg.version}.parquet"  # the version's lock is held
+        try:
+            run.n_in = catalog.export_parquet(
+                _selection_sql(cfg), selection, params=[inputs.dedup_run, inputs.resolve_run]
             )
-        counts = {split: sum(1 for r in rows if r["split"] == split) for split in ("train", "val")}
-        manifest = _manifest(cfg, rows, shards, inputs, counts)
+            if not run.n_in:
+                raise ValueError(
+                    f"the selection for version {cfg.version!r} is empty"
+                    + (f" (--where {cfg.where!r} matches no kept sample)" if cfg.where else "")
+                    + ": an immutable version of 0 samples is not made"
+                )
+            root = builds / f"{cfg.version}.{_fingerprint(cfg, inputs, selection)[:16]}"
+            for stale in builds.glob(f"{cfg.version}.*"):
+                own = "." not in stale.name[len(cfg.version) + 1 :]  # not a build of version "<name>.<more>"
+                if own and stale != root and stale != current:  # partial builds of other inputs
+                    remove_tree(stale, builds)
+            root.mkdir(parents=True, exist_ok=True)
+            plan = root / PLAN
+            shards = _plan(selection, plan, cfg)
+        finally:
+            selection.unlink(missing_ok=True)
+        results = _write_shards(catalog, cfg, root, plan, shards, executor, workers, spark_master)
+        manifest_shards = []
+        for sh in shards:
+            r = results[sh.name]
+            manifest_shards.append(
+                {
+                    "split": sh.split,
+                    "name": sh.name.split("/")[1],
+                    "n": r["n"],
+                    "sha256": r["sha256"],
+                    "bytes": r["bytes"],
+                }
+            )
+        counts = {split: sum(sh.n for sh in shards if sh.split == split) for split in ("train", "val")}
+        manifest = _manifest(cfg, plan, manifest_shards, inputs, counts)
         for split in ("train", "val"):
-            sizes = {s["name"]: s["n"] for s in shards if s["split"] == split}
+            sizes = {s["name"]: s["n"] for s in manifest_shards if s["split"] == split}
             write_bytes_atomic(json.dumps(sizes, indent=1).encode(), root / split / "sizes.json")
         write_bytes_atomic(json.dumps(manifest, indent=1, default=str).encode(), root / "manifest.json")
-        samples = pa.table(
-            {
-                "version": [cfg.version] * len(rows),
-                "split": [r["split"] for r in rows],
-                "shard": [r["shard"] for r in rows],
-                "key": [r["key"] for r in rows],
-                "record_id": [r["record_id"] for r in rows],
-                "taxon_id": [r["taxon_id"] for r in rows],
-            }
-        )
         record = DatasetVersionRecord(
             version=cfg.version,
             filters=cfg.where,
@@ -359,7 +395,7 @@ def build_version(
             dedup_run_id=inputs.dedup_run,
             resolve_run_id=inputs.resolve_run,
             backbone_version=",".join(inputs.backbone_versions),
-            n_samples=len(rows),
+            n_samples=run.n_in,
             n_train=counts["train"],
             n_val=counts["val"],
             n_shards=len(shards),
@@ -367,12 +403,12 @@ def build_version(
             manifest=manifest,
             code_version=CODE_VERSION,
         )
-        replace_version(catalog, record, samples)  # the switch: before it the old version stands
+        replace_version(catalog, record, plan)  # the switch: before it the old version stands
         displaced = link_version(catalog, cfg.version, root)
         for old in (current, displaced):  # the version this one replaced, now unreferenced
             if old is not None and old.exists() and old.resolve() != root.resolve():
                 remove_tree(old, builds)
-        run.n_out = len(rows)
+        run.n_out = run.n_in
         run.details = {
             "version": cfg.version,
             **counts,
@@ -382,16 +418,57 @@ def build_version(
     return manifest
 
 
-def _manifest(
-    cfg: ShardConfig, rows: list[dict], shards: list[dict], inputs: ShardInputs, counts: dict
-) -> dict:
-    def count(key) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in rows:
-            k = key(r)
-            out[str(k)] = out.get(str(k), 0) + 1
-        return dict(sorted(out.items()))
+def _write_shards(
+    catalog: Catalog,
+    cfg: ShardConfig,
+    root: Path,
+    plan: Path,
+    shards: list[ShardPlan],
+    executor: str,
+    workers: int,
+    spark_master: str | None,
+) -> dict[str, dict[str, Any]]:
+    """Run one work unit per shard; the result row of each, by shard name."""
+    from etl.executors import get_executor
 
+    units: list[Unit] = [
+        {
+            "home": str(catalog.home),
+            "root": str(root),
+            "plan": str(plan),
+            "start": sh.start,
+            "n": sh.n,
+            "shard": sh.name,
+            "image_size": cfg.image_size,
+            "txt_caption": cfg.txt_caption,
+        }
+        for sh in shards
+    ]
+    results: dict[str, dict[str, Any]] = {}
+    step = max(1, len(units) // 10)
+    for _, table in get_executor(executor, workers, spark_master).run_units(write_shard_unit, units):
+        for r in table.to_pylist():
+            results[r["shard"]] = r
+        if len(results) % step == 0 or len(results) == len(units):
+            log.info("shard %s: %d of %d shards written", cfg.version, len(results), len(units))
+    return results
+
+
+def _manifest(cfg: ShardConfig, plan: Path, shards: list[dict], inputs: ShardInputs, counts: dict) -> dict:
+    """The version's manifest; its tallies are computed by DuckDB over the plan (no rows in Python)."""
+    with duckdb.connect() as con:
+        con.execute(f"CREATE VIEW plan AS SELECT * FROM read_parquet('{_sql_path(plan)}')")
+
+        def count(column: str) -> dict[str, int]:
+            rows = con.execute(
+                f"SELECT coalesce(CAST(\"{column}\" AS VARCHAR), 'None'), count(*) FROM plan GROUP BY 1"
+            ).fetchall()
+            return dict(sorted(rows))
+
+        filled = ", ".join(f"count(*) FILTER (WHERE coalesce(\"{r}\", '') <> '')" for r in RANKS)
+        completeness = con.execute(f"SELECT {filled} FROM plan").fetchall()[0]
+        n_samples, n_taxa = con.execute("SELECT count(*), count(DISTINCT taxon_id) FROM plan").fetchall()[0]
+        per = {name: count(name) for name in ("source", "kingdom", "license")}
     return {
         "version": cfg.version,
         "created_at": datetime.now(UTC).isoformat(),
@@ -400,12 +477,16 @@ def _manifest(
         "dedup_run": inputs.dedup_run,
         "resolve_run": inputs.resolve_run,
         "backbone_versions": list(inputs.backbone_versions),
-        "n_samples": len(rows),
+        "n_samples": n_samples,
         "splits": counts,
-        "per_source": count(lambda r: r["source"]),
-        "per_kingdom": count(lambda r: r["kingdom"]),
-        "per_license": count(lambda r: r["license"]),
-        "rank_completeness": {rank: sum(1 for r in rows if r[rank]) for rank in RANKS},
-        "n_taxa": len({r["taxon_id"] for r in rows}),
+        "per_source": per["source"],
+        "per_kingdom": per["kingdom"],
+        "per_license": per["license"],
+        "rank_completeness": dict(zip(RANKS, completeness, strict=True)),
+        "n_taxa": n_taxa,
         "shards": shards,
     }
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")

@@ -56,18 +56,25 @@ def metadata_row(row: dict[str, str], image_root: str) -> dict[str, Any]:
 
 def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -> Iterator[Page]:
     if cfg.path:
-        text = Path(cfg.path).read_text(encoding="utf-8", errors="replace")
-        image_root = cfg.params.get("image_root") or Path(cfg.path).resolve().parent.as_uri()
-    else:
-        if not cfg.api_url:
-            raise ValueError(
-                "bioscan has no public API: give --path (the BIOSCAN-5M metadata CSV, its images beside it or "
-                "under --param image_root=URL) or --api-url (a mirror serving the dataset's paths)"
-            )
-        base = cfg.api_url.rstrip("/")
-        text = client.get(f"{base}/{METADATA_PATH}").text
-        image_root = cfg.params.get("image_root") or f"{base}/bioscan5m/images/{IMAGE_PACKAGE}"
-    reader = csv.DictReader(io.StringIO(text))
+        # Read as a stream: the real metadata CSV is 5 million rows.
+        with open(cfg.path, encoding="utf-8", errors="replace", newline="") as fh:
+            image_root = cfg.params.get("image_root") or Path(cfg.path).resolve().parent.as_uri()
+            yield from _rows(csv.DictReader(fh), cfg, checkpoint, image_root)
+        return
+    if not cfg.api_url:
+        raise ValueError(
+            "bioscan has no public API: give --path (the BIOSCAN-5M metadata CSV, its images beside it or "
+            "under --param image_root=URL) or --api-url (a mirror serving the dataset's paths)"
+        )
+    base = cfg.api_url.rstrip("/")
+    text = client.get(f"{base}/{METADATA_PATH}").text
+    image_root = cfg.params.get("image_root") or f"{base}/bioscan5m/images/{IMAGE_PACKAGE}"
+    yield from _rows(csv.DictReader(io.StringIO(text)), cfg, checkpoint, image_root)
+
+
+def _rows(
+    reader: csv.DictReader, cfg: IngestConfig, checkpoint: dict[str, Any], image_root: str
+) -> Iterator[Page]:
     start = int(checkpoint.get("row", 0))
     batch: list[dict[str, Any]] = []
     n = 0

@@ -1,0 +1,224 @@
+"""Corpus scale: ingest -> resolve -> fetch -> dedup -> shard -> verify at growing N, each stage its own `tol`
+process as users run them, on synthetic BIOSCAN-5M-style records whose images are real, distinct JPEGs
+(rendered organisms, each with its own lighting) read through `file://` under an allowed root.
+
+Prints one JSON line per size (per stage: seconds, the driver's peak RSS, the peak RSS of its whole process
+tree) and a final line with the log-log growth exponent of each figure between the smallest and largest
+size. The images are rendered once per size under `--work` and reused by later runs.
+
+    python bench/bench_scale.py --sizes 10000,100000 --work /tmp/scale [--executor spark]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import emit
+
+SPECIES_CLASS = "Insecta"
+RENDER_CHUNK = 2000
+
+
+def _render_chunk(args: tuple[str, int, int]) -> int:
+    """Render records [start, stop) of the world (deterministic per index) that do not exist yet."""
+    from sample_world.render import jpeg_bytes, render_organism
+    from sample_world.tree import build_tree
+
+    root, start, stop = args
+    species = [s for s in build_tree(0).species if s.lineage["class"] == SPECIES_CLASS]
+    for i in range(start, stop):
+        path = Path(root) / _image_rel(i)
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(i)
+        data = jpeg_bytes(render_organism(species[i % len(species)].traits, rng, (341, 256)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return stop - start
+
+
+def _pid(i: int) -> str:
+    return f"BSCALE{i:08d}"
+
+
+def _image_rel(i: int) -> str:
+    return f"pretrain/{hashlib.md5(_pid(i).encode()).hexdigest()[:2]}/{_pid(i)}.jpg"
+
+
+def synthesize(root: Path, n: int, workers: int) -> Path:
+    """The metadata CSV of `n` records (images beside it, `<split>/<chunk>/<processid>.jpg`) and a backbone."""
+    from sample_world.tree import build_tree
+
+    root.mkdir(parents=True, exist_ok=True)
+    species = [s for s in build_tree(0).species if s.lineage["class"] == SPECIES_CLASS]
+    meta = root / f"metadata-{n}.csv"
+    if not meta.exists():
+        tmp = meta.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["processid", "sampleid", "phylum", "class", "order", "family", "genus", "species",
+                        "split", "chunk"])  # fmt: skip
+            for i in range(n):
+                sp = species[i % len(species)]
+                lin = sp.lineage
+                chunk = _image_rel(i).split("/")[1]
+                w.writerow([_pid(i), f"S{i:08d}", "Arthropoda", "Insecta", lin["order"], lin["family"],
+                            lin["genus"], sp.binomial, "pretrain", chunk])  # fmt: skip
+        os.replace(tmp, meta)
+    chunks = [(str(root), a, min(n, a + RENDER_CHUNK)) for a in range(0, n, RENDER_CHUNK)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for _ in pool.imap_unordered(_render_chunk, chunks):
+            pass
+    return meta
+
+
+def _tree_rss(root_pid: int) -> tuple[int, int]:
+    """(RSS of `root_pid`, RSS of it and all its descendants), in bytes, read from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        rss[pid] = int(fields[21]) * page
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return rss.get(root_pid, 0), sum(rss.get(p, 0) for p in tree)
+
+
+def run_stage(home: Path, args: list[str], log: Path) -> dict:
+    """Run one `tol` command, sampling its memory; fail loudly (with its log) if it fails."""
+    cmd = [sys.executable, "-m", "flows.cli", "--home", str(home), "--log-level", "WARNING", *args]
+    env = {**os.environ, "TOL_CATALOG_WAIT": "600"}
+    t0 = time.perf_counter()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        driver = tree = 0
+        while proc.poll() is None:
+            d, t = _tree_rss(proc.pid)
+            driver, tree = max(driver, d), max(tree, t)
+            time.sleep(0.25)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"tol {' '.join(args)} exited {proc.returncode}; see {log}")
+    return {
+        "seconds": round(seconds, 2),
+        "driver_rss_mb": round(driver / 2**20),
+        "tree_rss_mb": round(tree / 2**20),
+    }
+
+
+def run_size(n: int, work: Path, executor: list[str], samples_per_shard: int, keep: bool) -> dict:
+    from sample_world.build import SampleWorldConfig, build_sample_world
+
+    images = work / "images"
+    t0 = time.perf_counter()
+    meta = synthesize(images, n, workers=2)
+    synth_seconds = time.perf_counter() - t0
+    world = work / "backbone-world"  # a small sample world, for its backbone (the same tree of species)
+    if not (world / "backbone" / "Taxon.tsv").exists():
+        small = SampleWorldConfig(gbif_occurrences_per_species=1, eol_media_per_species=1, eval_images_per_species=1,
+                                  bioscan_rows_per_species=1, fathomnet_frames_per_species=1, replay_train=8,
+                                  replay_heldout=8, leaks=1)  # fmt: skip
+        build_sample_world(world, small)
+    home = work / f"home-{n}"
+    if home.exists():
+        shutil.rmtree(home)
+    log = work / f"log-{n}.txt"
+    stages = {
+        "ingest": ["ingest", "bioscan", "--path", str(meta), "--param", f"image_root={images.as_uri()}"],
+        "backbone": ["taxonomy", "load-backbone", str(world / "backbone")],
+        "resolve": ["resolve"],
+        "fetch": ["fetch", "--allow-local-root", str(images), *executor],
+        "dedup": ["dedup"],
+        "shard": ["shard", "--version", "scale", "--samples-per-shard", str(samples_per_shard), *executor],
+        "verify": ["versions", "verify", "scale"],
+    }
+    from etl.ingest.records import record_id
+
+    probe = record_id("bioscan", _pid(n // 2), 0).replace("'", "''")
+    stages |= {  # what every later command pays: opening the catalog, and one record's lineage
+        "open_catalog": ["sql", "SELECT 1"],
+        "lineage_lookup": ["sql", f"SELECT * FROM record_lineage WHERE record_id = '{probe}'"],
+    }
+    out = {"bench": "scale", "n": n, "synthesize_seconds": round(synth_seconds, 1), "stages": {}}
+    for name, args in stages.items():
+        out["stages"][name] = run_stage(home, args, log)
+        print(f"# n={n} {name}: {out['stages'][name]}", file=sys.stderr, flush=True)
+    counts = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--home", str(home), "sql", "--format", "json",
+         "SELECT stage, n_in, n_out FROM stage_runs WHERE status = 'succeeded' ORDER BY started_at"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    out["counts"] = {r["stage"]: [r["n_in"], r["n_out"]] for r in json.loads(counts)}
+    out["home_bytes"] = sum(f.stat().st_size for f in home.rglob("*") if f.is_file())
+    if not keep:
+        shutil.rmtree(home)
+    return out
+
+
+def exponents(results: list[dict]) -> dict:
+    """d log(figure) / d log(n) between the smallest and the largest size, per stage and figure."""
+    a, b = results[0], results[-1]
+    span = math.log(b["n"] / a["n"])
+    out = {}
+    for stage in a["stages"]:
+        out[stage] = {
+            key: round(
+                math.log(max(b["stages"][stage][key], 1e-3) / max(a["stages"][stage][key], 1e-3)) / span, 3
+            )
+            for key in ("seconds", "driver_rss_mb", "tree_rss_mb")
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--work", default="/tmp/tol-bench-scale")
+    ap.add_argument("--executor", choices=["local", "spark"], default="local")
+    ap.add_argument("--spark-master", default="local[2]")
+    ap.add_argument("--samples-per-shard", type=int, default=5000)
+    ap.add_argument("--keep", action="store_true", help="keep each size's home")
+    args = ap.parse_args()
+    executor = (
+        ["--executor", "spark", "--spark-master", args.spark_master] if args.executor == "spark" else []
+    )
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in sorted(int(s) for s in args.sizes.split(",")):
+        results.append(run_size(n, work, executor, args.samples_per_shard, args.keep))
+        emit(results[-1])
+    if len(results) > 1:
+        emit({"bench": "scale", "executor": args.executor, "exponents": exponents(results),
+              "sizes": [r["n"] for r in results]})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
