@@ -243,9 +243,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_sql(args) -> None:
-    import duckdb
-
-    from warehouse.catalog import Catalog
+    from warehouse.catalog import Catalog, read_only_statement
 
     if args.write:
         catalog = _catalog(args)
@@ -253,14 +251,14 @@ def cmd_sql(args) -> None:
         catalog = Catalog(Path(args.home).resolve())
         if not catalog.db_path.exists():
             raise FileNotFoundError(f"no catalog at {catalog.db_path}: check --home, or run a stage first")
-    # Read-only by default: a query can neither change the catalog nor hold the write lock stages need.
-    with catalog.connect(read_only=not args.write) as con:
-        try:
-            rel = con.sql(args.query)
-        except duckdb.Error as exc:
-            if not args.write and "read-only" in str(exc):
-                raise PermissionError(f"{exc} (tol sql is read-only; pass --write to change it)") from exc
-            raise
+    # Read-only by default, on a snapshot: the catalog file is held only while its small tables are copied
+    # (a fraction of a second), so a query of any length never holds back a stage that needs to commit.
+    if not args.write and not read_only_statement(args.query):
+        raise PermissionError(
+            "tol sql is read-only: the query changes something; pass --write to change the catalog"
+        )
+    with catalog.connect() if args.write else catalog.snapshot() as con:
+        rel = con.sql(args.query)
         if rel is None:
             return
         if args.format == "table":

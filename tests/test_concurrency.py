@@ -123,6 +123,27 @@ def test_a_long_read_makes_a_stage_wait_not_fail(homes, tmp_path):
     assert sql(home, "SELECT status FROM stage_runs WHERE stage = 'resolve'") == [{"status": "succeeded"}]
 
 
+def test_a_long_tol_sql_query_does_not_hold_a_stage_back(homes, tmp_path):
+    """`tol sql` runs on a snapshot: the catalog is held only while its small tables are copied, so a stage
+    started during a query of a minute commits at once (a 5 s wait would fail it otherwise)."""
+    from tests.tolcli import kill_group
+
+    pipeline, before = homes
+    home = _copy(before["resolve"], tmp_path)
+    query = start(home, "sql", "SELECT sum(hash(i)) AS s FROM range(20000000000) t(i)")
+    try:
+        time.sleep(3)  # the snapshot is taken and the query is scanning
+        assert query.poll() is None
+        t0 = time.monotonic()
+        stage = tol(home, *dict(pipeline.commands())["resolve"], TOL_CATALOG_WAIT="5")
+        took = time.monotonic() - t0
+        assert query.poll() is None, "the query should still be running"
+    finally:
+        kill_group(query)
+    assert stage.returncode == 0 and took < 30
+    assert sql(home, "SELECT status FROM stage_runs WHERE stage = 'resolve'") == [{"status": "succeeded"}]
+
+
 def test_a_busy_catalog_beyond_the_wait_is_a_clear_error(homes, tmp_path):
     _pipeline, before = homes
     home = _copy(before["resolve"], tmp_path)

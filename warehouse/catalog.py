@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,12 +101,16 @@ def connect_with_retry(
 
     DuckDB lets one process write or several read, never both at once, so every command meets the others'
     short connections; it waits for them instead of failing, up to `wait` seconds (CatalogBusyError after)."""
+    return _waiting_for_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, wait)
+
+
+def _waiting_for_lock(open_fn, path: Path, wait: float | None):
     wait = catalog_wait_default() if wait is None else wait
     t0 = time.monotonic()
     delay, told = 0.02, False
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return open_fn()
         except duckdb.Error as exc:
             if not _is_lock_conflict(exc):
                 raise
@@ -190,6 +195,32 @@ class Catalog:
         finally:
             con.close()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory copy of the catalog (its small tables and its views), for reads of any length.
+
+        The file is held, shared like any reader's, only while its tables are copied (about 0.1 s for the
+        demo's catalog; `bench/bench_scale.py` measures it at each size), so a long query never holds a stage
+        back; the views read the lake's Parquet parts live. Writes to a snapshot change nothing: callers
+        refuse them (see `read_only_statement`)."""
+        with self.connect(read_only=True):
+            pass  # views built for another folder (a moved home) are rebuilt first
+        con = duckdb.connect()
+        try:
+            src = str(self.db_path).replace("'", "''")
+            _waiting_for_lock(
+                lambda: con.execute(f"ATTACH '{src}' AS catalog_file (READ_ONLY)"), self.db_path, None
+            )
+            try:
+                con.execute("ATTACH ':memory:' AS snapshot")
+                con.execute("COPY FROM DATABASE catalog_file TO snapshot")
+            finally:
+                con.execute("DETACH catalog_file")
+            con.execute("USE snapshot")
+            yield con
+        finally:
+            con.close()
+
     def write_part(self, table: str, data: pa.Table, *, partition: dict[str, str], part: str) -> Path:
         """Write one Parquet part of a lake table (see `warehouse.lake.write_part`)."""
         return write_part(self.lake, table, data, partition=partition, part=part)
@@ -197,6 +228,20 @@ class Catalog:
     def query_arrow(self, sql: str, params: list | None = None) -> pa.Table:
         with self.connect() as con:
             return con.sql(sql, params=params or None).to_arrow_table()
+
+
+_READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
+
+
+def read_only_statement(sql: str) -> bool:
+    """Whether every statement of `sql` only reads: SELECT (DESCRIBE, SHOW, SUMMARIZE), EXPLAIN, PRAGMA, or an
+    export `COPY (query) TO ...`."""
+    statements = duckdb.extract_statements(sql)
+    return bool(statements) and all(
+        st.type in _READ_STATEMENTS
+        or (st.type == duckdb.StatementType.COPY and re.match(r"\s*copy\s*\(", st.query, re.I))
+        for st in statements
+    )
 
 
 def open_catalog(home: str | Path) -> Catalog:
