@@ -12,6 +12,7 @@ size. The images are rendered once per size under `--work` and reused by later r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -22,6 +23,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -111,13 +113,47 @@ def _tree_rss(root_pid: int) -> tuple[int, int]:
     return rss.get(root_pid, 0), sum(rss.get(p, 0) for p in tree)
 
 
-def run_stage(home: Path, args: list[str], log: Path) -> dict:
+def _tol(home: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "--home", str(home), "--log-level", "WARNING", *args]
+
+
+class SqlProbe:
+    """`tol sql` about once a second while a stage runs (as a user watching it would): counts, failures and
+    the slowest answer. Off by default: each query is a process, which costs the stage CPU."""
+
+    def __init__(self, home: Path) -> None:
+        self.home, self.queries, self.failures, self.slowest = home, 0, 0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            q = subprocess.run(_tol(self.home, "sql", "SELECT stage, status, n_out FROM stage_runs"),
+                               capture_output=True, env={**os.environ, "TOL_CATALOG_WAIT": "600"})  # fmt: skip
+            self.queries += 1
+            self.failures += q.returncode != 0
+            self.slowest = max(self.slowest, time.perf_counter() - t0)
+            self._stop.wait(max(0.0, 1.0 - (time.perf_counter() - t0)))
+
+    def __enter__(self) -> SqlProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict:
+        return {"queries": self.queries, "failures": self.failures, "slowest_s": round(self.slowest, 2)}
+
+
+def run_stage(home: Path, args: list[str], log: Path, probe: bool = False) -> dict:
     """Run one `tol` command, sampling its memory; fail loudly (with its log) if it fails."""
-    cmd = [sys.executable, "-m", "flows.cli", "--home", str(home), "--log-level", "WARNING", *args]
     env = {**os.environ, "TOL_CATALOG_WAIT": "600"}
     t0 = time.perf_counter()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    with open(log, "ab") as out, SqlProbe(home) if probe else contextlib.nullcontext() as sql_probe:
+        proc = subprocess.Popen(_tol(home, *args), stdout=out, stderr=subprocess.STDOUT, env=env)
         driver = tree = 0
         while proc.poll() is None:
             d, t = _tree_rss(proc.pid)
@@ -126,14 +162,19 @@ def run_stage(home: Path, args: list[str], log: Path) -> dict:
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"tol {' '.join(args)} exited {proc.returncode}; see {log}")
-    return {
+    result = {
         "seconds": round(seconds, 2),
         "driver_rss_mb": round(driver / 2**20),
         "tree_rss_mb": round(tree / 2**20),
     }
+    if sql_probe is not None:
+        result["sql_probe"] = sql_probe.result()
+    return result
 
 
-def run_size(n: int, work: Path, executor: list[str], samples_per_shard: int, keep: bool) -> dict:
+def run_size(
+    n: int, work: Path, executor: list[str], samples_per_shard: int, keep: bool, probe: bool
+) -> dict:
     from sample_world.build import SampleWorldConfig, build_sample_world
 
     images = work / "images"
@@ -167,8 +208,19 @@ def run_size(n: int, work: Path, executor: list[str], samples_per_shard: int, ke
         "lineage_lookup": ["sql", f"SELECT * FROM record_lineage WHERE record_id = '{probe}'"],
     }
     out = {"bench": "scale", "n": n, "synthesize_seconds": round(synth_seconds, 1), "stages": {}}
+    long_read = None
     for name, args in stages.items():
-        out["stages"][name] = run_stage(home, args, log)
+        if probe and name == "resolve":  # a read of about a minute, started just before a stage
+            long_read = subprocess.Popen(_tol(home, "sql", "SELECT sum(hash(i)) FROM range(20000000000) t(i)"),
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+            time.sleep(2)
+        out["stages"][name] = run_stage(home, args, log, probe=probe)
+        if long_read is not None:
+            t_wait = time.perf_counter()
+            long_read.wait()
+            out["long_read"] = {"returncode": long_read.returncode, "outlived_the_stage_by_s":
+                                round(time.perf_counter() - t_wait, 1)}  # fmt: skip
+            long_read = None
         print(f"# n={n} {name}: {out['stages'][name]}", file=sys.stderr, flush=True)
     counts = subprocess.run(
         [sys.executable, "-m", "flows.cli", "--home", str(home), "sql", "--format", "json",
@@ -205,6 +257,8 @@ def main() -> None:
     ap.add_argument("--spark-master", default="local[2]")
     ap.add_argument("--samples-per-shard", type=int, default=5000)
     ap.add_argument("--keep", action="store_true", help="keep each size's home")
+    ap.add_argument("--probe-sql", action="store_true", help="tol sql every second during each stage, and a "
+                    "one-minute read started before resolve (their own figures; they slow the stages)")  # fmt: skip
     args = ap.parse_args()
     executor = (
         ["--executor", "spark", "--spark-master", args.spark_master] if args.executor == "spark" else []
@@ -213,7 +267,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for n in sorted(int(s) for s in args.sizes.split(",")):
-        results.append(run_size(n, work, executor, args.samples_per_shard, args.keep))
+        results.append(run_size(n, work, executor, args.samples_per_shard, args.keep, args.probe_sql))
         emit(results[-1])
     if len(results) > 1:
         emit({"bench": "scale", "executor": args.executor, "exponents": exponents(results),
