@@ -123,6 +123,7 @@ class SqlProbe:
 
     def __init__(self, home: Path) -> None:
         self.home, self.queries, self.failures, self.slowest = home, 0, 0, 0.0
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -132,7 +133,9 @@ class SqlProbe:
             q = subprocess.run(_tol(self.home, "sql", "SELECT stage, status, n_out FROM stage_runs"),
                                capture_output=True, env={**os.environ, "TOL_CATALOG_WAIT": "600"})  # fmt: skip
             self.queries += 1
-            self.failures += q.returncode != 0
+            if q.returncode != 0:
+                self.failures += 1
+                self.errors.append(q.stderr.decode(errors="replace").strip()[-500:])
             self.slowest = max(self.slowest, time.perf_counter() - t0)
             self._stop.wait(max(0.0, 1.0 - (time.perf_counter() - t0)))
 
@@ -145,7 +148,8 @@ class SqlProbe:
         self._thread.join()
 
     def result(self) -> dict:
-        return {"queries": self.queries, "failures": self.failures, "slowest_s": round(self.slowest, 2)}
+        return {"queries": self.queries, "failures": self.failures, "slowest_s": round(self.slowest, 2),
+                "errors": self.errors[:3]}  # fmt: skip
 
 
 def run_stage(home: Path, args: list[str], log: Path, probe: bool = False) -> dict:
@@ -202,10 +206,10 @@ def run_size(
     }
     from etl.ingest.records import record_id
 
-    probe = record_id("bioscan", _pid(n // 2), 0).replace("'", "''")
+    looked_up = record_id("bioscan", _pid(n // 2), 0).replace("'", "''")
     stages |= {  # what every later command pays: opening the catalog, and one record's lineage
         "open_catalog": ["sql", "SELECT 1"],
-        "lineage_lookup": ["sql", f"SELECT * FROM record_lineage WHERE record_id = '{probe}'"],
+        "lineage_lookup": ["sql", f"SELECT * FROM record_lineage WHERE record_id = '{looked_up}'"],
     }
     out = {"bench": "scale", "n": n, "synthesize_seconds": round(synth_seconds, 1), "stages": {}}
     long_read = None
@@ -255,20 +259,27 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/tol-bench-scale")
     ap.add_argument("--executor", choices=["local", "spark"], default="local")
     ap.add_argument("--spark-master", default="local[2]")
+    ap.add_argument("--standalone", type=int, metavar="WORKERS",
+                    help="with --executor spark: start a standalone cluster of this many one-core workers on loopback")  # fmt: skip
     ap.add_argument("--samples-per-shard", type=int, default=5000)
     ap.add_argument("--keep", action="store_true", help="keep each size's home")
     ap.add_argument("--probe-sql", action="store_true", help="tol sql every second during each stage, and a "
                     "one-minute read started before resolve (their own figures; they slow the stages)")  # fmt: skip
     args = ap.parse_args()
-    executor = (
-        ["--executor", "spark", "--spark-master", args.spark_master] if args.executor == "spark" else []
-    )
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results = []
-    for n in sorted(int(s) for s in args.sizes.split(",")):
-        results.append(run_size(n, work, executor, args.samples_per_shard, args.keep, args.probe_sql))
-        emit(results[-1])
+    with contextlib.ExitStack() as stack:
+        master = args.spark_master
+        if args.executor == "spark" and args.standalone:
+            from tests.spark_cluster import standalone_cluster
+
+            master = stack.enter_context(standalone_cluster(work / "spark-cluster", workers=args.standalone))
+        executor = ["--executor", "spark", "--spark-master", master] if args.executor == "spark" else []
+        results = []
+        for n in sorted(int(s) for s in args.sizes.split(",")):
+            results.append(run_size(n, work, executor, args.samples_per_shard, args.keep, args.probe_sql))
+            results[-1]["executor"] = "spark " + master if executor else "local"
+            emit(results[-1])
     if len(results) > 1:
         emit({"bench": "scale", "executor": args.executor, "exponents": exponents(results),
               "sizes": [r["n"] for r in results]})  # fmt: skip

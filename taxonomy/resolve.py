@@ -339,70 +339,87 @@ def load_index(catalog: Catalog, version: str) -> BackboneIndex:
     return BackboneIndex(taxon, taxa)
 
 
+QUERY_COLUMNS = (
+    "verbatim_species",
+    "verbatim_name",
+    "verbatim_kingdom",
+    "verbatim_phylum",
+    "verbatim_class",
+    "verbatim_order",
+    "verbatim_family",
+    "verbatim_genus",
+)
+
+
 def run_resolve(catalog: Catalog, backbone_version: str | Sequence[str] | None = None) -> dict:
     """Resolve all usable raw records (those without a drop reason) against one backbone, or several in
-    priority order (default: the latest loaded)."""
+    priority order (default: the latest loaded).
+
+    Set-wise: each distinct query (name and the record's own ranks) is resolved once in Python; DuckDB joins
+    the answers back to the records and writes the run's part, so memory follows the distinct queries (a few
+    per species), not the records."""
     versions = _versions(catalog, backbone_version)
     with StageRun(catalog, "resolve", config={"backbone_versions": versions}) as run:
-        records = catalog.query_arrow(
-            """SELECT record_id, verbatim_species, verbatim_name, verbatim_kingdom, verbatim_phylum,
-                      verbatim_class, verbatim_order, verbatim_family, verbatim_genus
-               FROM raw_records WHERE drop_reason IS NULL ORDER BY record_id"""
+        cols = ", ".join(QUERY_COLUMNS)
+        queries = catalog.query_arrow(
+            f"SELECT {cols}, count(*) AS n FROM raw_records WHERE drop_reason IS NULL GROUP BY ALL"
         ).to_pylist()
         indexes = [(v, load_index(catalog, v)) for v in versions]
-        cache: dict[Query, tuple[str, Resolution]] = {}
-        out: dict[str, list] = {f.name: [] for f in RESOLUTIONS}
+        answers: dict[str, list] = {c: [] for c in (*QUERY_COLUMNS, *ANSWER.names)}
         counts: Counter = Counter()
         flags: Counter = Counter()
         by_backbone: Counter = Counter()
-        for r in records:
-            q = Query(
-                r["verbatim_species"],
-                r["verbatim_name"],
-                r["verbatim_kingdom"],
-                r["verbatim_phylum"],
-                r["verbatim_class"],
-                r["verbatim_order"],
-                r["verbatim_family"],
-                r["verbatim_genus"],
-            )
-            hit = cache.get(q)
-            if hit is None:
-                hit = cache[q] = resolve_prioritised(indexes, q)
-            version, res = hit
-            counts[res.match_type] += 1
-            by_backbone[version] += 1
+        for row in queries:
+            q = Query(*(row[c] for c in QUERY_COLUMNS))
+            version, res = resolve_prioritised(indexes, q)
+            n = row["n"]
+            counts[res.match_type] += n
+            by_backbone[version] += n
             if (q.kingdom or "").strip().lower() == INCERTAE_SEDIS:
-                flags["kingdom_incertae_sedis"] += 1
+                flags["kingdom_incertae_sedis"] += n
             if res.reason and "contradicts" in res.reason:
-                flags["kingdom_contradicted"] += 1
+                flags["kingdom_contradicted"] += n
             if res.reason and "homonym" in res.reason:
-                flags["homonym"] += 1
+                flags["homonym"] += n
+            for c in QUERY_COLUMNS:
+                answers[c].append(row[c])
             for k, v in (
-                ("record_id", r["record_id"]),
                 ("taxon_id", res.taxon_id),
                 ("match_type", res.match_type),
                 ("confidence", res.confidence),
                 ("query_name", res.query_name),
                 ("reason", res.reason),
                 ("backbone_version", version),
-                ("run_id", run.run_id),
             ):
-                out[k].append(v)
+                answers[k].append(v)
             if res.taxon_id is None:
-                run.drop("unresolved")
-        table = pa.Table.from_pydict(out, schema=RESOLUTIONS)
-        catalog.write_part("resolutions_history", table, partition={"run": run.run_id}, part="part-00000")
-        run.n_in, run.n_out = len(records), len(records) - counts["none"]
-        parsers = Counter(parse_name(n).parser for q in cache for n in (q.species, q.name) if n)
+                run.drop("unresolved", n)
+        schema = pa.schema([pa.field(c, pa.string()) for c in QUERY_COLUMNS] + list(ANSWER))
+        same_query = " AND ".join(f"r.{c} IS NOT DISTINCT FROM a.{c}" for c in QUERY_COLUMNS)
+        n_in = catalog.write_part_from_query(
+            "resolutions_history",
+            f"""SELECT r.record_id, a.* EXCLUDE ({cols}), '{run.run_id}' AS run_id
+                FROM raw_records r JOIN answers a ON {same_query}
+                WHERE r.drop_reason IS NULL ORDER BY r.record_id""",
+            partition={"run": run.run_id},
+            part="part-00000",
+            tables={"answers": pa.Table.from_pydict(answers, schema=schema)},
+        )
+        run.n_in, run.n_out = n_in, n_in - counts["none"]
+        distinct = {Query(*(r[c] for c in QUERY_COLUMNS)) for r in queries}
+        parsers = Counter(parse_name(n).parser for q in distinct for n in (q.species, q.name) if n)
         run.details = {
             "match_type": dict(counts),
-            "distinct_queries": len(cache),
+            "distinct_queries": len(distinct),
             "flags": dict(flags),
             "names_parsed_by": dict(parsers),
             "backbone": dict(by_backbone),
         }
     return run.summary()
+
+
+# A resolution without its record: what each distinct query gets (RESOLUTIONS less record_id and run_id).
+ANSWER = pa.schema([f for f in RESOLUTIONS if f.name not in ("record_id", "run_id")])
 
 
 def resolve_names(

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from warehouse.contracts import DROP_REASONS
-from warehouse.lake import write_part
+from warehouse.lake import part_path, write_part
 from warehouse.locks import mark_interrupted
 from warehouse.schemas import IMAGES, LAKE_TABLES, RAW_RECORDS, duckdb_type
 
@@ -156,31 +156,38 @@ class Catalog:
         return self.home / "work" / check_name("run", run_id)
 
     def export_parquet(
-        self, sql: str, path: Path, params: list | None = None, row_group_rows: int = 8192
+        self,
+        sql: str,
+        path: Path,
+        params: list | None = None,
+        row_group_rows: int = 8192,
+        tables: dict[str, pa.Table] | None = None,
     ) -> int:
-        """Write the result of `sql` to a Parquet file (DuckDB streams it: no rows pass through Python);
-        return the row count. Small row groups let a worker read its range without the rest."""
+        """Write the result of `sql` (over the catalog, and `tables` registered by name) to a Parquet file
+        atomically; DuckDB streams it, no rows pass through Python. Returns the row count. Small row groups
+        let a worker read its range without the rest."""
+        import pyarrow.parquet as pq
+
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         target = str(tmp).replace("'", "''")
+        options = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {int(row_group_rows)}"
         with self.connect(read_only=True) as con:
-            con.execute(
-                f"COPY ({sql}) TO '{target}' (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})",
-                params or [],
-            )
+            for name, table in (tables or {}).items():
+                con.register(name, table)
+            con.execute(f"COPY ({sql}) TO '{target}' ({options})", params or [])
         os.replace(tmp, path)
-        import pyarrow.parquet as pq
-
         return pq.read_metadata(path).num_rows
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection with the lake views refreshed (DuckDB allows one writer process).
 
-        A read-only one cannot refresh them: if they were built for another folder (the home was moved or
-        copied), a short write connection rebuilds them first."""
+        A read-only one cannot refresh them: if they are stale (built for another folder, as when the home
+        was moved or copied, or before a lake table's first part), a short write connection rebuilds them
+        first."""
         con = connect_with_retry(self.db_path, read_only=read_only)
-        if read_only and views_home(con) != str(self.home):
+        if read_only and _stored_view(con, "state") != _views_state(self.home):
             con.close()
             writer = connect_with_retry(self.db_path)
             try:
@@ -224,6 +231,23 @@ class Catalog:
     def write_part(self, table: str, data: pa.Table, *, partition: dict[str, str], part: str) -> Path:
         """Write one Parquet part of a lake table (see `warehouse.lake.write_part`)."""
         return write_part(self.lake, table, data, partition=partition, part=part)
+
+    def write_part_from_query(
+        self,
+        table: str,
+        sql: str,
+        *,
+        partition: dict[str, str],
+        part: str,
+        tables: dict[str, pa.Table] | None = None,
+    ) -> int:
+        """Write the rows of `sql` as one part of a lake table, by DuckDB (the rows never pass through
+        Python); each column of the table's schema is taken by name and cast to its type (a missing one is
+        an error). Returns the row count."""
+        path = part_path(self.lake, table, partition, part)  # refuses an unknown table or partition
+        schema = LAKE_TABLES[table].schema
+        cols = ", ".join(f'CAST("{f.name}" AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema)
+        return self.export_parquet(f"SELECT {cols} FROM ({sql})", path, row_group_rows=122_880, tables=tables)
 
     def query_arrow(self, sql: str, params: list | None = None) -> pa.Table:
         with self.connect() as con:

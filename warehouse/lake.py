@@ -30,6 +30,19 @@ def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, s
 
     The columns are taken and cast to the table's schema (a missing column is an error, not a NULL column);
     `partition` must name the table's partition keys, in order; values and `part` must be names."""
+    from warehouse.schemas import LAKE_TABLES
+
+    path = part_path(lake, table, partition, part)
+    spec = LAKE_TABLES[table]
+    missing = [n for n in spec.schema.names if n not in data.column_names]
+    if missing:
+        raise ValueError(f"rows for {table} lack column(s) {', '.join(missing)}")
+    rows = data.select(spec.schema.names).cast(spec.schema)
+    return write_parquet_atomic(rows, path)
+
+
+def part_path(lake: Path, table: str, partition: dict[str, str], part: str) -> Path:
+    """Where a part of the lake table `table` lies; checks the table, its partition keys and the names."""
     from warehouse.contracts import check_name
     from warehouse.schemas import LAKE_TABLES
 
@@ -38,12 +51,8 @@ def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, s
     spec = LAKE_TABLES[table]
     if tuple(partition) != spec.partitions:
         raise ValueError(f"lake table {table} is partitioned by {spec.partitions}, not {tuple(partition)}")
-    missing = [n for n in spec.schema.names if n not in data.column_names]
-    if missing:
-        raise ValueError(f"rows for {table} lack column(s) {', '.join(missing)}")
     folder = Path(lake, spec.folder, *(f"{k}={check_name('partition', v)}" for k, v in partition.items()))
-    rows = data.select(spec.schema.names).cast(spec.schema)
-    return write_parquet_atomic(rows, folder / f"{check_name('part', part)}.parquet")
+    return folder / f"{check_name('part', part)}.parquet"
 
 
 def write_image_blob(home: Path, source: str, part: str, jpegs: list[bytes | None]) -> tuple[str, list]:

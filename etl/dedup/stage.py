@@ -111,7 +111,9 @@ def run_dedup(catalog: Catalog, config: DedupConfig | None = None) -> dict:
     with StageRun(catalog, "dedup", config=config) as run:
         for name, path in config.eval_sets.items():
             hash_eval_set(catalog, name, path, run.run_id)
-        with catalog.connect() as con:
+        # On a snapshot: the catalog is held only while its small tables are copied, not for the search;
+        # the decisions go to the lake as a part, which needs no catalog connection.
+        with catalog.snapshot() as con:
             _decide(con, config, run)
     return run.summary()
 
