@@ -312,3 +312,23 @@ def test_curation_processes_do_not_import_torch():
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted({{'torch', 'webdataset'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_part_written_by_a_query_has_its_table_schema(catalog):
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from warehouse.schemas import RESOLUTIONS
+
+    row = """SELECT 'r1' AS record_id, NULL AS taxon_id, 'none' AS match_type, 0 AS confidence,
+                    NULL AS query_name, NULL AS reason, 'b1' AS backbone_version, 'resolve-x' AS run_id"""
+    n = catalog.write_part_from_query("resolutions_history", row, partition={"run": "resolve-x"}, part="p0")
+    (path,) = (catalog.lake / "resolved" / "run=resolve-x").glob("*.parquet")
+    written = [(f.name, f.type) for f in pq.read_schema(path)]
+    assert n == 1 and written == [(f.name, f.type) for f in RESOLUTIONS]  # an int became float32, NULLs typed
+    with pytest.raises(duckdb.BinderException):  # a missing column is an error, not a NULL column
+        catalog.write_part_from_query(
+            "resolutions_history", "SELECT 'r1' AS record_id", partition={"run": "r"}, part="p"
+        )
+    with pytest.raises(ValueError, match="partitioned by"):
+        catalog.write_part_from_query("resolutions_history", row, partition={"source": "x"}, part="p")

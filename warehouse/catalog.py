@@ -101,7 +101,20 @@ def connect_with_retry(
 
     DuckDB lets one process write or several read, never both at once, so every command meets the others'
     short connections; it waits for them instead of failing, up to `wait` seconds (CatalogBusyError after)."""
-    return _waiting_for_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, wait)
+    config = duckdb_config(path.parent)
+    return _waiting_for_lock(
+        lambda: duckdb.connect(str(path), read_only=read_only, config=config), path, wait
+    )
+
+
+def duckdb_config(home: Path) -> dict[str, str]:
+    """Every catalog connection's DuckDB settings: a memory limit (`TOL_DUCKDB_MEMORY`, default 1GB) with
+    spilling to `work/duckdb-spill` under the home, so a sort or join over the whole corpus costs disk, not a
+    process that grows with the corpus (DuckDB's own default is 80% of the machine's memory)."""
+    return {
+        "memory_limit": os.environ.get("TOL_DUCKDB_MEMORY") or "1GB",
+        "temp_directory": str(home / "work" / "duckdb-spill"),
+    }
 
 
 def _waiting_for_lock(open_fn, path: Path, wait: float | None):
@@ -211,8 +224,8 @@ class Catalog:
         back; the views read the lake's Parquet parts live. Writes to a snapshot change nothing: callers
         refuse them (see `read_only_statement`)."""
         with self.connect(read_only=True):
-            pass  # views built for another folder (a moved home) are rebuilt first
-        con = duckdb.connect()
+            pass  # stale views (a moved home, a table's first part) are rebuilt first
+        con = duckdb.connect(config=duckdb_config(self.home))
         try:
             src = str(self.db_path).replace("'", "''")
             _waiting_for_lock(

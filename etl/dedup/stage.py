@@ -154,16 +154,16 @@ def find_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRu
 
 def find_exact(con: duckdb.DuckDBPyConnection, order: str) -> None:
     """Step 2. Tables `exact(id, keeper)` for the dropped copies and `uniq`, one image per MD5."""
-    con.execute("CREATE TEMP TABLE pool AS SELECT * FROM ok WHERE id NOT IN (SELECT id FROM leaks)")
+    con.execute("CREATE TEMP VIEW pool AS SELECT * FROM ok WHERE id NOT IN (SELECT id FROM leaks)")
     con.execute(f"""CREATE TEMP TABLE exact AS SELECT * FROM (
                       SELECT id, first_value(id) OVER (PARTITION BY md5 ORDER BY {order}) AS keeper FROM pool)
                     WHERE id <> keeper""")
-    con.execute("CREATE TEMP TABLE uniq AS SELECT * FROM pool WHERE id NOT IN (SELECT id FROM exact)")
+    con.execute("CREATE TEMP VIEW uniq AS SELECT * FROM pool WHERE id NOT IN (SELECT id FROM exact)")
 
 
 def find_near(con: duckdb.DuckDBPyConnection, config: DedupConfig, order: str, run: StageRun) -> None:
     """Step 3. Table `near(id, keeper, distance)`: clusters of the non-degenerate unique images."""
-    con.execute("CREATE TEMP TABLE clusterable AS SELECT * FROM uniq WHERE NOT degenerate")
+    con.execute("CREATE TEMP VIEW clusterable AS SELECT * FROM uniq WHERE NOT degenerate")
     ids, hashes = _hashes(con, "clusterable")
     with run.timed("near_search"):
         i, j, _ = near_pairs(hashes, config.near_k)
@@ -179,6 +179,8 @@ def find_near(con: duckdb.DuckDBPyConnection, config: DedupConfig, order: str, r
 
 
 def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) -> None:
+    # `cand` is the one copy of the candidates; `ok`, `pool`, `uniq` and `clusterable` are views over it (a
+    # table each would hold the corpus four more times).
     con.execute(f"""CREATE TEMP TABLE cand AS
         SELECT i.record_id AS id, i.md5, i.phash, i.status, r.source,
                {_priority_sql(config)} AS source_rank, coalesce(i.width * i.height, 0) AS pixels,
@@ -187,7 +189,7 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
                  OR bit_count(i.phash) > {64 - config.degenerate_min_bits} AS degenerate
         FROM images i JOIN raw_records r USING (record_id)""")
     run.n_in = fetch_first(con, "SELECT count(*) FROM cand")[0]
-    con.execute("CREATE TEMP TABLE ok AS SELECT * FROM cand WHERE status = 'ok' AND phash IS NOT NULL")
+    con.execute("CREATE TEMP VIEW ok AS SELECT * FROM cand WHERE status = 'ok' AND phash IS NOT NULL")
     order = "source_rank, pixels DESC, ingested_at, id"
     find_leaks(con, config, run)
     find_exact(con, order)
