@@ -370,11 +370,6 @@ def _stored_view(con: duckdb.DuckDBPyConnection, column: str) -> str | None:
         return None
 
 
-def views_home(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The home folder the lake views were last built for."""
-    return _stored_view(con, "home")
-
-
 def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bool = False) -> None:
     """(Re)create the lake views unless they are built for this state already (so a connection costs the
     same at 10 k and 10 M records). History views hold every row ever written; the plain views the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -26,6 +27,33 @@ class Executor(Protocol):
         """Yield (unit index, result table) as units complete, in any order. Closing the iterator early
         (a failure-rate stop, Ctrl-C) stops the units not started yet."""
         ...
+
+
+def run_bounded(
+    submit: Callable[[Unit], Future],
+    units: Sequence[Unit],
+    width: int,
+    on_stop: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, pa.Table]]:
+    """Keep at most `width` units submitted (a future each); yield (index, result) as they complete. Closed
+    early, it cancels what has not started and calls `on_stop` (to cancel what runs)."""
+    pending: dict[Future, int] = {}
+    todo = iter(enumerate(units))
+    try:
+        while True:
+            while len(pending) < width and (nxt := next(todo, None)) is not None:
+                pending[submit(nxt[1])] = nxt[0]
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()
+    finally:
+        if pending:
+            for fut in pending:
+                fut.cancel()
+            if on_stop is not None:
+                on_stop()
 
 
 def table_to_ipc(table: pa.Table) -> bytes:

@@ -10,11 +10,11 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 
 import pyarrow as pa
 
-from etl.executors import Unit, UnitFn
+from etl.executors import Unit, UnitFn, run_bounded
 
 
 def die_with_parent(parent: int) -> None:
@@ -49,17 +49,4 @@ class LocalExecutor:
         with ProcessPoolExecutor(
             max_workers=self.workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
         ) as pool:
-            pending: dict[Future, int] = {}
-            todo = iter(enumerate(units))
-            try:
-                while True:
-                    while len(pending) < self.workers * 2 and (nxt := next(todo, None)) is not None:
-                        pending[pool.submit(fn, nxt[1])] = nxt[0]
-                    if not pending:
-                        return
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        yield pending.pop(fut), fut.result()
-            finally:
-                for fut in pending:  # stopped early: units not started yet are not started
-                    fut.cancel()
+            yield from run_bounded(lambda unit: pool.submit(fn, unit), units, self.workers * 2)

@@ -16,11 +16,11 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from etl.executors import Unit, UnitFn, table_from_ipc, table_to_ipc
+from etl.executors import Unit, UnitFn, run_bounded, table_from_ipc, table_to_ipc
 
 log = logging.getLogger("tol.spark")
 
@@ -64,25 +64,11 @@ class SparkExecutor:
         slots = max(1, sc.defaultParallelism)
         log.info("spark: %d units on %s (%d task slots)", len(units), self.master, slots)
 
-        def job(i: int, unit: Unit) -> tuple[int, pa.Table]:
-            sc.setJobDescription(f"unit {i}")
+        def job(unit: Unit) -> pa.Table:
             (data,) = sc.parallelize([unit], 1).map(lambda u: _run_one(fn, u)).collect()
-            return i, table_from_ipc(data)
+            return table_from_ipc(data)
 
         with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="spark-unit") as pool:
-            pending: set[Future] = set()
-            todo = iter(enumerate(units))
-            try:
-                while True:
-                    while len(pending) < slots and (nxt := next(todo, None)) is not None:
-                        pending.add(pool.submit(job, *nxt))
-                    if not pending:
-                        return
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        yield fut.result()
-            finally:
-                if pending:  # stopped early: cancel what runs, start nothing more
-                    for fut in pending:
-                        fut.cancel()
-                    sc.cancelAllJobs()
+            yield from run_bounded(
+                lambda unit: pool.submit(job, unit), units, slots, on_stop=sc.cancelAllJobs
+            )
