@@ -91,7 +91,10 @@ def test_a_kill_during_a_spark_shard_build_loses_only_the_units_in_flight(curate
                 0
             ][0]
         )
-    assert details["reused_shards"] == len(done) < details["shards"]  # only the units in flight were lost
+    # Only the units in flight were lost: every shard complete at the kill is reused. PySpark's worker daemon
+    # puts itself in its own process group, so a worker may still finish its unit after the kill (reused is
+    # then larger), never leave a partial one counted (verify below).
+    assert len(done) <= details["reused_shards"] < details["shards"]
     assert verify_version(curated, "killed") == []
     whole = stages.shard(curated, ShardConfig("unkilled", samples_per_shard=8), ExecutorConfig(workers=1))
     resumed = json.loads((curated.shards / "killed" / "manifest.json").read_text())
