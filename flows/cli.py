@@ -47,14 +47,20 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=1, default=str))
 
 
-def cmd_demo(args) -> None:
-    home = str(Path(args.home).resolve())
+def _prefect_env(home: str) -> None:
+    """Flows run in this process against Prefect's ephemeral server, its database under the home (unless
+    PREFECT_API_URL points at a running server, whose UI then shows the runs)."""
     prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(home) / "prefect")))
     prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's SQLite cannot create a missing folder
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The ephemeral server's telemetry write races its own start-up on SQLite ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def cmd_demo(args) -> None:
+    home = str(Path(args.home).resolve())
+    _prefect_env(home)
     from flows.demo import demo_flow
     from flows.report import demo_report
 
@@ -274,10 +280,74 @@ def cmd_sql(args) -> None:
                 writer.writerow([row[c] for c in table.column_names])
 
 
+def _recipe(args):
+    from flows.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(args.recipe, _kv(args.var, "--var"))
+    except RecipeError as exc:
+        # Every problem on its own line: a recipe often has several.
+        raise SystemExit("tol: the recipe has problems:\n  " + "\n  ".join(exc.problems)) from None
+
+
+def cmd_recipe(args) -> None:
+    from flows.recipe import plan
+
+    recipe = _recipe(args)
+    spec = recipe.spec
+    if args.recipe_cmd == "validate":
+        print(
+            f"{recipe.path}: valid recipe {spec.name} (sha256 {recipe.sha256}): {len(spec.sources)} pulls, "
+            f"version {spec.curate.shard.version if spec.curate.shard else '-'}, "
+            f"{len(spec.evaluate.tasks)} evaluation tasks, "
+            + (
+                f"schedule '{spec.schedule.cron}' {spec.schedule.timezone}"
+                if spec.schedule
+                else "no schedule"
+            )
+        )
+    elif args.recipe_cmd == "plan":
+        from warehouse.catalog import Catalog
+
+        print("\n".join(plan(recipe, Catalog(Path(args.home).resolve()))))
+    else:
+        home = str(Path(args.home).resolve())
+        _prefect_env(home)
+        from flows.pipeline import recipe_flow
+
+        out = recipe_flow(
+            home,
+            recipe_path=str(Path(args.recipe).resolve()),
+            variables=_kv(args.var, "--var"),
+            until=args.until,
+            train_overrides=_kv(args.train, "--train") or None,
+        )
+        _print(out)
+
+
 def cmd_serve(args) -> None:
     from flows.serve import serve
 
-    serve(args.home, args.port)
+    serve(args.home, args.port, _recipe(args) if args.recipe else None, args.training_slots)
+
+
+def cmd_deploy(args) -> None:
+    from flows.serve import deploy
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ValueError(
+            "PREFECT_API_URL is not set: point it at the Prefect server the workers use "
+            "(e.g. http://HOST:4200/api)"
+        )
+    names = deploy(
+        str(Path(args.home).resolve()),
+        args.pool,
+        _recipe(args) if args.recipe else None,
+        args.training_slots,
+        create_pool=not args.no_create_pool,
+    )
+    print("\n".join(names))
+    print(f"start workers with: prefect worker start --pool {args.pool}")
 
 
 def cmd_sample_world(args) -> None:
@@ -298,82 +368,145 @@ def cmd_sample_world(args) -> None:
                 time.sleep(3600)
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that ends with the default, unless there is none to show or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from etl.executors import EXECUTORS
+    from training.config import PRESETS
     from warehouse.contracts import CAPTION_TYPES, SOURCES, TRAINING_TEXT_TYPES
 
-    p = argparse.ArgumentParser(prog="tol", description="TreeOfLife curation pipeline and BioCLIP 2 training")
-    p.add_argument("--home", default=os.environ.get("TOL_HOME", "tol-data"), help="catalog home folder")
+    fmt = _DefaultsHelp  # every argument's help ends with its default
+    p = argparse.ArgumentParser(
+        prog="tol", description="TreeOfLife curation pipeline and BioCLIP 2 training", formatter_class=fmt
+    )
+    p.add_argument(
+        "--home", default=os.environ.get("TOL_HOME", "tol-data"), help="catalog home folder (or TOL_HOME)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument(
         "--log-level",
         default=os.environ.get("TOL_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="stage logs on stderr (default INFO, or TOL_LOG_LEVEL)",
+        help="stage logs on stderr (or TOL_LOG_LEVEL)",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("demo", help="run every stage on the offline sample world")
-    s.add_argument("--seed", type=int, default=0)
+    def command(name: str, help: str, fn, description: str | None = None) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=description or help, formatter_class=fmt)
+        s.set_defaults(fn=fn)
+        return s
+
+    def executor_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--executor", choices=EXECUTORS, default="local", help="where the work units run")
+        s.add_argument("--workers", type=int, default=2, help="local worker processes (or Spark's local[N])")
+        s.add_argument("--spark-master", help="a Spark master URL, e.g. spark://host:7077 (default local[N])")
+
+    s = command(
+        "demo", "run every stage on the offline sample world, from sample_world/recipe.yaml", cmd_demo
+    )
+    s.add_argument("--seed", type=int, default=0, help="the sample world's seed")
     s.add_argument("--steps", type=int, default=300, help="training steps")
-    s.set_defaults(fn=cmd_demo)
 
-    s = sub.add_parser("ingest", help="pull a source into raw_records")
-    s.add_argument("source", choices=SOURCES)
+    s = command(
+        "recipe",
+        "validate, plan or run a corpus recipe (YAML)",
+        cmd_recipe,
+        "A corpus recipe says which sources to pull and how, the curation settings, the version to build, "
+        "training, evaluation and the ingestion schedule. See sample_world/recipe.yaml.",
+    )
+    rsub = s.add_subparsers(dest="recipe_cmd", required=True, metavar="ACTION")
+    for action, text in (
+        ("validate", "check a recipe; every problem is printed with its line"),
+        ("plan", "print what would be pulled and built, pulling nothing"),
+        ("run", "ingest, curate, train and evaluate as the recipe says"),
+    ):
+        r = rsub.add_parser(action, help=text, description=text, formatter_class=fmt)
+        r.add_argument("recipe", help="the recipe file")
+        r.add_argument(
+            "--var",
+            action="append",
+            metavar="NAME=VALUE",
+            help="a value for ${NAME} in the recipe (repeatable)",
+        )
+        if action == "run":
+            r.add_argument(
+                "--until",
+                choices=["ingest", "curate", "train"],
+                default="train",
+                help="the last step to run (train includes the evaluation)",
+            )
+            r.add_argument(
+                "--train",
+                action="append",
+                metavar="KEY=VALUE",
+                help="a TrainConfig key that wins over the recipe, e.g. --train steps=80 (repeatable)",
+            )
+
+    s = command("ingest", "pull a source into raw_records", cmd_ingest)
+    s.add_argument("source", choices=SOURCES, help="the source to pull")
     s.add_argument("--api-url", help="service or mirror base URL (default: the real service)")
     s.add_argument("--path", help="a local file or folder instead of the API")
-    s.add_argument("--param", action="append", metavar="KEY=VALUE", help="query filter passed through")
-    s.add_argument("--limit", type=int)
-    s.add_argument("--page-size", type=int, default=300)
+    s.add_argument(
+        "--param", action="append", metavar="KEY=VALUE", help="query filter passed through (repeatable)"
+    )
+    s.add_argument("--limit", type=int, help="stop after this many records (default: no limit)")
+    s.add_argument("--page-size", type=int, default=300, help="records per API page")
     s.add_argument("--since", help="gbif: only records (re)interpreted since this date (YYYY-MM-DD)")
     s.add_argument(
         "--download",
         action="store_true",
         help="gbif: request an asynchronous DwC-A download for the query (GBIF_USER, GBIF_PWD, GBIF_EMAIL)",
     )
-    s.set_defaults(fn=cmd_ingest)
 
-    s = sub.add_parser("taxonomy", help="backbones and name resolution")
-    tsub = s.add_subparsers(dest="taxonomy_cmd", required=True)
-    t = tsub.add_parser("load-backbone", help="load a DwC-A checklist (zip or folder)")
-    t.add_argument("path")
+    s = command("taxonomy", "backbones and name resolution", cmd_taxonomy)
+    tsub = s.add_subparsers(dest="taxonomy_cmd", required=True, metavar="ACTION")
+    t = tsub.add_parser("load-backbone", help="load a DwC-A checklist (zip or folder)", formatter_class=fmt)
+    t.add_argument("path", help="the checklist: a DwC-A zip or its unpacked folder")
     t.add_argument(
         "--common-name-fallback",
         action="store_true",
         help="a taxon without an English name borrows its genus's or family's (flagged by common_name_rank)",
     )
     t = tsub.add_parser(
-        "resolve-names", help="resolve a CSV of names (scientific_name [, kingdom ... genus])"
+        "resolve-names",
+        help="resolve a CSV of names (scientific_name [, kingdom ... genus])",
+        formatter_class=fmt,
     )
-    t.add_argument("input")
-    t.add_argument("--out", required=True)
+    t.add_argument("input", help="a CSV file with a scientific_name column (and optional higher ranks)")
+    t.add_argument("--out", required=True, help="the CSV file to write")
     t.add_argument(
         "--backbone", action="append", help="a backbone version; repeat for a priority order (first wins)"
     )
-    s.set_defaults(fn=cmd_taxonomy)
 
-    s = sub.add_parser("resolve", help="resolve all usable records against the latest backbone")
+    s = command("resolve", "resolve all usable records against the latest backbone", cmd_resolve)
     s.add_argument(
-        "--backbone", action="append", help="a backbone version; repeat for a priority order (first wins)"
+        "--backbone",
+        action="append",
+        help="a backbone version; repeat for a priority order (first wins; default the latest loaded)",
     )
-    s.set_defaults(fn=cmd_resolve)
 
-    s = sub.add_parser("fetch", help="download, resize and hash images")
-    s.add_argument("--executor", choices=EXECUTORS, default="local")
-    s.add_argument("--workers", type=int, default=2)
+    s = command("fetch", "download, resize and hash images", cmd_fetch)
+    executor_args(s)
     s.add_argument("--threads", type=int, default=8, help="download threads per worker")
     s.add_argument("--per-host", type=int, default=4, help="concurrent requests per host, per worker")
     s.add_argument(
         "--host-rate", type=float, default=20.0, help="starting requests/s per host, per worker (adapts)"
     )
     s.add_argument(
-        "--partition-rows",
-        type=int,
-        default=1024,
-        help="rows per work unit, each written as one lake part",
+        "--partition-rows", type=int, default=1024, help="rows per work unit, each written as one lake part"
     )
-    s.add_argument("--spark-master")
-    s.add_argument("--allow-private-hosts", action="store_true")
+    s.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        help="allow loopback and private addresses (a local mirror); refused otherwise (SSRF guard)",
+    )
     s.add_argument(
         "--retry-failed", action="store_true", help="retry transient failures (and internal errors) only"
     )
@@ -381,22 +514,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-internal-error-rate",
         type=float,
         default=0.02,
-        help="stop and fail when more than this fraction of rows end as internal_error (a bug; default 0.02)",
+        help="stop and fail when more than this fraction of rows end as internal_error (a bug)",
     )
-    s.add_argument("--min-side", type=int, default=224)
-    s.add_argument("--max-side", type=int, default=720)
+    s.add_argument("--min-side", type=int, default=224, help="drop images whose short side is smaller")
+    s.add_argument("--max-side", type=int, default=720, help="resize so the long side is at most this")
     s.add_argument("--pdq", action="store_true", help="also a 256-bit PDQ hash (needs the `pdq` extra)")
     s.add_argument(
         "--deadline",
         type=float,
         default=60.0,
-        help="seconds for one whole download, headers and body (default 60): a trickling server ends here",
+        help="seconds for one whole download, headers and body: a trickling server ends here",
     )
     s.add_argument(
         "--max-pixels-in-flight",
         type=int,
         default=100_000_000,
-        help="decoded pixels processed at once per worker process (default 100 M; a larger image runs alone)",
+        help="decoded pixels processed at once per worker process (a larger image runs alone)",
     )
     s.add_argument(
         "--allow-local-root",
@@ -404,54 +537,60 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="read file:// URLs under DIR (e.g. the BIOSCAN-5M image tree on disk); refused otherwise",
     )
-    s.set_defaults(fn=cmd_fetch)
 
-    s = sub.add_parser("dedup", help="exact, near and eval-leak decisions")
-    s.add_argument("--eval", action="append", metavar="NAME=PATH", help="an evaluation set to protect")
-    s.add_argument("--near-k", type=int, default=6)
-    s.add_argument("--leak-k", type=int, default=8)
-    s.set_defaults(fn=cmd_dedup)
+    s = command("dedup", "exact, near and eval-leak decisions", cmd_dedup)
+    s.add_argument(
+        "--eval", action="append", metavar="NAME=PATH", help="an evaluation set to protect (repeatable)"
+    )
+    s.add_argument("--near-k", type=int, default=6, help="pHash Hamming distance of a near duplicate (0-15)")
+    s.add_argument(
+        "--leak-k", type=int, default=8, help="pHash Hamming distance of an evaluation leak (0-15)"
+    )
 
-    s = sub.add_parser("shard", help="write a dataset version as WebDataset shards")
+    s = command("shard", "write a dataset version as WebDataset shards", cmd_shard)
     s.add_argument("--version", required=True, type=_name("version"), help="the new version's name")
     s.add_argument("--where", help="SQL filter over lineage/record columns, e.g. kingdom = 'Animalia'")
-    s.add_argument("--samples-per-shard", type=int, default=10_000)
-    s.add_argument("--max-shard-bytes", type=int, default=1 << 30)
-    s.add_argument("--image-size", type=int, help="squash-resize images to this size")
-    s.add_argument("--val-fraction", type=float, default=0.05)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per tar shard")
+    s.add_argument("--max-shard-bytes", type=int, default=1 << 30, help="a shard closes at this size")
+    s.add_argument("--image-size", type=int, help="squash-resize images to this size (default: as fetched)")
+    s.add_argument("--val-fraction", type=float, default=0.05, help="share of samples in the val split")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split and of the sample order")
     s.add_argument(
         "--txt-caption",
         default="taxon_com",
         choices=CAPTION_TYPES,
         help="caption type also written as plain `txt`",
     )
-    s.add_argument("--executor", choices=EXECUTORS, default="local")
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--spark-master")
-    s.add_argument("--overwrite", action="store_true")
+    executor_args(s)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing version of this name")
     s.add_argument("--dedup-run", help="the dedup run whose kept images to shard (default: the latest)")
     s.add_argument("--resolve-run", help="the resolve run whose names label them (default: the latest)")
-    s.set_defaults(fn=cmd_shard)
 
-    s = sub.add_parser("versions", help="list, show or verify dataset versions")
-    s.add_argument("action", nargs="?", choices=["list", "show", "verify"], default="list")
-    s.add_argument("name", nargs="?", type=_name("version"))
-    s.set_defaults(fn=cmd_versions)
+    s = command("versions", "list, show or verify dataset versions", cmd_versions)
+    s.add_argument("action", nargs="?", choices=["list", "show", "verify"], default="list", help="what to do")
+    s.add_argument("name", nargs="?", type=_name("version"), help="the version (for show and verify)")
 
-    s = sub.add_parser("train", help="train BioCLIP 2 with replay")
-    s.add_argument("--config", help="YAML config file")
-    s.add_argument("--preset", default="cpu-tiny", help="cpu-tiny or gpu-paper")
+    s = command(
+        "train",
+        "train BioCLIP 2 with replay (a progress bar, and a log line every log_every steps)",
+        cmd_train,
+    )
+    s.add_argument("--config", help="a YAML file of TrainConfig keys (applied after the preset)")
+    s.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="the base config")
     s.add_argument(
         "--devices", type=int, default=1, help="processes (GPUs) for data-parallel training through torchrun"
     )
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    s.set_defaults(fn=cmd_train)
+    s.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="TrainConfig keys, applied last, e.g. dataset_version=v1 steps=300 replay_batch_size=0",
+    )
 
-    s = sub.add_parser("evaluate", help="run evaluation tasks, or compare stored results")
+    s = command("evaluate", "run evaluation tasks, or compare stored results", cmd_evaluate)
     s.add_argument("targets", nargs="*", help="`compare [MODEL_OR_RUN ...]` to print a comparison table")
     s.add_argument("--model", help="a training run id, an export folder, local-dir:PATH, hf-hub:ORG/NAME")
-    s.add_argument("--task", action="append", help="a registered task (repeatable)")
+    s.add_argument("--task", action="append", help="a registered task (repeatable; `?` lists them)")
     s.add_argument("--registry", help="an extra task registry YAML file")
     s.add_argument(
         "--data",
@@ -461,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol",
         default="zero_shot",
         choices=["zero_shot", "few_shot", "linear_probe", "emergent", "multi_label"],
+        help="the protocol for --data",
     )
     s.add_argument(
         "--labels", help="multi_label: comma-separated binary metadata columns (FishNet-style traits)"
@@ -471,32 +611,71 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["asis", *TRAINING_TEXT_TYPES],
         help="class text: asis (the class names) or a caption type; default taxon, asis for an ImageFolder",
     )
-    s.add_argument("--templates", default="openai", choices=["openai", "single"])
-    s.add_argument("--json", help="also write the scores here")
-    s.set_defaults(fn=cmd_evaluate)
+    s.add_argument(
+        "--templates", default="openai", choices=["openai", "single"], help="zero-shot prompt templates"
+    )
+    s.add_argument("--json", help="also write the scores to this file")
 
-    s = sub.add_parser(
+    s = command(
         "sql",
-        help="run SQL over the catalog (read-only unless --write)",
-        description="Run one SQL statement over the catalog's tables and views (see the README's catalog "
-        "table). Read-only by default; waits while a stage is writing (TOL_CATALOG_WAIT seconds, default "
-        "600).",
+        "run SQL over the catalog (read-only unless --write)",
+        cmd_sql,
+        "Run one SQL statement over the catalog's tables and views (the README's catalog section lists "
+        "every column). Read-only by default, on a snapshot: a long query never holds a stage back. "
+        "With --write, waits while a stage is writing (TOL_CATALOG_WAIT seconds, default 600). "
+        'Example: tol sql "SELECT stage, status, n_in, n_out FROM stage_runs ORDER BY started_at"',
     )
     s.add_argument("query", help="one SQL statement")
     s.add_argument("--write", action="store_true", help="allow statements that change the catalog")
-    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    s.add_argument("--max-rows", type=int, default=100)
-    s.set_defaults(fn=cmd_sql)
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    s.add_argument("--max-rows", type=int, default=100, help="rows shown by --format table")
 
-    s = sub.add_parser("serve", help="start a local Prefect server with the deployments")
-    s.add_argument("--port", type=int, default=4200)
-    s.set_defaults(fn=cmd_serve)
+    def recipe_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument(
+            "--recipe",
+            help="a corpus recipe: its sources become the scheduled ingestion (at its cron and time zone), "
+            "its settings the deployments' defaults (what Quick run uses)",
+        )
+        s.add_argument(
+            "--var", action="append", metavar="NAME=VALUE", help="a value for ${NAME} in the recipe"
+        )
+        s.add_argument(
+            "--training-slots",
+            type=int,
+            default=1,
+            help="training runs at once (the global concurrency limit tol-training, created when missing)",
+        )
 
-    s = sub.add_parser("sample-world", help="build (and optionally serve) the offline sample world")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--serve", action="store_true")
-    s.add_argument("--port", type=int, default=0)
-    s.set_defaults(fn=cmd_sample_world)
+    s = command(
+        "serve",
+        "start a local Prefect server (UI) with the deployments",
+        cmd_serve,
+        "A Prefect server on 127.0.0.1 (SQLite under HOME/prefect) serving four deployments: scheduled-ingest,"
+        " curate, train (which chains the evaluation) and evaluate. The one-command local path; see "
+        "`tol deploy` for workers.",
+    )
+    s.add_argument(
+        "--port", type=int, default=4200, help="the server's port (the UI is http://127.0.0.1:PORT)"
+    )
+    recipe_args(s)
+
+    s = command(
+        "deploy",
+        "register the deployments to a work pool (the production path)",
+        cmd_deploy,
+        "Register the four deployments with the Prefect server at PREFECT_API_URL, on a process work pool. "
+        "Run them with `prefect worker start --pool POOL` on machines that see HOME and have this package "
+        "installed. With several workers, use Postgres as the server's database "
+        "(PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://...).",
+    )
+    s.add_argument("--pool", default="tol-process", help="the work pool")
+    s.add_argument("--no-create-pool", action="store_true", help="fail if the pool does not exist")
+    recipe_args(s)
+
+    s = command("sample-world", "build (and optionally serve) the offline sample world", cmd_sample_world)
+    s.add_argument("--seed", type=int, default=0, help="the world's seed")
+    s.add_argument("--serve", action="store_true", help="serve it on loopback until interrupted")
+    s.add_argument("--port", type=int, default=0, help="the port to serve on (0: any free port)")
     return p
 
 

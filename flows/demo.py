@@ -10,16 +10,11 @@ from typing import Any
 
 from prefect import flow
 
-from etl.dedup.stage import DedupConfig
-from etl.fetch.stage import FetchConfig
-from etl.shards.stage import ShardConfig
-from flows.pipeline import curate_flow, evaluate_flow, ingest_flow, train_flow
+import sample_world
+from flows.pipeline import evaluate_flow, recipe_flow
 from sample_world import SampleWorld, build_sample_world, serve_sample_world
 from sample_world.build import SampleWorldConfig
 from warehouse.catalog import open_catalog
-from warehouse.contracts import SOURCES
-
-DEMO_VERSION = "sample-v1"
 
 
 def _stable_port(world_root: Path) -> int:
@@ -43,37 +38,36 @@ def prepare_world(home: str, seed: int) -> SampleWorld:
     return build_sample_world(root, SampleWorldConfig(seed=seed))
 
 
+SAMPLE_RECIPE = Path(sample_world.__file__).parent / "recipe.yaml"
+
+
+def recipe_variables(world: SampleWorld, base_url: str) -> dict[str, str]:
+    """The sample recipe's variables: where the world lies and where it is served."""
+    return {"SAMPLE_WORLD": str(world.root.resolve()), "SAMPLE_WORLD_URL": base_url}
+
+
 @flow(name="demo", log_prints=True)
-def demo_flow(
-    home: str = "tol-data", seed: int = 0, steps: int = 300, replay_batch_size: int = 8
-) -> dict[str, Any]:
+def demo_flow(home: str = "tol-data", seed: int = 0, steps: int = 300) -> dict[str, Any]:
+    """The sample world's recipe (`sample_world/recipe.yaml`), run end to end, then a random-init baseline."""
     open_catalog(home)
     t0 = time.perf_counter()
     world = prepare_world(home, seed)
     with serve_sample_world(world.root, port=_stable_port(world.root)) as server:
-        urls = dict.fromkeys(SOURCES, server.base_url)
-        ingest_flow(home, api_urls=urls)
-        curate = curate_flow(
+        out = recipe_flow(
             home,
-            backbone_path=str(world.backbone),
-            fetch=FetchConfig(allow_private_hosts=True),  # the sample world is served on loopback
-            dedup=DedupConfig(eval_sets={"heldout": str(world.eval_dir)}),
-            shard=ShardConfig(DEMO_VERSION, samples_per_shard=256, overwrite=True),
+            recipe_path=str(SAMPLE_RECIPE),
+            variables=recipe_variables(world, server.base_url),
+            train_overrides={"steps": steps},
         )
-    trained = train_flow(
-        home,
-        dataset_version=DEMO_VERSION,
-        replay_path=str(world.replay_train),
-        replay_batch_size=replay_batch_size,
-        steps=steps,
-    )
-    scores = evaluate_flow(home, model=trained["run_id"])
-    baseline = evaluate_flow(home, model=str(_random_init_export(home)))
+    trained = out["train"]
+    baseline = evaluate_flow(home, model=str(_random_init_export(home)), compare_with=trained["run_id"])
     summary = {
-        "curate": curate,
+        "recipe": str(SAMPLE_RECIPE),
+        "recipe_sha256": out["recipe_sha256"],
+        "curate": out["curate"],
         "training_run": trained["run_id"],
         "export_path": trained["export_path"],
-        "evaluation": scores,
+        "evaluation": trained["evaluation"],
         "random_init_evaluation": baseline,
         "seconds": time.perf_counter() - t0,
     }

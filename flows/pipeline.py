@@ -6,13 +6,20 @@ checks it before the run starts."""
 
 from __future__ import annotations
 
+import base64
 import logging
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, suppress
+from typing import Any, Literal
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NONE
 from prefect.logging.handlers import APILogHandler
 
@@ -20,10 +27,17 @@ from etl.dedup.stage import DedupConfig
 from etl.fetch.stage import FetchConfig
 from etl.ingest.sources import IngestConfig
 from etl.shards.stage import ShardConfig
+from evaluation.tasks import compare
 from flows import stages
+from flows.recipe import SourcePull
 from flows.stages import ExecutorConfig
-from warehouse.catalog import open_catalog
-from warehouse.contracts import SOURCES, check_name
+from training.config import PRESETS
+from warehouse.catalog import Catalog, open_catalog
+from warehouse.contracts import check_name
+from warehouse.stage_runs import driven_by
+from warehouse.versions import list_versions
+
+log = logging.getLogger("tol.flows")
 
 
 @contextmanager
@@ -44,52 +58,126 @@ def stage_logs_to_prefect() -> Iterator[None]:
         logger.removeHandler(handler)
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=10)
+@task(cache_policy=NONE)
 def ingest_task(home: str, cfg: IngestConfig) -> dict[str, Any]:
     return stages.ingest(open_catalog(home), cfg)
+
+
+def ensure_tag_limit(tag: str, slots: int) -> None:
+    """A tag concurrency limit of `slots` on `tag`, created when missing (an existing one, perhaps set by an
+    operator with `prefect concurrency-limit create`, is left as it is)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_concurrency_limit_by_tag(tag)
+        except ObjectNotFound:
+            client.create_concurrency_limit(tag=tag, concurrency_limit=slots)
+
+
+def ensure_global_limit(name: str, slots: int) -> None:
+    """A global concurrency limit of `slots` called `name`, created when missing (an existing one is kept)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # another flow created it meanwhile
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
 
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(
     home: str = "tol-data",
-    sources: list[str] | None = None,
-    api_urls: dict[str, str] | None = None,
-    paths: dict[str, str] | None = None,
-    params: dict[str, dict[str, str]] | None = None,
-    limit: int | None = None,
-    page_size: int = 300,
+    pulls: list[SourcePull] | None = None,
+    per_host_limit: int = 1,
+    recipe_sha256: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Pull each source (default: all four, at their real services) into `raw_records`, incrementally."""
-    with stage_logs_to_prefect():
-        unknown = sorted(set(sources or ()) - set(SOURCES))
-        if unknown:
-            raise ValueError(f"unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
-        results = []
-        for source in sources or list(SOURCES):
-            cfg = IngestConfig(
-                source,
-                api_url=(api_urls or {}).get(source),
-                path=(paths or {}).get(source),
-                params=(params or {}).get(source, {}),
-                limit=limit,
-                page_size=page_size,
+    """Pull each source query into `raw_records`, incrementally: one task per pull, named for it, with its own
+    retries; pulls on different hosts run at once. A pull that fails (after its retries) fails the flow once
+    the others have finished; the `ingest-summary` artifact says which failed and why.
+
+    Args:
+        home: the catalog home folder.
+        pulls: what to pull, one entry per source and query (a recipe's `sources`).
+        per_host_limit: pulls that may talk to one host at once (a Prefect tag limit `host:<host>`,
+            created when missing; change it with `prefect concurrency-limit`).
+        recipe_sha256: the recipe that drives this run (set by `tol recipe run` and the recipe's deployment).
+    """
+    with stage_logs_to_prefect(), driven_by(recipe_sha256):
+        if not pulls:
+            raise ValueError(
+                "nothing to pull: give `pulls` (one per source and query), e.g. from a recipe "
+                "(`tol recipe run FILE`, or `tol serve --recipe FILE` for the scheduled ingestion)"
             )
-            results.append(ingest_task(home, cfg))
+        futures = []
+        for pull in pulls:
+            tag = f"host:{pull.host}"
+            ensure_tag_limit(tag, per_host_limit)
+            task_fn = ingest_task.with_options(
+                name=f"ingest {pull.name}",
+                task_run_name=f"ingest {pull.name} ({pull.ingest.source} from {pull.host})",
+                retries=pull.retries,
+                retry_delay_seconds=pull.retry_delay_seconds,
+                tags=[tag, f"source:{pull.ingest.source}"],
+            )
+            futures.append((pull, task_fn.submit(home, pull.ingest)))
+        rows, failed = [], []
+        for pull, future in futures:
+            state = future.wait() or future.state
+            if state.is_completed():
+                r = future.result()
+                rows.append(
+                    {
+                        "pull": pull.name,
+                        "source": pull.ingest.source,
+                        "status": "succeeded",
+                        "rows_in": r["n_in"],
+                        "new": r["n_out"],
+                        "unchanged": r["unchanged"],
+                        "dropped": sum(r["dropped"].values()),
+                        "stage_run": r["run_id"],
+                        "error": "",
+                    }
+                )
+            else:
+                error = _state_error(state)
+                failed.append(f"{pull.name}: {error}")
+                rows.append(
+                    {
+                        "pull": pull.name,
+                        "source": pull.ingest.source,
+                        "status": "failed",
+                        "rows_in": 0,
+                        "new": 0,
+                        "unchanged": 0,
+                        "dropped": 0,
+                        "stage_run": "",
+                        "error": error,
+                    }
+                )
         create_table_artifact(
             key="ingest-summary",
-            table=[
-                {
-                    "source": r["run_id"],
-                    "rows_in": r["n_in"],
-                    "new": r["n_out"],
-                    "unchanged": r["unchanged"],
-                    "dropped": sum(r["dropped"].values()),
-                }
-                for r in results
-            ],
-            description="Rows per source",
+            table=rows,
+            description=f"{len(rows) - len(failed)} of {len(rows)} pulls succeeded"
+            + (f"; failed: {'; '.join(failed)}" if failed else ""),
         )
-        return results
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(rows)} pulls failed: {'; '.join(failed)}")
+        return rows
+
+
+def _state_error(state: Any) -> str:
+    """The one-line reason a task run ended in `state` (its exception, else the state's message)."""
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    return state.message or state.name
 
 
 @task(cache_policy=NONE)
@@ -125,10 +213,21 @@ def curate_flow(
     dedup: DedupConfig = DedupConfig(),
     shard: ShardConfig | None = None,
     executor: ExecutorConfig = ExecutorConfig(),
+    recipe_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Resolve, fetch, dedup and (when `shard` names a version) shard. The shard step is built from the
-    resolve and dedup runs of this flow run, not from whatever is latest when it starts."""
-    with stage_logs_to_prefect():
+    resolve and dedup runs of this flow run, not from whatever is latest when it starts.
+
+    Args:
+        home: the catalog home folder.
+        backbone_path: a DwC-A checklist (zip or folder) to load first; default the latest loaded backbone.
+        fetch: download politeness, image rules and hashing (FetchConfig).
+        dedup: near-duplicate and leak thresholds, evaluation sets to protect (DedupConfig).
+        shard: the dataset version to build and its selection (ShardConfig); none stops after dedup.
+        executor: where fetch and shard run: local processes or Spark.
+        recipe_sha256: the recipe that drives this run.
+    """
+    with stage_logs_to_prefect(), driven_by(recipe_sha256):
         # The configs were checked (names included) when Prefect built them from the parameters: before any
         # stage runs, not half-way through the flow.
         out = {
@@ -152,11 +251,47 @@ def _stage_table(out: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+LATEST = "latest"
+TRAINING_LIMIT = "tol-training"  # the global concurrency limit every training run takes one slot of
+PresetName = Literal[tuple(PRESETS)]  # the UI offers the presets as choices
+
+
+def latest_version(catalog: Catalog) -> str:
+    versions = list_versions(catalog)
+    if not versions:
+        raise LookupError(
+            "no dataset version exists yet: build one first (the curate flow with a `shard` version, "
+            "`tol shard --version NAME`, or `tol recipe run FILE`)"
+        )
+    return versions[-1]["version"]
+
+
+def train_config(catalog: Catalog, preset: str, version: str, values: dict[str, Any]) -> Any:
+    """The TrainConfig a train run uses: `version` (or the latest for `latest`), the preset, then `values`.
+    A preset that asks for replay with no replay set given trains without replay, and says so."""
+    from training.config import PRESETS, load_config
+
+    name = latest_version(catalog) if version in ("", LATEST) else check_name("version", version)
+    known = [v["version"] for v in list_versions(catalog)]
+    if name not in known:
+        raise LookupError(f"dataset version {name!r} does not exist; built: {', '.join(known) or 'none'}")
+    merged = {**PRESETS.get(preset, {}), **values}
+    if merged.get("replay_batch_size") and not merged.get("replay_path"):
+        log.warning(
+            "replay off: preset %s asks for %s replay pairs per step but no replay_path is given "
+            "(set replay_path to a folder of replay shards, or replay_batch_size=0 to train without replay)",
+            preset,
+            merged["replay_batch_size"],
+        )
+        values = {**values, "replay_batch_size": 0}
+    return load_config(preset=preset, overrides={**values, "dataset_version": name})
+
+
 @flow(name="train", log_prints=True)
 def train_flow(
     home: str = "tol-data",
-    dataset_version: str = "",
-    preset: str = "cpu-tiny",
+    dataset_version: str = LATEST,
+    preset: PresetName = "cpu-tiny",
     model: str | None = None,
     replay_path: str | None = None,
     replay_batch_size: int | None = None,
@@ -164,18 +299,41 @@ def train_flow(
     batch_size: int | None = None,
     devices: int = 1,
     overrides: dict[str, Any] | None = None,
+    evaluate_tasks: list[str] | None = None,
+    registry: str | None = None,
+    training_slots: int = 1,
+    recipe_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """Train from the UI: parameters are the common knobs, `overrides` any other TrainConfig field;
-    `devices` > 1 launches torchrun (DDP)."""
-    with stage_logs_to_prefect():
-        from training.config import load_config
+    """Train BioCLIP 2 on a dataset version, then evaluate the trained model.
 
-        if dataset_version:
-            check_name("version", dataset_version)
+    Progress (step, loss, samples/s, ETA) is logged every `log_every` steps and kept in the `train-progress`
+    artifact; at the end come the `train-metrics` table, the `train-loss-curve` image and the evaluation
+    subflow's `evaluate-summary` table (this run beside the previous one).
+
+    Args:
+        home: the catalog home folder.
+        dataset_version: the version to train on; `latest` takes the newest built.
+        preset: the base config (cpu-tiny: a small ViT for CPUs; gpu-paper: the paper's ViT-L/14 recipe).
+        model: an open_clip architecture name instead of the preset's model.
+        replay_path: a folder of replay WebDataset shards (jpg + txt); without one, replay is off.
+        replay_batch_size: replay pairs per step (0 turns replay off).
+        steps: optimizer steps (default: the preset's).
+        batch_size: biology images per step and device (default: the preset's).
+        devices: processes (GPUs) for data-parallel training through torchrun.
+        overrides: any other TrainConfig key, e.g. {"lr": 0.0005, "log_every": 10}.
+        evaluate_tasks: registered evaluation tasks to run on the trained model (none: evaluation skipped).
+        registry: an extra task registry YAML file for `evaluate_tasks`.
+        training_slots: runs that may train at once on this server (the global concurrency limit
+            `tol-training`, created with this many slots when missing; change it with `prefect gcl update`).
+        recipe_sha256: the recipe that drives this run (set by `tol recipe run` and `tol serve --recipe`).
+    """
+    from prefect.concurrency.sync import concurrency
+
+    with stage_logs_to_prefect(), driven_by(recipe_sha256):
+        catalog = open_catalog(home)
         values = {
             k: v
             for k, v in {
-                "dataset_version": dataset_version,
                 "model": model,
                 "replay_path": replay_path,
                 "replay_batch_size": replay_batch_size,
@@ -185,14 +343,76 @@ def train_flow(
             if v not in (None, "")
         }
         values.update(overrides or {})
-        cfg = load_config(preset=preset, overrides=values)
-        result = stages.train(open_catalog(home), cfg, devices=devices, progress=False)
-        create_markdown_artifact(
-            key="train-summary",
-            markdown=f"Run `{result['run_id']}`: {result['steps']} steps, final {result['final']}",
-            description="Training run",
-        )
+        cfg = train_config(catalog, preset, dataset_version, values)
+        ensure_global_limit(TRAINING_LIMIT, training_slots)
+        log.info("waiting for a training slot (global concurrency limit %s)", TRAINING_LIMIT)
+        with concurrency(TRAINING_LIMIT, occupy=1, strict=True):
+            log.info("training %d steps on %s (preset %s)", cfg.steps, cfg.dataset_version, preset)
+            tracker = _ProgressArtifact(cfg.steps)
+            result = stages.train(
+                catalog, cfg, devices=devices, progress=sys.stderr.isatty(), on_progress=tracker.update
+            )
+            tracker.done(result)
+        _training_artifacts(catalog, result)
+        if evaluate_tasks:
+            result["evaluation"] = evaluate_flow(
+                home,
+                model=result["run_id"],
+                tasks=list(evaluate_tasks),
+                registry=registry,
+                recipe_sha256=recipe_sha256,
+            )
+        else:
+            log.warning("no evaluate_tasks given: the trained model was not evaluated")
         return result
+
+
+class _ProgressArtifact:
+    """The `train-progress` artifact: percent done, its description the latest progress line."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.id = create_progress_artifact(0.0, key="train-progress", description=f"0 of {steps} steps")
+
+    def update(self, rec: dict[str, Any]) -> None:
+        from training.loop import format_eta
+
+        update_progress_artifact(
+            self.id,
+            100.0 * rec["step"] / rec["steps"],
+            description=f"step {rec['step']} of {rec['steps']}: loss {rec['loss_bio']:.3f}, "
+            f"{rec['samples_per_s']:.1f} samples/s, ETA {format_eta(rec['eta_s'])}",
+        )
+
+    def done(self, result: dict[str, Any]) -> None:
+        update_progress_artifact(
+            self.id, 100.0, description=f"{result['steps']} steps done in {result['seconds']:.0f} s"
+        )
+
+
+def _training_artifacts(catalog: Catalog, result: dict[str, Any]) -> None:
+    """The metrics table and the loss curve (an inline PNG the UI shows) of a finished run."""
+    from training.report import loss_curve_png, read_metrics
+
+    final = result.get("final", {})
+    rows = [
+        {"metric": "run", "value": result["run_id"]},
+        {"metric": "steps", "value": result["steps"]},
+        {"metric": "samples seen", "value": result["samples_seen"]},
+        {"metric": "seconds", "value": round(result["seconds"], 1)},
+        *({"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in final.items()),
+        {"metric": "export", "value": result["export_path"]},
+    ]
+    create_table_artifact(key="train-metrics", table=rows, description=f"Training run {result['run_id']}")
+    metrics = read_metrics(catalog.runs / result["run_id"] / "metrics.jsonl")
+    if metrics:
+        png = loss_curve_png(metrics, f"{result['run_id']}: loss by step")
+        (catalog.runs / result["run_id"] / "loss_curve.png").write_bytes(png)
+        create_markdown_artifact(
+            key="train-loss-curve",
+            markdown=f"![loss curve of {result['run_id']}](data:image/png;base64,{base64.b64encode(png).decode()})",
+            description=f"Loss by step, {result['run_id']} (also runs/{result['run_id']}/loss_curve.png)",
+        )
 
 
 SAMPLE_TASKS = [
@@ -203,22 +423,121 @@ SAMPLE_TASKS = [
 ]
 
 
+def previous_training_run(catalog: Catalog, run_id: str, tasks: list[str]) -> str | None:
+    """The latest succeeded training run before `run_id` with results on any of `tasks`."""
+    rows = catalog.query_arrow(
+        """SELECT t.run_id FROM training_runs t
+           WHERE t.status = 'succeeded' AND t.run_id <> ?
+             AND t.started_at < coalesce((SELECT started_at FROM training_runs WHERE run_id = ?), now())
+             AND EXISTS (SELECT 1 FROM eval_results e WHERE e.run_id = t.run_id AND list_contains(?, e.task))
+           ORDER BY t.started_at DESC LIMIT 1""",
+        [run_id, run_id, tasks],
+    ).to_pylist()
+    return rows[0]["run_id"] if rows else None
+
+
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
-    home: str = "tol-data", model: str = "", tasks: list[str] | None = None, registry: str | None = None
+    home: str = "tol-data",
+    model: str = "",
+    tasks: list[str] | None = None,
+    registry: str | None = None,
+    compare_with: str | None = None,
+    recipe_sha256: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run registered tasks on a model: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME."""
-    with stage_logs_to_prefect():
+    """Run registered tasks on a model; the `evaluate-summary` table puts it beside `compare_with` (for a
+    training run, by default the previous run evaluated on these tasks).
+
+    Args:
+        home: the catalog home folder.
+        model: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME.
+        tasks: registered task names (evaluation/tasks.yaml); default the sample world's four.
+        registry: an extra task registry YAML file.
+        compare_with: a run id or model whose stored results stand beside this one's.
+        recipe_sha256: the recipe that drives this run.
+    """
+    with stage_logs_to_prefect(), driven_by(recipe_sha256):
+        catalog = open_catalog(home)
         chosen = stages.registered_tasks(tasks or SAMPLE_TASKS, registry)
-        results = stages.evaluate(open_catalog(home), model, chosen, progress=False)
+        results = stages.evaluate(catalog, model, chosen, progress=False)
         by_task = {t.name: r for t, r in zip(chosen, results, strict=True)}
+        other = compare_with or previous_training_run(catalog, model, [t.name for t in chosen])
+        before: dict[tuple[str, str], float] = {}
+        if other:
+            for row in compare(catalog, [other]):
+                if row.get(other) is not None:
+                    before[(row["task"], row["metric"])] = row[other]
+        table = []
+        for t, r in by_task.items():
+            for k, v in r.items():
+                if isinstance(v, float):
+                    prev = before.get((t, k))
+                    table.append(
+                        {
+                            "task": t,
+                            "metric": k,
+                            "this run": round(v, 4),
+                            f"previous ({other or 'none'})": None if prev is None else round(prev, 4),
+                            "change": None if prev is None else round(v - prev, 4),
+                        }
+                    )
         create_table_artifact(
             key="evaluate-summary",
-            table=[
-                {"task": t, "metric": k, "value": v}
-                for t, r in by_task.items()
-                for k, v in r.items()
-                if isinstance(v, float)
-            ],
+            table=table,
+            description=f"{model} on {len(chosen)} tasks" + (f", beside {other}" if other else ""),
         )
         return by_task
+
+
+RecipeStep = Literal["ingest", "curate", "train"]
+
+
+@flow(name="recipe", log_prints=True)
+def recipe_flow(
+    home: str = "tol-data",
+    recipe_path: str = "",
+    variables: dict[str, str] | None = None,
+    until: RecipeStep = "train",
+    train_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run a corpus recipe: ingest its sources, curate and build its version, train and evaluate, stopping
+    after `until`. The recipe's text and sha256 are stored (`recipes`) and every stage run it drives
+    carries the hash (`stage_runs.recipe_sha256`).
+
+    Args:
+        home: the catalog home folder.
+        recipe_path: the recipe YAML file.
+        variables: values for the recipe's `${NAME}` variables (the environment fills the others).
+        until: the last step to run: ingest, curate, or train (which includes the evaluation).
+        train_overrides: TrainConfig keys that win over the recipe's `train` section, e.g. {"steps": 80}.
+    """
+    from flows.recipe import load_recipe
+    from warehouse import writers
+
+    recipe = load_recipe(recipe_path, variables)
+    spec, sha = recipe.spec, recipe.sha256
+    writers.record_recipe(open_catalog(home), sha, spec.name, recipe.path, recipe.text)
+    log.info("recipe %s (sha256 %s): %d pulls, until %s", spec.name, sha[:12], len(spec.sources), until)
+    out: dict[str, Any] = {"recipe": spec.name, "recipe_sha256": sha}
+    if spec.sources:
+        out["ingest"] = ingest_flow(home, pulls=list(spec.sources), recipe_sha256=sha)
+    else:
+        log.info("the recipe has no sources: nothing ingested, curating what the catalog holds")
+    if until == "ingest":
+        return out
+    c = spec.curate
+    out["curate"] = curate_flow(
+        home,
+        backbone_path=c.backbone_path,
+        fetch=c.fetch,
+        dedup=c.dedup,
+        shard=c.shard,
+        executor=c.executor,
+        recipe_sha256=sha,
+    )
+    if until == "curate":
+        return out
+    params = recipe.train_parameters()
+    params["overrides"] = {**params["overrides"], **(train_overrides or {})}
+    out["train"] = train_flow(home, **params, recipe_sha256=sha)
+    return out

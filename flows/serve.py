@@ -1,63 +1,174 @@
-"""`tol serve`: a local Prefect server (SQLite, 127.0.0.1) serving the deployments: scheduled ingestion and
-a parameterised `train` a user runs from the UI."""
+"""`tol serve`: a local Prefect server (SQLite, 127.0.0.1) serving the deployments (scheduled ingestion,
+curate, a `train` a user runs from the UI, evaluate); `tol deploy`: the same deployments registered to a work
+pool on any Prefect server, for `prefect worker start` to run (the production path)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import requests
 
-INGEST_CRON = "0 3 * * *"  # daily at 03:00, the quiet hours of most hosts
+from flows.recipe import Recipe
+
+log = logging.getLogger("tol.serve")
+
+DEPLOYMENTS = ("scheduled-ingest", "curate", "train", "evaluate")
 
 
-def build_deployments(home: str) -> list:
-    from flows.pipeline import curate_flow, evaluate_flow, ingest_flow, train_flow
+def _parameters(home: str, recipe: Recipe | None, training_slots: int) -> dict[str, dict[str, Any]]:
+    """Each deployment's default parameters: what Quick run uses. A recipe fills them all."""
+    base = {"home": home}
+    params = {name: dict(base) for name in DEPLOYMENTS}
+    params["train"].update(training_slots=training_slots)
+    if recipe is None:
+        return params
+    sha = {"recipe_sha256": recipe.sha256}
+    spec = recipe.spec
+    params["scheduled-ingest"].update(pulls=[dataclasses.asdict(p) for p in spec.sources], **sha)
+    curate = dataclasses.asdict(spec.curate)
+    params["curate"].update({k: v for k, v in curate.items() if v is not None})
+    params["train"].update(recipe.train_parameters(), **sha)
+    if spec.evaluate.tasks:
+        params["evaluate"].update(tasks=list(spec.evaluate.tasks), registry=spec.evaluate.registry)
+    return params
+
+
+def build_deployments(
+    home: str, recipe: Recipe | None = None, training_slots: int = 1, *, by_module: bool = False
+) -> list:
+    """The four deployments. Without a recipe the ingestion has no schedule and no pulls (it would not know
+    what to pull); the train form offers the versions built so far (and `latest`) as choices. `by_module`
+    names each flow by its module path (`flows.pipeline.train_flow`): what a worker with this package
+    installed imports, with no code storage to pull from."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    from flows.pipeline import LATEST, curate_flow, evaluate_flow, ingest_flow, train_flow
+    from warehouse.catalog import open_catalog
+    from warehouse.versions import list_versions
 
     home = str(Path(home).resolve())
+    params = _parameters(home, recipe, training_slots)
+    kind = {"entrypoint_type": EntrypointType.MODULE_PATH} if by_module else {}
+    schedule = recipe.spec.schedule if recipe else None
+    ingest = ingest_flow.to_deployment(
+        name="scheduled-ingest",
+        parameters=params["scheduled-ingest"],
+        schedules=[Cron(schedule.cron, timezone=schedule.timezone)] if schedule else None,
+        description=(
+            f"Recipe {recipe.spec.name}: {len(recipe.spec.sources)} pulls"
+            + (f", at '{schedule.cron}' ({schedule.timezone})" if schedule else ", no schedule")
+            if recipe
+            else "No recipe: no schedule and no pulls (serve with --recipe FILE, or give `pulls`)"
+        ),
+        **kind,
+    )
+    train = train_flow.to_deployment(name="train", parameters=params["train"], **kind)
+    versions = [v["version"] for v in list_versions(open_catalog(home))]
+    # The form's version field becomes a choice of the versions built when the server started (newest
+    # first) and `latest`, which always means the newest at the time the run starts.
+    train._parameter_openapi_schema.properties["dataset_version"]["enum"] = [LATEST, *reversed(versions)]
     return [
-        ingest_flow.to_deployment(name="scheduled-ingest", cron=INGEST_CRON, parameters={"home": home}),
-        curate_flow.to_deployment(name="curate", parameters={"home": home}),
-        train_flow.to_deployment(name="train", parameters={"home": home, "preset": "cpu-tiny"}),
-        evaluate_flow.to_deployment(name="evaluate", parameters={"home": home}),
+        ingest,
+        curate_flow.to_deployment(name="curate", parameters=params["curate"], **kind),
+        train,
+        evaluate_flow.to_deployment(name="evaluate", parameters=params["evaluate"], **kind),
     ]
 
 
-def serve(home: str, port: int = 4200) -> None:
+def serve(home: str, port: int = 4200, recipe: Recipe | None = None, training_slots: int = 1) -> None:
     """Start the server, wait for its health check, then serve the deployments until interrupted."""
+    home_path = Path(home).resolve()
     env = {
         **os.environ,
-        "PREFECT_HOME": str(Path(home).resolve() / "prefect"),
+        "PREFECT_HOME": str(home_path / "prefect"),
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
     )
     api = f"http://127.0.0.1:{port}/api"
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{api}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError("the Prefect server exited during start-up")
-            time.sleep(1)
-        else:
-            raise TimeoutError("the Prefect server did not answer within 120 s")
+        _wait_healthy(api, server)
         os.environ.update({"PREFECT_API_URL": api, "PREFECT_HOME": env["PREFECT_HOME"]})
         from prefect import serve as prefect_serve
 
-        print(
-            f"Prefect UI: http://127.0.0.1:{port}  (deployments: scheduled-ingest, curate, train, evaluate)"
+        if recipe is not None:
+            _record_recipe(str(home_path), recipe)
+        log.info(
+            "Prefect UI: http://127.0.0.1:%d  (deployments: %s%s)",
+            port,
+            ", ".join(DEPLOYMENTS),
+            f"; recipe {recipe.spec.name}, sha256 {recipe.sha256[:12]}" if recipe else "; no recipe",
         )
-        prefect_serve(*build_deployments(home))
+        prefect_serve(*build_deployments(str(home_path), recipe, training_slots))
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _wait_healthy(api: str, server: subprocess.Popen, seconds: int = 120) -> None:
+    for _ in range(seconds):
+        try:
+            if requests.get(f"{api}/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if server.poll() is not None:
+            raise RuntimeError("the Prefect server exited during start-up")
+        time.sleep(1)
+    raise TimeoutError(f"the Prefect server did not answer within {seconds} s")
+
+
+def _record_recipe(home: str, recipe: Recipe) -> None:
+    from warehouse import writers
+    from warehouse.catalog import open_catalog
+
+    writers.record_recipe(open_catalog(home), recipe.sha256, recipe.spec.name, recipe.path, recipe.text)
+
+
+def deploy(
+    home: str, pool: str, recipe: Recipe | None = None, training_slots: int = 1, create_pool: bool = True
+) -> list[str]:
+    """Register the deployments with the Prefect server at PREFECT_API_URL, to run on work pool `pool` (a
+    `process` pool, created when missing and `create_pool`); returns their names. Workers started with
+    `prefect worker start --pool POOL` on machines that see `home` and have this package installed run them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.deployments.runner import deploy as prefect_deploy
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            if not create_pool:
+                raise LookupError(
+                    f"work pool {pool!r} does not exist (create it, or drop --no-create-pool)"
+                ) from None
+            with suppress(ObjectAlreadyExists):  # another deploy created it meanwhile
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    if recipe is not None:
+        _record_recipe(home, recipe)
+    deployments = build_deployments(home, recipe, training_slots, by_module=True)
+    prefect_deploy(
+        *deployments,
+        work_pool_name=pool,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )
+    return [f"{d.flow_name}/{d.name}" for d in deployments]

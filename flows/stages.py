@@ -8,7 +8,7 @@ run) are chosen here, once, passed to the stage as arguments, and recorded by it
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,8 +148,16 @@ def curate(catalog: Catalog, cfg: CurateConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-def train(catalog: Catalog, cfg: Any, *, devices: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) `cfg` (a `training.config.TrainConfig`); `devices` > 1 runs torchrun (DDP)."""
+def train(
+    catalog: Catalog,
+    cfg: Any,
+    *,
+    devices: int = 1,
+    progress: bool = True,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) `cfg` (a `training.config.TrainConfig`); `devices` > 1 runs torchrun (DDP), whose
+    progress lines come from its rank 0 process (`on_progress` is called in this process only)."""
     if devices < 1:
         raise ValueError(f"devices must be >= 1, not {devices}")
     if devices > 1:
@@ -158,7 +166,7 @@ def train(catalog: Catalog, cfg: Any, *, devices: int = 1, progress: bool = True
         return launch(catalog.home, cfg.to_dict(), devices)  # one process per device
     from training.loop import train as run
 
-    return run(catalog, cfg, progress=progress)
+    return run(catalog, cfg, progress=progress, on_progress=on_progress)
 
 
 def registered_tasks(names: Sequence[str], registry: str | None = None) -> list[Any]:

@@ -10,6 +10,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
@@ -95,20 +96,34 @@ def _clip_loss(loss_fn: ClipLoss, img: torch.Tensor, txt: torch.Tensor, scale: t
     return loss_fn(normalize(img, dim=-1), normalize(txt, dim=-1), scale)
 
 
-def train(catalog: Catalog, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def train(
+    catalog: Catalog, cfg: TrainConfig, progress: bool = True, on_progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """Train (or resume) a run; returns its summary. Rows go to `training_runs` and `stage_runs`.
+
+    Every `log_every` steps a line (step, loss, samples/s, ETA) goes to the `tol.train` logger and the same
+    record (with `steps` and `eta_s`) to `on_progress`, on rank 0 only.
 
     Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel run (training/distributed.py):
     `batch_size` and `replay_batch_size` are per device, and only rank 0 writes to the catalog and disk."""
     dist = init_distributed()
     run_id = check_name("run", broadcast(cfg.run_id or new_run_id("train"), dist))
     if not dist.main:
-        return _train(catalog, cfg, dist, run_id, SimpleNamespace(details={}), progress)
+        return _train(catalog, cfg, dist, run_id, SimpleNamespace(details={}), progress, None)
     # The run's lock is held from before its checkpoint is read until its last row is written: a second
     # process training the same run id waits, and a killed one is found `interrupted` by the next run.
     stage_id = f"stage-{run_id}-{uuid.uuid4().hex[:8]}"
     with StageRun(catalog, "train", config=cfg.to_dict(), run_id=stage_id, lock=train_lock(run_id)) as stage:
-        return _train(catalog, cfg, dist, run_id, stage, progress)
+        return _train(catalog, cfg, dist, run_id, stage, progress, on_progress)
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -122,7 +137,15 @@ def _trim_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _train(catalog: Catalog, cfg: TrainConfig, dist, run_id: str, stage, progress: bool) -> dict[str, Any]:
+def _train(
+    catalog: Catalog,
+    cfg: TrainConfig,
+    dist,
+    run_id: str,
+    stage,
+    progress: bool,
+    on_progress: ProgressFn | None,
+) -> dict[str, Any]:
     run_dir = catalog.runs / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -208,7 +231,16 @@ def _train(catalog: Catalog, cfg: TrainConfig, dist, run_id: str, stage, progres
             disable=not progress,
             mininterval=2.0,
         )
-        t0, seen = time.perf_counter(), 0
+        t0, seen, start_step = time.perf_counter(), 0, step
+        log.info(
+            "run %s: %d steps of %d on %s (%s), replay %s",
+            run_id,
+            cfg.steps - step,
+            cfg.batch_size,
+            cfg.dataset_version,
+            device,
+            f"{cfg.replay_batch_size} per step from {cfg.replay_path}" if replay is not None else "off",
+        )
         while step < cfg.steps:
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step, cfg)
@@ -253,9 +285,22 @@ def _train(catalog: Catalog, cfg: TrainConfig, dist, run_id: str, stage, progres
                     **logs,
                 }
                 history.append(rec)
+                elapsed = time.perf_counter() - t0
+                eta = elapsed / (step - start_step) * (cfg.steps - step)
                 if dist.main:
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(rec) + "\n")
+                    log.info(
+                        "step %d/%d  loss %.3f  replay %.3f  %.1f samples/s  ETA %s",
+                        step,
+                        cfg.steps,
+                        logs["loss_bio"],
+                        logs["loss_replay"],
+                        rec["samples_per_s"],
+                        format_eta(eta),
+                    )
+                    if on_progress is not None:
+                        on_progress({**rec, "steps": cfg.steps, "eta_s": eta})
                 bar.set_postfix(loss=f"{logs['loss_bio']:.3f}", replay=f"{logs['loss_replay']:.3f}")
             if dist.main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 _save(

@@ -76,6 +76,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # Which backbone a version's names were resolved against (resolve_run_id is now filled too).
         "ALTER TABLE dataset_versions ADD COLUMN backbone_version VARCHAR;",
     ),
+    (
+        4,
+        "recipes",
+        # The corpus recipe that drove a stage run: its text once per hash, its hash on every run.
+        """
+        CREATE TABLE recipes (
+            recipe_sha256 VARCHAR PRIMARY KEY, name VARCHAR, path VARCHAR, text VARCHAR,
+            first_used_at TIMESTAMPTZ);
+        ALTER TABLE stage_runs ADD COLUMN recipe_sha256 VARCHAR;
+        """,
+    ),
 ]
 
 log = logging.getLogger("tol.catalog")

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,20 @@ from warehouse.lake import new_run_id
 from warehouse.locks import StageLock, mark_interrupted
 
 CODE_VERSION = "0.1.0"
+
+# The recipe driving the stages run in this context (`driven_by`); Prefect copies contextvars into the
+# threads that run its tasks, so a flow sets it once for all its tasks.
+_RECIPE: ContextVar[str | None] = ContextVar("tol_recipe_sha256", default=None)
+
+
+@contextmanager
+def driven_by(recipe_sha256: str | None) -> Iterator[None]:
+    """Stage runs started inside carry `recipe_sha256` (recorded first with `writers.record_recipe`)."""
+    token = _RECIPE.set(recipe_sha256)
+    try:
+        yield
+    finally:
+        _RECIPE.reset(token)
 
 
 def _jsonable(config: Any) -> str:
@@ -62,7 +77,7 @@ class StageRun:
                 mark_interrupted(con, self.catalog.home, held=self.lock)
                 con.execute(
                     "INSERT INTO stage_runs (run_id, stage, status, config, code_version, started_at, pid,"
-                    " host, lock) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    " host, lock, recipe_sha256) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                     [
                         self.run_id,
                         self.stage,
@@ -72,6 +87,7 @@ class StageRun:
                         os.getpid(),
                         socket.gethostname(),
                         self.lock,
+                        _RECIPE.get(),
                     ],
                 )
         except BaseException:

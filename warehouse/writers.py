@@ -200,3 +200,16 @@ def record_scores(catalog: Catalog, scores: list[EvalScore]) -> None:
                 for s in scores
             ],
         )
+
+
+# --- recipes -----------------------------------------------------------------------------------------------
+
+
+def record_recipe(catalog: Catalog, sha256: str, name: str, path: str, text: str) -> None:
+    """Store a recipe's text once per hash; stage runs it drives carry the hash (`stage_runs.driven_by`)."""
+    with catalog.connect() as con:
+        con.execute(
+            "INSERT INTO recipes (recipe_sha256, name, path, text, first_used_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            [sha256, name, path, text, datetime.now(UTC)],
+        )

@@ -38,6 +38,13 @@ class DedupConfig:
     eval_sets: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for what, k in (("near_k", self.near_k), ("leak_k", self.leak_k)):
+            # The exact band index splits the 64 bits into at most 16 segments, one more than k.
+            if not 0 <= k <= 15:
+                raise ValueError(f"{what} is a Hamming distance between 64-bit hashes: 0 to 15, not {k}")
+        unknown = sorted(set(self.source_priority) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"source_priority: unknown source(s) {', '.join(unknown)}")
         for name in self.eval_sets:
             # A set's name is a folder (lake/eval_hashes/set=NAME) and the tail of `eval_leak:NAME`.
             check_name("evaluation set", name)

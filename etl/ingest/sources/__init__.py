@@ -27,6 +27,14 @@ class IngestConfig:
     download_poll_seconds: float = 30.0
     download_timeout_seconds: float = 6 * 3600.0
 
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown source {self.source!r}; choose one of: {', '.join(SOURCES)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or absent for no limit), not {self.limit}")
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, not {self.page_size}")
+
     def query_key(self) -> str:
         parts = [
             self.api_url or self.path or "default",
@@ -55,6 +63,16 @@ def _registry() -> dict[str, ConnectorFn]:
     registry = {"gbif": gbif.pages, "eol": eol.pages, "bioscan": bioscan.pages, "fathomnet": fathomnet.pages}
     assert tuple(registry) == SOURCES, "every source in warehouse.contracts.SOURCES has one connector"
     return registry
+
+
+def default_api(name: str) -> str | None:
+    """The real service a source's connector calls when no `api_url` is given (None: it reads files)."""
+    from etl.ingest.sources import bioscan, eol, fathomnet, gbif
+
+    modules = {"gbif": gbif, "eol": eol, "bioscan": bioscan, "fathomnet": fathomnet}
+    if name not in modules:
+        raise ValueError(f"unknown source {name!r}; choose one of: {', '.join(sorted(modules))}")
+    return getattr(modules[name], "DEFAULT_API", None)
 
 
 def get_connector(name: str) -> ConnectorFn:
