@@ -293,6 +293,8 @@ def _recipe(args):
 def cmd_recipe(args) -> None:
     from flows.recipe import plan
 
+    if args.recipe_cmd == "run":
+        _prefect_env(str(Path(args.home).resolve()))  # before reading the recipe first imports prefect
     recipe = _recipe(args)
     spec = recipe.spec
     if args.recipe_cmd == "validate":
@@ -311,12 +313,10 @@ def cmd_recipe(args) -> None:
 
         print("\n".join(plan(recipe, Catalog(Path(args.home).resolve()))))
     else:
-        home = str(Path(args.home).resolve())
-        _prefect_env(home)
         from flows.pipeline import recipe_flow
 
         out = recipe_flow(
-            home,
+            str(Path(args.home).resolve()),
             recipe_path=str(Path(args.recipe).resolve()),
             variables=_kv(args.var, "--var"),
             until=args.until,
@@ -467,18 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("taxonomy", "backbones and name resolution", cmd_taxonomy)
     tsub = s.add_subparsers(dest="taxonomy_cmd", required=True, metavar="ACTION")
-    t = tsub.add_parser("load-backbone", help="load a DwC-A checklist (zip or folder)", formatter_class=fmt)
+    text = "load a DwC-A checklist (zip or folder) as a backbone version"
+    t = tsub.add_parser("load-backbone", help=text, description=text, formatter_class=fmt)
     t.add_argument("path", help="the checklist: a DwC-A zip or its unpacked folder")
     t.add_argument(
         "--common-name-fallback",
         action="store_true",
         help="a taxon without an English name borrows its genus's or family's (flagged by common_name_rank)",
     )
-    t = tsub.add_parser(
-        "resolve-names",
-        help="resolve a CSV of names (scientific_name [, kingdom ... genus])",
-        formatter_class=fmt,
-    )
+    text = "resolve a CSV of names (scientific_name [, kingdom ... genus])"
+    t = tsub.add_parser("resolve-names", help=text, description=text, formatter_class=fmt)
     t.add_argument("input", help="a CSV file with a scientific_name column (and optional higher ranks)")
     t.add_argument("--out", required=True, help="the CSV file to write")
     t.add_argument(

@@ -32,8 +32,9 @@ from flows import stages
 from flows.recipe import SourcePull
 from flows.stages import ExecutorConfig
 from training.config import PRESETS
-from warehouse.catalog import Catalog, open_catalog
+from warehouse.catalog import Catalog, CatalogBusyError, open_catalog
 from warehouse.contracts import check_name
+from warehouse.locks import StageBusyError
 from warehouse.stage_runs import driven_by
 from warehouse.versions import list_versions
 
@@ -180,24 +181,40 @@ def _state_error(state: Any) -> str:
     return state.message or state.name
 
 
-@task(cache_policy=NONE)
+def retry_when_busy(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what waiting cures: the catalog or a stage lock held by another command past the wait. Any
+    other failure is an answer, not bad luck, and is not retried."""
+    try:
+        state.result()
+    except (CatalogBusyError, StageBusyError):
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+# Every curation stage resumes where it stopped, so a retry after a busy catalog repeats no work.
+CURATION_RETRIES = {"retries": 2, "retry_delay_seconds": 30, "retry_condition_fn": retry_when_busy}
+
+
+@task(cache_policy=NONE, **CURATION_RETRIES)
 def resolve_task(home: str, backbone_path: str | None) -> dict[str, Any]:
     catalog = open_catalog(home)
     backbones = [stages.load_backbone(catalog, backbone_path)] if backbone_path else None
     return stages.resolve(catalog, backbones)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, **CURATION_RETRIES)
 def fetch_task(home: str, cfg: FetchConfig, executor: ExecutorConfig) -> dict[str, Any]:
     return stages.fetch(open_catalog(home), cfg, executor)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, **CURATION_RETRIES)
 def dedup_task(home: str, cfg: DedupConfig) -> dict[str, Any]:
     return stages.dedup(open_catalog(home), cfg)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, **CURATION_RETRIES)
 def shard_task(
     home: str, cfg: ShardConfig, executor: ExecutorConfig, dedup_run: str, resolve_run: str
 ) -> dict[str, Any]:
@@ -330,6 +347,8 @@ def train_flow(
     from prefect.concurrency.sync import concurrency
 
     with stage_logs_to_prefect(), driven_by(recipe_sha256):
+        if dataset_version not in ("", LATEST):
+            check_name("version", dataset_version)  # before the home is opened (and perhaps created)
         catalog = open_catalog(home)
         values = {
             k: v
@@ -436,6 +455,12 @@ def previous_training_run(catalog: Catalog, run_id: str, tasks: list[str]) -> st
     return rows[0]["run_id"] if rows else None
 
 
+@task(cache_policy=NONE, **CURATION_RETRIES)
+def evaluate_task(home: str, model: str, tasks: list[str], registry: str | None) -> list[dict[str, Any]]:
+    chosen = stages.registered_tasks(tasks, registry)
+    return stages.evaluate(open_catalog(home), model, chosen, progress=False)
+
+
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
     home: str = "tol-data",
@@ -459,7 +484,7 @@ def evaluate_flow(
     with stage_logs_to_prefect(), driven_by(recipe_sha256):
         catalog = open_catalog(home)
         chosen = stages.registered_tasks(tasks or SAMPLE_TASKS, registry)
-        results = stages.evaluate(catalog, model, chosen, progress=False)
+        results = evaluate_task(home, model, [t.name for t in chosen], registry)
         by_task = {t.name: r for t, r in zip(chosen, results, strict=True)}
         other = compare_with or previous_training_run(catalog, model, [t.name for t in chosen])
         before: dict[tuple[str, str], float] = {}

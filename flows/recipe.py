@@ -142,6 +142,13 @@ def load_recipe(path: str | Path, variables: Mapping[str, str] | None = None) ->
     problems = [
         f"{path}:{_line(root, loc)}: {_where(loc)}: {msg}" for loc, msg in _unknown_keys(data, RecipeSpec, ())
     ]
+    seen: set[str] = set()
+    for i, pull in enumerate(data.get("sources") or []):
+        name = pull.get("name") if isinstance(pull, dict) else None
+        if isinstance(name, str) and name in seen:
+            loc = ("sources", i, "name")
+            problems.append(f"{path}:{_line(root, loc)}: {_where(loc)}: {name!r} names an earlier pull too")
+        seen.add(name)
     if problems:
         raise RecipeError(problems)
     spec = _validate(data, root, str(path))

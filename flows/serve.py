@@ -34,7 +34,8 @@ def _parameters(home: str, recipe: Recipe | None, training_slots: int) -> dict[s
     spec = recipe.spec
     params["scheduled-ingest"].update(pulls=[dataclasses.asdict(p) for p in spec.sources], **sha)
     curate = dataclasses.asdict(spec.curate)
-    params["curate"].update({k: v for k, v in curate.items() if v is not None})
+    params["curate"].update({k: v for k, v in curate.items() if v is not None}, **sha)
+    params["evaluate"].update(sha)
     params["train"].update(recipe.train_parameters(), **sha)
     if spec.evaluate.tasks:
         params["evaluate"].update(tasks=list(spec.evaluate.tasks), registry=spec.evaluate.registry)
@@ -71,11 +72,16 @@ def build_deployments(
         ),
         **kind,
     )
-    train = train_flow.to_deployment(name="train", parameters=params["train"], **kind)
-    versions = [v["version"] for v in list_versions(open_catalog(home))]
-    # The form's version field becomes a choice of the versions built when the server started (newest
-    # first) and `latest`, which always means the newest at the time the run starts.
-    train._parameter_openapi_schema.properties["dataset_version"]["enum"] = [LATEST, *reversed(versions)]
+    # The form offers `latest` (the newest version when the run starts), the recipe's version and the
+    # versions built when the server started as choices. The server does not enforce that list (a version
+    # built later is still accepted from the form's JSON view); the flow checks the version exists.
+    train = train_flow.to_deployment(
+        name="train", parameters=params["train"], enforce_parameter_schema=False, **kind
+    )
+    built = [v["version"] for v in reversed(list_versions(open_catalog(home)))]
+    planned = [recipe.spec.curate.shard.version] if recipe and recipe.spec.curate.shard else []
+    choices = list(dict.fromkeys([LATEST, *planned, *built]))
+    train._parameter_openapi_schema.properties["dataset_version"]["enum"] = choices
     return [
         ingest,
         curate_flow.to_deployment(name="curate", parameters=params["curate"], **kind),
@@ -102,8 +108,12 @@ def serve(home: str, port: int = 4200, recipe: Recipe | None = None, training_sl
     api = f"http://127.0.0.1:{port}/api"
     try:
         _wait_healthy(api, server)
+        # The flow runs this process starts inherit the environment; this process's own Prefect settings
+        # were fixed when prefect was first imported (reading the recipe may have done it), so they are
+        # set again for its clients: otherwise they would start a temporary server on the same database.
         os.environ.update({"PREFECT_API_URL": api, "PREFECT_HOME": env["PREFECT_HOME"]})
         from prefect import serve as prefect_serve
+        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
         if recipe is not None:
             _record_recipe(str(home_path), recipe)
@@ -113,7 +123,8 @@ def serve(home: str, port: int = 4200, recipe: Recipe | None = None, training_sl
             ", ".join(DEPLOYMENTS),
             f"; recipe {recipe.spec.name}, sha256 {recipe.sha256[:12]}" if recipe else "; no recipe",
         )
-        prefect_serve(*build_deployments(str(home_path), recipe, training_slots))
+        with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_HOME: env["PREFECT_HOME"]}):
+            prefect_serve(*build_deployments(str(home_path), recipe, training_slots))
     finally:
         server.terminate()
         server.wait(timeout=30)

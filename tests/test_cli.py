@@ -91,3 +91,35 @@ def test_ingest_since_is_a_gbif_filter(tmp_path, server, capsys):
     assert main(["--home", home, "ingest", "eol", "--since", "2025-01-31"]) == 1
     assert "supported for gbif" in capsys.readouterr().err
     assert main(["--home", home, "ingest", "gbif", "--since", "last tuesday"]) == 1
+
+
+def test_every_argument_of_every_command_has_help():
+    """`tol X --help` describes each argument (and shows its default where it has one)."""
+    import argparse
+
+    from flows.cli import build_parser
+
+    def walk(parser, name):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from walk(sub, f"{name} {sub_name}")
+
+    missing, commands = [], 0
+    for name, parser in walk(build_parser(), "tol"):
+        commands += 1
+        assert parser.description or name == "tol", f"{name} has no description"
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in (action.help or "") or f"(default: {action.default})" in " ".join(
+                    text.split()
+                ), f"{name} {action.option_strings[0]} does not show its default"
+    assert not missing, missing
+    assert commands >= 20  # tol, its commands, and the recipe and taxonomy actions
