@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, task
@@ -511,7 +512,31 @@ def evaluate_flow(
             table=table,
             description=f"{model} on {len(chosen)} tasks" + (f", beside {other}" if other else ""),
         )
+        _plots_artifact(model, by_task)
         return by_task
+
+
+PLOTS_ARTIFACT_BYTES = 4_000_000  # PNG bytes inlined in one artifact; further plots are listed by path
+
+
+def _plots_artifact(model: str, by_task: dict[str, dict[str, Any]]) -> None:
+    """The tasks' plots (PCA and t-SNE maps, the 3-D view) as images the UI shows: `evaluate-plots`."""
+    paths = [(t, Path(p)) for t, r in by_task.items() for p in r.get("plots") or () if p.endswith(".png")]
+    if not paths:
+        return
+    parts, budget = [], PLOTS_ARTIFACT_BYTES
+    for task_name, path in paths:
+        data = path.read_bytes()
+        if len(data) > budget:
+            parts.append(f"**{task_name}: {path.stem}**: {path} (not inlined: the artifact is full)")
+            continue
+        budget -= len(data)
+        parts.append(
+            f"**{task_name}: {path.stem}**\n\n![{path.stem}](data:image/png;base64,{base64.b64encode(data).decode()})"
+        )
+    create_markdown_artifact(
+        key="evaluate-plots", markdown="\n\n".join(parts), description=f"Embedding plots of {model}"
+    )
 
 
 RecipeStep = Literal["ingest", "curate", "train"]

@@ -1,5 +1,7 @@
 """The whole pipeline through Prefect, on a fresh home: every stage runs and the model beats chance."""
 
+from itertools import pairwise
+
 import pytest
 
 
@@ -15,7 +17,16 @@ def test_demo_flow_end_to_end(prefect_harness, tmp_path):
         stages = {
             r[0] for r in con.execute("SELECT stage FROM stage_runs WHERE status = 'succeeded'").fetchall()
         }
+        ingests = con.execute(
+            "SELECT started_at, ended_at FROM stage_runs WHERE stage = 'ingest' ORDER BY started_at"
+        ).fetchall()
+        recipe_runs = con.execute(
+            "SELECT count(*) FROM stage_runs WHERE recipe_sha256 = ?", [summary["recipe_sha256"]]
+        ).fetchone()[0]
     assert stages >= {"ingest", "resolve", "fetch", "dedup", "shard", "train", "evaluate"}
+    # The four pulls share the sample world's host, whose tag limit is 1: they take turns.
+    assert len(ingests) == 4 and all(a[1] <= b[0] for a, b in pairwise(ingests))
+    assert recipe_runs >= 4 + 5 + 4  # the pulls, the curation stages, train and its evaluations
     zs = summary["evaluation"]["sample-heldout-zero-shot"]
     base = summary["random_init_evaluation"]["sample-heldout-zero-shot"]
     assert zs["zero_shot_taxon_top1"] > 3 * zs["zero_shot_taxon_chance"], zs

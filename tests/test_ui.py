@@ -133,6 +133,8 @@ def test_quick_run_of_train_from_the_ui(tmp_path):
             artifacts = {a["key"]: a for a in _post(api, "/artifacts/filter", body) if a["key"]}
             body = {"artifacts": {"key": {"any_": ["evaluate-summary"]}}, "sort": "CREATED_DESC", "limit": 1}
             evaluation = _post(api, "/artifacts/filter", body)
+            body["artifacts"]["key"]["any_"] = ["evaluate-plots"]
+            plots = _post(api, "/artifacts/filter", body)
         finally:
             serve.terminate()
             serve.wait(timeout=60)
@@ -148,6 +150,7 @@ def test_quick_run_of_train_from_the_ui(tmp_path):
     assert metrics["steps"] == STEPS and metrics["loss_bio"] > 0
     assert "data:image/png;base64," in artifacts["train-loss-curve"]["data"]
     assert evaluation and "this run" in evaluation[0]["data"]
+    assert plots and plots[0]["data"].count("data:image/png;base64,") >= 4  # PCA and t-SNE maps, 3-D view
     catalog = Catalog(home)
     with catalog.snapshot() as con:
         runs = con.execute(
