@@ -188,10 +188,13 @@ def _validate(data: dict[str, Any], root: yaml.Node, path: str) -> RecipeSpec:
 
 def _check_train(spec: RecipeSpec, root: yaml.Node, path: str) -> None:
     """The train section through the trainer's own loader (preset, then keys): what `tol train` would say."""
-    from training.config import load_config
+    from training.config import PRESETS, load_config
 
     train = dict(spec.train)
     preset = train.pop("preset", "cpu-tiny")
+    if not train.get("replay_path") and PRESETS.get(preset, {}).get("replay_batch_size"):
+        # The train flow trains without replay when no replay set is given (and says so): not a mistake.
+        train.setdefault("replay_batch_size", 0)
     try:
         load_config(preset=preset, overrides=train)
     except (ValueError, TypeError) as exc:
@@ -304,6 +307,12 @@ def plan(recipe: Recipe, catalog: Any | None = None) -> list[str]:
         "train:",
         f"  preset {tp['preset']} on {tp.get('dataset_version') or 'the latest version'}, "
         + (", ".join(f"{k}={v}" for k, v in tp["overrides"].items()) or "preset defaults"),
+        "  replay   "
+        + (
+            f"from {tp['overrides']['replay_path']}"
+            if tp["overrides"].get("replay_path")
+            else "off (no replay_path: the train flow trains without replay)"
+        ),
         "  evaluate " + (", ".join(spec.evaluate.tasks) or "nothing (no tasks)"),
         "",
         "schedule: "

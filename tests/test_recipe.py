@@ -110,6 +110,14 @@ def test_every_problem_is_listed_at_once(tmp_path):
     assert len(problems) == 2 and "near_kk" in problems[1]
 
 
+def test_a_recipe_without_a_train_section_is_valid(tmp_path):
+    """The cpu-tiny preset asks for replay; with no replay set the train flow trains without it."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: pulls-only\nsources:\n  - name: g\n    ingest: {source: gbif}\n")
+    recipe = load_recipe(path)
+    assert "replay   off (no replay_path" in "\n".join(plan(recipe))
+
+
 def test_not_a_recipe(tmp_path):
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(tmp_path / "missing.yaml")
