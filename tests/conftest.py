@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,25 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=90):
         yield Path(home)
+
+
+@contextmanager
+def log_lines(name: str, level: int = logging.INFO) -> Iterator[list[str]]:
+    """The messages logger `name` emits at `level` and above while inside (whatever its own level or the
+    handlers others put on it: the CLI stops `tol` propagating to the root logger, where caplog listens)."""
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    lines: list[str] = []
+    logger, keep = logging.getLogger(name), Keep(level)
+    before = logger.level
+    logger.addHandler(keep)
+    if before == logging.NOTSET or before > level:
+        logger.setLevel(level)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(before)

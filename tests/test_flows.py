@@ -185,23 +185,12 @@ def test_quick_run_defaults_take_the_latest_version_and_say_replay_is_off(curate
     import logging
 
     from flows.pipeline import LATEST, train_config
+    from tests.conftest import log_lines
 
-    class Keep(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.WARNING)
-            self.lines = []
-
-        def emit(self, record):
-            self.lines.append(record.getMessage())
-
-    keep, logger = Keep(), logging.getLogger("tol.flows")
-    logger.addHandler(keep)
-    try:
+    with log_lines("tol.flows", logging.WARNING) as lines:
         cfg = train_config(curated, "cpu-tiny", LATEST, {})
-    finally:
-        logger.removeHandler(keep)
     assert cfg.dataset_version == "t1" and cfg.replay_batch_size == 0 and cfg.replay_path is None
-    assert any(line.startswith("replay off: preset cpu-tiny asks for 8") for line in keep.lines), keep.lines
+    assert any(line.startswith("replay off: preset cpu-tiny asks for 8") for line in lines), lines
     with_replay = train_config(curated, "cpu-tiny", "t1", {"replay_path": "/r"})
     assert with_replay.replay_batch_size == 8
     with pytest.raises(LookupError, match="does not exist; built: t1"):

@@ -174,29 +174,14 @@ def test_two_ranks_with_torchrun_equal_one_process_on_the_global_batch(curated, 
 
 
 def test_progress_is_logged_and_reported_every_log_every_steps(curated, world):
-    import logging
+    from tests.conftest import log_lines
 
-    class Keep(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.lines = []
-
-        def emit(self, record):
-            self.lines.append(record.getMessage())
-
-    keep, logger = Keep(), logging.getLogger("tol.train")
-    logger.addHandler(keep)
-    level = logger.level
-    logger.setLevel(logging.INFO)
     seen = []
-    try:
+    with log_lines("tol.train") as lines:
         train(curated, _cfg(world, run_id="r-progress", steps=4, log_every=2), False, seen.append)
-    finally:
-        logger.removeHandler(keep)
-        logger.setLevel(level)
     assert [r["step"] for r in seen] == [2, 4] and all(r["steps"] == 4 for r in seen)
     assert seen[0]["eta_s"] > 0 and seen[-1]["eta_s"] == 0 and seen[0]["samples_per_s"] > 0
-    lines = [m for m in keep.lines if m.startswith("step ")]
-    assert [m.split()[1] for m in lines] == ["2/4", "4/4"], keep.lines
-    assert all("loss" in m and "samples/s" in m and "ETA" in m for m in lines)
-    assert any("replay 4 per step" in m for m in keep.lines)  # what the run is, said once at its start
+    progress = [m for m in lines if m.startswith("step ")]
+    assert [m.split()[1] for m in progress] == ["2/4", "4/4"], lines
+    assert all("loss" in m and "samples/s" in m and "ETA" in m for m in progress)
+    assert any("replay 4 per step" in m for m in lines)  # what the run is, said once at its start
