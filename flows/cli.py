@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 from dataclasses import replace
@@ -677,17 +678,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is when a record comes, not as it was when the handler was made: `main`
+    may run again in one process with stderr replaced (a test's capture, a caller's redirect), and the
+    stream of an earlier call may be closed by then."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _logging(level: str) -> None:
     """The stages' loggers (`tol.<stage>`) on stderr; stdout stays the command's result."""
-    import logging
-
     logger = logging.getLogger("tol")
     logger.setLevel(level)
     logger.propagate = False  # printed once, here; not again by handlers others put on the root logger
-    if not any(getattr(h, "_tol_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-        handler._tol_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
 
 

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 
@@ -123,3 +124,22 @@ def test_every_argument_of_every_command_has_help():
                 ), f"{name} {action.option_strings[0]} does not show its default"
     assert not missing, missing
     assert commands >= 20  # tol, its commands, and the recipe and taxonomy actions
+
+
+def test_cli_logging_follows_stderr_when_it_is_replaced(monkeypatch):
+    """`main` called twice in one process (tests, a notebook): the first call's stderr may be closed by the
+    time a stage logs in the second; the records go to the stderr of the moment, with no logging error."""
+    import io
+    import logging
+
+    from flows.cli import _logging
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    _logging("INFO")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    _logging("INFO")
+    logging.getLogger("tol.unit").info("stage said this")
+    assert second.getvalue().count("stage said this") == 1

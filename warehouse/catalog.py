@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -215,13 +216,15 @@ class Catalog:
             con.close()
             writer = connect_with_retry(self.db_path)
             try:
-                register_lake_views(writer, self.home)
+                with schema_lock(self.db_path):
+                    register_lake_views(writer, self.home)
             finally:
                 writer.close()
             con = connect_with_retry(self.db_path, read_only=True)
         try:
             if not read_only:
-                register_lake_views(con, self.home)
+                with schema_lock(self.db_path):
+                    register_lake_views(con, self.home)
             yield con
         finally:
             con.close()
@@ -300,12 +303,30 @@ def open_catalog(home: str | Path) -> Catalog:
     catalog = Catalog(home)
     con = connect_with_retry(catalog.db_path)
     try:
-        apply_migrations(con)
-        register_lake_views(con, home)
-        mark_interrupted(con, home)  # runs whose process died, whatever command comes next
+        with schema_lock(catalog.db_path):
+            apply_migrations(con)
+            register_lake_views(con, home)
+            mark_interrupted(con, home)  # runs whose process died, whatever command comes next
     finally:
         con.close()
     return catalog
+
+
+_SCHEMA_LOCKS: dict[str, threading.Lock] = {}
+_SCHEMA_LOCKS_GUARD = threading.Lock()
+
+
+def schema_lock(db_path: Path) -> threading.Lock:
+    """The lock this process takes to change a catalog file's schema (migrations, the lake views) or to
+    close dead runs.
+
+    DuckDB's file lock keeps other processes out, but the threads of one process (a flow's concurrent
+    tasks) write through one database instance at once, and two transactions that both replace the same
+    view or create the same table fail with a write-write conflict instead of waiting. Taken in that
+    order (this lock inside an open connection), it cannot deadlock with the file lock."""
+    key = str(Path(db_path).resolve())
+    with _SCHEMA_LOCKS_GUARD:
+        return _SCHEMA_LOCKS.setdefault(key, threading.Lock())
 
 
 def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[int]:

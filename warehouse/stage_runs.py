@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from warehouse.catalog import Catalog
+from warehouse.catalog import Catalog, schema_lock
 from warehouse.contracts import check_reason
 from warehouse.lake import new_run_id
 from warehouse.locks import StageLock, mark_interrupted
@@ -74,7 +74,8 @@ class StageRun:
         try:
             self._t0 = time.perf_counter()
             with self.catalog.connect() as con:
-                mark_interrupted(con, self.catalog.home, held=self.lock)
+                with schema_lock(self.catalog.db_path):  # two threads must not close the same dead run
+                    mark_interrupted(con, self.catalog.home, held=self.lock)
                 con.execute(
                     "INSERT INTO stage_runs (run_id, stage, status, config, code_version, started_at, pid,"
                     " host, lock, recipe_sha256) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
