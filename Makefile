@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# facenet-pytorch (the faces scorer's MTCNN, weights inside its wheel) pins torch < 2.3 and numpy < 2,
+	# stale pins: it runs on ours, so it is installed without its dependencies.
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $@
 
 install: $(STAMP)  ## create the venv and install everything (cached by pyproject hash)

@@ -168,7 +168,34 @@ def cmd_dedup(args) -> None:
     _print(stages.dedup(_catalog(args), cfg))
 
 
+def cmd_filter_run(args) -> None:
+    from etl.filter.scorers import FaceConfig, MuseumConfig
+    from etl.filter.stage import FilterConfig
+    from flows import stages
+
+    cfg = FilterConfig(
+        scorers=tuple(args.scorer or ("image_type", "burst")),
+        image_type_rules=args.image_type_rules,
+        faces=FaceConfig(max_side=args.face_max_side),
+        museum=MuseumConfig(model=args.museum_model, support=args.support),
+        device=args.device,
+        batch_size=args.batch_size,
+        partition_rows=args.partition_rows,
+        rescore=args.rescore,
+    )
+    _print(stages.filter_images(_catalog(args), cfg, _executor(args), dedup_run=args.dedup_run))
+
+
+def cmd_filter_support(args) -> None:
+    from etl.filter.support import build_support
+
+    _print(
+        build_support(_catalog(args), args.folder, name=args.name, model=args.model, k=args.k, seed=args.seed)
+    )
+
+
 def cmd_shard(args) -> None:
+    from etl.filter.rules import FilterRule
     from etl.shards.stage import ShardConfig
     from flows import stages
 
@@ -181,10 +208,16 @@ def cmd_shard(args) -> None:
         val_fraction=args.val_fraction,
         seed=args.seed,
         txt_caption=args.txt_caption,
+        filters=tuple(FilterRule.parse(f) for f in args.filter or ()),
         overwrite=args.overwrite,
     )
     manifest = stages.shard(
-        _catalog(args), cfg, _executor(args), dedup_run=args.dedup_run, resolve_run=args.resolve_run
+        _catalog(args),
+        cfg,
+        _executor(args),
+        dedup_run=args.dedup_run,
+        resolve_run=args.resolve_run,
+        filter_run=args.filter_run,
     )
     _print(stages.manifest_summary(manifest))
 
@@ -381,7 +414,7 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from etl.executors import EXECUTORS
     from training.config import PRESETS
-    from warehouse.contracts import CAPTION_TYPES, SOURCES, TRAINING_TEXT_TYPES
+    from warehouse.contracts import CAPTION_TYPES, FILTER_SCORERS, SOURCES, TRAINING_TEXT_TYPES
 
     fmt = _DefaultsHelp  # every argument's help ends with its default
     p = argparse.ArgumentParser(
@@ -546,6 +579,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--leak-k", type=int, default=8, help="pHash Hamming distance of an evaluation leak (0-15)"
     )
 
+    s = command(
+        "filter",
+        "content scores for the kept images (scores only: a version's --filter rules decide)",
+        cmd_filter_run,
+    )
+    fsub = s.add_subparsers(dest="filter_cmd", required=True, metavar="ACTION")
+    text = "score the images the latest (or --dedup-run) dedup run kept"
+    f = fsub.add_parser("run", help=text, description=text, formatter_class=fmt)
+    f.set_defaults(fn=cmd_filter_run)
+    f.add_argument(
+        "--scorer",
+        action="append",
+        choices=FILTER_SCORERS,
+        help="a scorer to run (repeatable; default image_type and burst; image_type always runs)",
+    )
+    f.add_argument(
+        "--image-type-rules", help="an image-type rules file (default: etl/filter/image_types.yaml)"
+    )
+    f.add_argument(
+        "--face-max-side", type=int, default=224, help="faces: scale images to this long side first"
+    )
+    f.add_argument(
+        "--museum-model",
+        help="museum_category: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
+    )
+    f.add_argument(
+        "--support", default="museum", type=_name("support set"), help="museum_category: the support set"
+    )
+    f.add_argument("--device", default="cpu", help="torch device of the image scorers (cpu, cuda, cuda:1)")
+    f.add_argument("--batch-size", type=int, default=16, help="images per scorer call")
+    f.add_argument("--partition-rows", type=int, default=256, help="images per work unit (one lake part)")
+    f.add_argument("--rescore", action="store_true", help="score again images that have a score already")
+    f.add_argument("--dedup-run", help="the dedup run whose kept images to score (default: the latest)")
+    executor_args(f)
+    text = "embed a support folder (one sub-folder of images per category) and store k centroids per category"
+    f = fsub.add_parser("build-support", help=text, description=text, formatter_class=fmt)
+    f.set_defaults(fn=cmd_filter_support)
+    f.add_argument("folder", help="the support folder: FOLDER/<category>/*.jpg")
+    f.add_argument("--name", default="museum", type=_name("support set"), help="the support set's name")
+    f.add_argument(
+        "--model",
+        required=True,
+        help="a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
+    )
+    f.add_argument("--k", type=int, default=4, help="k-means centroids per category")
+    f.add_argument("--seed", type=int, default=0, help="the k-means seed")
+
     s = command("shard", "write a dataset version as WebDataset shards", cmd_shard)
     s.add_argument("--version", required=True, type=_name("version"), help="the new version's name")
     s.add_argument("--where", help="SQL filter over lineage/record columns, e.g. kingdom = 'Animalia'")
@@ -564,6 +644,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing version of this name")
     s.add_argument("--dedup-run", help="the dedup run whose kept images to shard (default: the latest)")
     s.add_argument("--resolve-run", help="the resolve run whose names label them (default: the latest)")
+    s.add_argument(
+        "--filter",
+        action="append",
+        metavar="RULE",
+        help="leave out samples by a filter score: SCORER>X, SCORER<X or SCORER=LABEL[,LABEL] "
+        "(repeatable), e.g. 'burst>15' 'faces>0' 'museum_category=label,drawer'",
+    )
+    s.add_argument(
+        "--filter-run",
+        help="the filter run whose scores the rules read (default: the latest that covers them)",
+    )
 
     s = command("versions", "list, show or verify dataset versions", cmd_versions)
     s.add_argument("action", nargs="?", choices=["list", "show", "verify"], default="list", help="what to do")

@@ -60,11 +60,15 @@ def demo_flow(home: str = "tol-data", seed: int = 0, steps: int = 300) -> dict[s
             train_overrides={"steps": steps},
         )
     trained = out["train"]
+    museum = museum_filter_flow(
+        home, str(world.support), trained["run_id"], out["curate"]["shard"]["version"]
+    )
     baseline = evaluate_flow(home, model=str(_random_init_export(home)), compare_with=trained["run_id"])
     summary = {
         "recipe": str(SAMPLE_RECIPE),
         "recipe_sha256": out["recipe_sha256"],
         "curate": out["curate"],
+        "museum_filter": museum,
         "training_run": trained["run_id"],
         "export_path": trained["export_path"],
         "evaluation": trained["evaluation"],
@@ -73,6 +77,39 @@ def demo_flow(home: str = "tol-data", seed: int = 0, steps: int = 300) -> dict[s
     }
     (Path(home) / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+@flow(name="museum-filter", log_prints=True)
+def museum_filter_flow(home: str, support_folder: str, model: str, version: str) -> dict[str, Any]:
+    """The museum_category scorer with a model of this home: its support set's centroids, the scores, and
+    `<version>-museum`, the version again with label and drawer pictures left out as well."""
+    from dataclasses import replace
+
+    from etl.filter.rules import FilterRule
+    from etl.filter.scorers import MuseumConfig
+    from etl.filter.stage import FilterConfig
+    from etl.filter.support import build_support
+    from etl.shards.stage import ShardConfig
+    from flows import stages
+    from flows.pipeline import stage_logs_to_prefect
+    from warehouse.versions import load_manifest
+
+    catalog = open_catalog(home)
+    with stage_logs_to_prefect():
+        support = build_support(catalog, support_folder, name="museum", model=model)
+        base = ShardConfig(**load_manifest(catalog, version)["config"])
+        # One run covering every rule's scorer: the version names it. Faces scored before are not scored
+        # again (same model version), so this costs the museum images' embeddings.
+        scorers = (*(r.scorer for r in base.filters), "museum_category")
+        scores = stages.filter_images(catalog, FilterConfig(scorers=scorers, museum=MuseumConfig(model)))
+        rules = (*base.filters, FilterRule("museum_category", drop_labels=("label", "drawer")))
+        cfg = replace(base, version=f"{version}-museum", filters=rules, overwrite=True)
+        manifest = stages.shard(catalog, cfg)
+    return {
+        "support": support["details"],
+        "filter": scores["details"],
+        "shard": stages.manifest_summary(manifest),
+    }
 
 
 def _random_init_export(home: str) -> Path:

@@ -26,6 +26,7 @@ from prefect.logging.handlers import APILogHandler
 
 from etl.dedup.stage import DedupConfig
 from etl.fetch.stage import FetchConfig
+from etl.filter.stage import FilterConfig
 from etl.ingest.sources import IngestConfig
 from etl.shards.stage import ShardConfig
 from evaluation.tasks import compare
@@ -216,10 +217,22 @@ def dedup_task(home: str, cfg: DedupConfig) -> dict[str, Any]:
 
 
 @task(cache_policy=NONE, **CURATION_RETRIES)
+def filter_task(home: str, cfg: FilterConfig, executor: ExecutorConfig, dedup_run: str) -> dict[str, Any]:
+    return stages.filter_images(open_catalog(home), cfg, executor, dedup_run=dedup_run)
+
+
+@task(cache_policy=NONE, **CURATION_RETRIES)
 def shard_task(
-    home: str, cfg: ShardConfig, executor: ExecutorConfig, dedup_run: str, resolve_run: str
+    home: str,
+    cfg: ShardConfig,
+    executor: ExecutorConfig,
+    dedup_run: str,
+    resolve_run: str,
+    filter_run: str | None = None,
 ) -> dict[str, Any]:
-    manifest = stages.shard(open_catalog(home), cfg, executor, dedup_run=dedup_run, resolve_run=resolve_run)
+    manifest = stages.shard(
+        open_catalog(home), cfg, executor, dedup_run=dedup_run, resolve_run=resolve_run, filter_run=filter_run
+    )
     return stages.manifest_summary(manifest)
 
 
@@ -229,18 +242,21 @@ def curate_flow(
     backbone_path: str | None = None,
     fetch: FetchConfig = FetchConfig(),
     dedup: DedupConfig = DedupConfig(),
+    filter: FilterConfig | None = None,
     shard: ShardConfig | None = None,
     executor: ExecutorConfig = ExecutorConfig(),
     recipe_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """Resolve, fetch, dedup and (when `shard` names a version) shard. The shard step is built from the
-    resolve and dedup runs of this flow run, not from whatever is latest when it starts.
+    """Resolve, fetch, dedup, filter (when `filter` is given) and (when `shard` names a version) shard. The
+    shard step is built from the resolve, dedup and filter runs of this flow run, not from whatever is
+    latest when it starts.
 
     Args:
         home: the catalog home folder.
         backbone_path: a DwC-A checklist (zip or folder) to load first; default the latest loaded backbone.
         fetch: download politeness, image rules and hashing (FetchConfig).
         dedup: near-duplicate and leak thresholds, evaluation sets to protect (DedupConfig).
+        filter: the content scorers to run on the kept images (FilterConfig); none skips them.
         shard: the dataset version to build and its selection (ShardConfig); none stops after dedup.
         executor: where fetch and shard run: local processes or Spark.
         recipe_sha256: the recipe that drives this run.
@@ -253,8 +269,17 @@ def curate_flow(
             "fetch": fetch_task(home, fetch, executor),
             "dedup": dedup_task(home, dedup),
         }
+        if filter is not None:
+            out["filter"] = filter_task(home, filter, executor, out["dedup"]["run_id"])
         if shard is not None:
-            out["shard"] = shard_task(home, shard, executor, out["dedup"]["run_id"], out["resolve"]["run_id"])
+            out["shard"] = shard_task(
+                home,
+                shard,
+                executor,
+                out["dedup"]["run_id"],
+                out["resolve"]["run_id"],
+                out["filter"]["run_id"] if "filter" in out else None,
+            )
         create_markdown_artifact(
             key="curate-summary", markdown=_stage_table(out), description="Curation counts"
         )
@@ -581,6 +606,7 @@ def recipe_flow(
         backbone_path=c.backbone_path,
         fetch=c.fetch,
         dedup=c.dedup,
+        filter=c.filter,
         shard=c.shard,
         executor=c.executor,
         recipe_sha256=sha,

@@ -9,6 +9,20 @@ from typing import Any
 from warehouse.catalog import Catalog
 
 
+def _filter_lines(*manifests: dict[str, Any]) -> list[str]:
+    """Per version, what each filter rule removed (and by image type)."""
+    lines = []
+    for m in manifests:
+        f = m.get("filters") or {}
+        if not f.get("rules"):
+            continue
+        lines.append(f"filters of {m['version']} ({f['removed_total']} removed, {m['n_samples']} kept):")
+        for scorer, r in f["removed"].items():
+            types = ", ".join(f"{t} {n}" for t, n in r["by_image_type"].items()) or "-"
+            lines.append(f"  {scorer:<16}{r['removed']:>5} removed  ({types})")
+    return lines
+
+
 def demo_report(catalog: Catalog, summary: dict[str, Any], since: datetime) -> str:
     with catalog.connect() as con:
         rows = con.execute(
@@ -38,6 +52,7 @@ def demo_report(catalog: Catalog, summary: dict[str, Any], since: datetime) -> s
         f"dataset version : {shard.get('version')} ({shard.get('n_samples')} samples, "
         f"train {shard.get('splits', {}).get('train')}, val {shard.get('splits', {}).get('val')}, "
         f"{shard.get('n_taxa')} taxa, {shard.get('n_shards')} shards)",
+        *_filter_lines(shard, summary.get("museum_filter", {}).get("shard", {})),
         f"training run    : {summary['training_run']} -> {summary['export_path']}",
         f"zero-shot top-1 : {zs['top1']:.3f} on {zs['n']} held-out images, {zs['n_classes']} species "
         f"(chance {zs['chance']:.3f}, {zs['top1'] / zs['chance']:.1f}x chance; top-5 {zs['top5']:.3f})",

@@ -16,6 +16,7 @@ from typing import Any
 from etl.dedup.stage import DedupConfig
 from etl.executors import EXECUTORS
 from etl.fetch.stage import FetchConfig
+from etl.filter.stage import FilterConfig
 from etl.ingest.sources import IngestConfig
 from etl.shards.stage import ShardConfig
 from warehouse.catalog import Catalog
@@ -93,22 +94,53 @@ def shard(
     *,
     dedup_run: str | None = None,
     resolve_run: str | None = None,
+    filter_run: str | None = None,
 ) -> dict[str, Any]:
     """Build the dataset version `cfg.version` from `dedup_run`'s kept images named by `resolve_run`
-    (each by default the latest succeeded run); returns its manifest."""
+    (each by default the latest succeeded run); with filter rules, `filter_run` (by default the latest that
+    scored that dedup run's images with the rules' scorers) vouches for the scores. Returns its manifest."""
+    from etl.filter.stage import latest_filter_run
     from etl.shards.stage import ShardInputs, build_version
     from warehouse.stage_runs import run_config, succeeded_run
 
     resolve_run = succeeded_run(catalog, "resolve", resolve_run)
+    dedup_run = succeeded_run(catalog, "dedup", dedup_run)
+    if cfg.filters and filter_run is None:
+        filter_run = latest_filter_run(catalog, dedup_run, {r.scorer for r in cfg.filters})
+    elif filter_run is not None:
+        filter_run = succeeded_run(catalog, "filter", filter_run)
     inputs = ShardInputs(
-        dedup_run=succeeded_run(catalog, "dedup", dedup_run),
+        dedup_run=dedup_run,
         resolve_run=resolve_run,
         backbone_versions=tuple(run_config(catalog, resolve_run).get("backbone_versions") or ()),
+        filter_run=filter_run if cfg.filters else None,
     )
     log.info("shard %s from dedup %s, resolve %s", cfg.version, inputs.dedup_run, inputs.resolve_run)
     ex = executor or ExecutorConfig()
     return build_version(
         catalog, cfg, inputs, executor=ex.name, workers=ex.workers, spark_master=ex.spark_master
+    )
+
+
+def filter_images(
+    catalog: Catalog,
+    cfg: FilterConfig | None = None,
+    executor: ExecutorConfig | None = None,
+    *,
+    dedup_run: str | None = None,
+) -> dict[str, Any]:
+    """Score the images `dedup_run` (default: the latest succeeded) kept with the content scorers."""
+    from etl.filter.stage import run_filter
+    from warehouse.stage_runs import succeeded_run
+
+    ex = executor or ExecutorConfig()
+    return run_filter(
+        catalog,
+        cfg or FilterConfig(),
+        succeeded_run(catalog, "dedup", dedup_run),
+        executor=ex.name,
+        workers=ex.workers,
+        spark_master=ex.spark_master,
     )
 
 
@@ -119,11 +151,13 @@ def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class CurateConfig:
-    """Resolve, fetch, dedup and (when `shard` is given) shard, with every stage's full config."""
+    """Resolve, fetch, dedup, filter (when `filter` is given) and shard (when `shard` is), with every stage's
+    full config."""
 
     backbone_path: str | None = None  # load this checklist first (a no-op when it is loaded already)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    filter: FilterConfig | None = None  # content scores after dedup (needed by the shard's filter rules)
     shard: ShardConfig | None = None
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
@@ -136,6 +170,8 @@ def curate(catalog: Catalog, cfg: CurateConfig) -> dict[str, dict[str, Any]]:
         "fetch": fetch(catalog, cfg.fetch, cfg.executor),
         "dedup": dedup(catalog, cfg.dedup),
     }
+    if cfg.filter is not None:
+        out["filter"] = filter_images(catalog, cfg.filter, cfg.executor, dedup_run=out["dedup"]["run_id"])
     if cfg.shard is not None:
         manifest = shard(
             catalog,
@@ -143,6 +179,7 @@ def curate(catalog: Catalog, cfg: CurateConfig) -> dict[str, dict[str, Any]]:
             cfg.executor,
             dedup_run=out["dedup"]["run_id"],
             resolve_run=out["resolve"]["run_id"],
+            filter_run=out["filter"]["run_id"] if "filter" in out else None,
         )
         out["shard"] = manifest_summary(manifest)
     return out

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from sample_world.render import LIFE_STAGES, jpeg_bytes, render_organism, render_scene
+from sample_world.render import (
+    LIFE_STAGES,
+    jpeg_bytes,
+    render_drawer,
+    render_empty_frame,
+    render_label,
+    render_organism,
+    render_scene,
+)
 from sample_world.tree import Species, Tree, build_tree
 from warehouse.contracts import HIGHER_RANKS
 
@@ -158,6 +166,11 @@ class SampleWorld:
     @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
+
+    @property
+    def support(self) -> Path:
+        """Support images for the museum_category scorer: one folder per category."""
+        return self.root / "support"
 
     @property
     def replay_train(self) -> Path:
@@ -512,8 +525,91 @@ def _write_gbif(world: SampleWorld, tree: Tree, w: _Writer, eval_images: list[tu
             "media": [],
         }
     )
+    _plant_filter_cases(world, tree, w, occurrences, key)
     w.planted["gbif_occurrences"] = len(occurrences)
     (world.api_data / "gbif_occurrences.json").write_text(json.dumps(occurrences))
+
+
+BURST_FRAMES = 18  # images of one planted camera-trap burst (the paper drops occurrences with more than 15)
+
+
+def _face_photos() -> list[Image.Image]:
+    """Real photographs of people, from scikit-image's bundled data (no download)."""
+    import skimage.data
+
+    return [Image.fromarray(skimage.data.astronaut()), Image.fromarray(skimage.data.camera()).convert("RGB")]
+
+
+def _plant_filter_cases(
+    world: SampleWorld, tree: Tree, w: _Writer, occurrences: list[dict], key: int
+) -> None:
+    """What the content filters must catch, on GBIF occurrences of real sample species: camera-trap bursts,
+    empty camera-trap frames, museum records whose extra images are a label or a drawer, photos of people.
+    Drawn from their own RNG, after everything else, so the rest of the world is the same with or without
+    them. Also writes the support folders (organism, label, drawer) for `tol filter build-support`."""
+    rng = random.Random(world.config.seed + 101)
+    camera = next(p for p in PUBLISHERS if p[2] == "MACHINE_OBSERVATION")
+    museum = next(p for p in PUBLISHERS if p[2] == "PRESERVED_SPECIMEN")
+    citizen = PUBLISHERS[0]
+    planted = {
+        "burst_occurrences": [],
+        "empty_frame_urls": [],
+        "label_urls": [],
+        "drawer_urls": [],
+        "face_urls": [],
+    }
+
+    def occ(sp: Species, publisher: tuple[str, str, str], urls: list[str], **extra) -> dict:
+        nonlocal key
+        key += 1
+        o = _simple_occ(key, sp, urls[0])
+        o.update(publisher=publisher[0], datasetKey=publisher[1], basisOfRecord=publisher[2], **extra)
+        o["media"] = [{"type": "StillImage", "format": "image/jpeg", "identifier": u} for u in urls]
+        occurrences.append(o)
+        return o
+
+    def put(img: Image.Image, host: str = "media.gbif-sample.org") -> str:
+        w.photo_counter += 1
+        return w.put(f"{host}/photos/{w.photo_counter}/original.jpg", jpeg_bytes(img, quality=88))
+
+    remarks = {"eventRemarks": "camera trap; Trigger Sensitivity: high"}
+    for sp in rng.sample(tree.species, 2):
+        size = (rng.randint(400, 480), rng.randint(300, 360))
+        frames = [
+            put(render_organism(sp.traits, random.Random(rng.getrandbits(32)), size))
+            for _ in range(BURST_FRAMES)
+        ]
+        planted["burst_occurrences"].append(str(occ(sp, camera, frames, **remarks)["gbifID"]))
+    for sp in rng.sample(tree.species, 6):
+        url = put(render_empty_frame(rng, (rng.randint(400, 480), rng.randint(300, 360))))
+        occ(sp, camera, [url], **remarks)
+        planted["empty_frame_urls"].append(url)
+    for i, sp in enumerate(rng.sample(tree.species, 8)):
+        specimen = put(render_organism(sp.traits, random.Random(rng.getrandbits(32)), (420, 340)))
+        label = put(render_label(rng, (rng.randint(380, 460), rng.randint(260, 320))))
+        urls = [specimen, label]
+        planted["label_urls"].append(label)
+        if i % 3 == 0:
+            urls.append(put(render_drawer(rng, (rng.randint(420, 480), rng.randint(300, 360)))))
+            planted["drawer_urls"].append(urls[-1])
+        occ(sp, museum, urls)
+    for photo, sp in zip(_face_photos(), rng.sample(tree.species, 2), strict=True):
+        url = put(photo.resize((400, 400)), host="inaturalist-open-data")
+        occ(sp, citizen, [url])
+        planted["face_urls"].append(url)
+    w.planted.update(planted)
+    renderers = {
+        "organism": lambda r: render_organism(rng.choice(tree.species).traits, r, (320, 280)),
+        "label": lambda r: render_label(r, (360, 280)),
+        "drawer": lambda r: render_drawer(r, (360, 280)),
+    }
+    for category, render in renderers.items():
+        folder = world.support / category
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            (folder / f"{category}-{i:02d}.jpg").write_bytes(
+                jpeg_bytes(render(random.Random(rng.getrandbits(32))))
+            )
 
 
 def _simple_occ(key: int, sp: Species, url: str) -> dict:

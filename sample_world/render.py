@@ -169,3 +169,61 @@ def jpeg_bytes(img: Image.Image, quality: int = 88) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def render_label(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    """A museum label photographed on its own: a cream card of handwritten-looking lines on a dark mount."""
+    w, h = size
+    img = Image.new("RGB", size, _rgb(rng.uniform(0.05, 0.12), 0.3, rng.uniform(0.15, 0.3)))
+    draw = ImageDraw.Draw(img)
+    mx, my = rng.uniform(0.06, 0.14) * w, rng.uniform(0.08, 0.16) * h
+    draw.rectangle([mx, my, w - mx, h - my], fill=_rgb(0.12, rng.uniform(0.08, 0.2), 0.95))
+    ink = _rgb(rng.uniform(0.55, 0.7), 0.6, rng.uniform(0.1, 0.3))
+    lines = rng.randint(3, 6)
+    for li in range(lines):
+        y = my + (li + 1) * (h - 2 * my) / (lines + 1)
+        x = mx + rng.uniform(0.04, 0.1) * w
+        end = w - mx - rng.uniform(0.05, 0.35) * w
+        points = []
+        while x < end:
+            points.append((x, y + rng.uniform(-0.02, 0.02) * h))
+            x += rng.uniform(0.01, 0.025) * w
+        if len(points) > 1:
+            draw.line(points, fill=ink, width=max(1, int(h / 120)))
+    return img.rotate(rng.uniform(-6, 6), fillcolor=_rgb(0.08, 0.3, 0.2))
+
+
+def render_drawer(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    """A collection drawer: rows of small pinned specimens, each over a tiny white label, on pale foam."""
+    w, h = size
+    img = Image.new("RGB", size, _rgb(0.1, 0.1, rng.uniform(0.82, 0.92)))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, w - 1, h - 1], outline=_rgb(0.07, 0.6, 0.35), width=max(4, w // 40))
+    rows, cols = rng.randint(3, 4), rng.randint(5, 7)
+    hue = rng.random()
+    for r in range(rows):
+        for c in range(cols):
+            cx, cy = (c + 0.5) * w / cols, (r + 0.45) * h / rows
+            rx, ry = w / cols * 0.18, h / rows * 0.22
+            draw.ellipse(
+                [cx - rx, cy - ry, cx + rx, cy + ry], fill=_rgb(hue + rng.uniform(-0.05, 0.05), 0.5, 0.3)
+            )
+            draw.rectangle([cx - rx, cy + ry * 1.4, cx + rx, cy + ry * 2.0], fill=(250, 250, 245))
+    return img
+
+
+def render_empty_frame(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    """A camera-trap frame with nothing in it: ground, a horizon, vegetation noise, no animal."""
+    w, h = size
+    sky, ground = _rgb(0.55, 0.2, rng.uniform(0.6, 0.85)), _rgb(rng.uniform(0.08, 0.22), 0.45, 0.4)
+    img = Image.new("RGB", size, ground)
+    draw = ImageDraw.Draw(img)
+    horizon = rng.uniform(0.25, 0.45) * h
+    draw.rectangle([0, 0, w, horizon], fill=sky)
+    for _ in range(rng.randint(60, 120)):
+        x, y = rng.uniform(0, w), rng.uniform(horizon, h)
+        r = rng.uniform(1, 5)
+        draw.ellipse(
+            [x - r, y - r, x + r, y + r], fill=_rgb(rng.uniform(0.15, 0.3), 0.5, rng.uniform(0.25, 0.5))
+        )
+    return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0)))

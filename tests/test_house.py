@@ -25,7 +25,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "etl.ingest": {"etl.http", "warehouse"},
     "etl.fetch": {"etl.http", "etl.executors", "warehouse"},
     "etl.dedup": {"etl.fetch.images", "warehouse"},
-    "etl.shards": {"etl.executors", "taxonomy.captions", "warehouse"},
+    "etl.filter": {
+        "etl.executors",
+        "etl.fetch.images",
+        "evaluation.tasks",
+        "evaluation.zero_shot",
+        "warehouse",
+    },
+    "etl.shards": {"etl.executors", "etl.filter.rules", "taxonomy.captions", "warehouse"},
     "taxonomy": {"warehouse"},
     "training": {"warehouse"},
     "evaluation": {"etl.fetch.images", "taxonomy.captions", "warehouse"},
@@ -146,7 +153,7 @@ def test_every_recorded_drop_reason_is_in_the_vocabulary(curated):
     assert {reason_key(r) for r in seen} <= set(DROP_REASONS)
     assert {reason_key(r) for r in seen} >= {"http_status", "eval_leak", "no_media_url", "unresolved"}
     assert view == {k: v.meaning for k, v in DROP_REASONS.items()}
-    assert {r.stage for r in DROP_REASONS.values()} == {"ingest", "resolve", "fetch", "dedup"}
+    assert {r.stage for r in DROP_REASONS.values()} == {"ingest", "resolve", "fetch", "dedup", "shard"}
 
 
 def test_an_unknown_drop_reason_is_refused(catalog):
@@ -308,7 +315,7 @@ def test_curation_processes_do_not_import_torch():
     import sys
 
     modules = ["flows.cli", "flows.stages", "etl.ingest.stage", "etl.fetch.stage", "etl.dedup.stage",
-               "etl.shards.stage", "taxonomy.resolve", "etl.executors.local"]  # fmt: skip
+               "etl.filter.stage", "etl.shards.stage", "taxonomy.resolve", "etl.executors.local"]  # fmt: skip
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted({{'torch', 'webdataset'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

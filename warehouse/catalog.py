@@ -373,7 +373,7 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-VIEWS_VERSION = 4  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
+VIEWS_VERSION = 5  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
 
 
 def _views_state(home: Path) -> str:
@@ -436,6 +436,12 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
         QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
     )
     con.execute("CREATE OR REPLACE VIEW dedup_decisions AS SELECT * FROM dedup_decisions_history")
+    # The current score of each image by each scorer: the latest run's (a rescore with a new model wins).
+    con.execute(
+        """CREATE OR REPLACE VIEW filter_scores AS
+        SELECT * FROM filter_scores_history
+        QUALIFY row_number() OVER (PARTITION BY record_id, scorer ORDER BY scored_at DESC, run_id DESC) = 1"""
+    )
     reasons = ", ".join(
         "(" + ", ".join(_sql_str(v) for v in (key, r.stage, r.meaning)) + ")"
         for key, r in DROP_REASONS.items()

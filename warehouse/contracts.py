@@ -21,6 +21,12 @@ SHARD_TEXT_MEMBERS: tuple[str, ...] = (*CAPTION_TYPES, "scientific_name", "commo
 # The sources, in the default priority of the dedup keeper rule.
 SOURCES: tuple[str, ...] = ("gbif", "eol", "bioscan", "fathomnet")
 
+# The coarse image types of the paper's curation (etl/filter/image_type.py decides them; ingest's first guess
+# is `raw_records.img_type`), and the content scorers of the filter stage (etl/filter), which thresholds in a
+# dataset version refer to by name.
+IMAGE_TYPES: tuple[str, ...] = ("camera_trap", "citizen_science", "museum_specimen", "other")
+FILTER_SCORERS: tuple[str, ...] = ("image_type", "burst", "faces", "museum_category")
+
 # Names that users give (dataset versions, run ids, evaluation sets, tasks) become folder names and SQL values,
 # so they must be names, never paths.
 
@@ -43,6 +49,7 @@ def check_name(kind: str, value: object) -> str:
 # that dropped it (the columns predate this vocabulary and are part of the catalog contract):
 #   ingest  raw_records.drop_reason      resolve  resolutions.match_type ('unresolved' counted in stage_runs)
 #   fetch   images.status (not 'ok')     dedup    dedup_decisions.reason
+#   shard   stage_runs.dropped_by_reason (`filtered:<scorer>`: a threshold of the version on a filter score)
 # Two reasons are families with a suffix: `http_<status>` (an HTTP answer >= 400) and `eval_leak:<set>`.
 # The catalog view `drop_reasons` lists them with their meanings, for joins in `tol sql`.
 
@@ -101,9 +108,15 @@ DROP_REASONS: dict[str, DropReason] = {
     "exact_duplicate": DropReason("dedup", "same MD5 as a kept image"),
     "near_duplicate": DropReason("dedup", "pHash within near_k bits of a kept image"),
     "degenerate_hash": DropReason("dedup", "a blank or uniform image, whose pHash says nothing"),
+    # shard: a threshold of the version on a filter score (scores are kept; the version decides)
+    "filtered": DropReason("shard", "`filtered:<scorer>`: a threshold of the version on that scorer's score"),
 }
 
-_FAMILIES = {"http_status": re.compile(r"http_[1-5][0-9]{2}"), "eval_leak": re.compile(r"eval_leak:.+")}
+_FAMILIES = {
+    "http_status": re.compile(r"http_[1-5][0-9]{2}"),
+    "eval_leak": re.compile(r"eval_leak:.+"),
+    "filtered": re.compile("filtered:(" + "|".join(FILTER_SCORERS) + ")"),
+}
 
 
 def reason_key(reason: str) -> str:

@@ -121,6 +121,36 @@ EVAL_HASHES = pa.schema(
     ]
 )
 
+# One row per image and scorer (etl/filter): what the scorer said, never a decision. `score` is the number a
+# threshold compares (images in the occurrence, a face probability, a similarity), `label` the class named
+# (an image type, a category), `details` JSON (boxes, the runner-up category).
+FILTER_SCORES = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("scorer", pa.string()),
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("score", pa.float64()),
+        ("label", pa.string()),
+        ("details", pa.string()),
+        ("run_id", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# The centroids of a support set (`tol filter build-support`): k per category, for nearest-centroid scoring.
+SUPPORT_CENTROIDS = pa.schema(
+    [
+        ("support", pa.string()),
+        ("category", pa.string()),
+        ("centroid", pa.list_(pa.float32())),
+        ("images", pa.int64()),
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
 
 # The image lake's bytes: one file per fetch part, `lake/<IMAGE_BLOBS>/source=<source>/<part>.jpgs`, the
 # processed JPEGs of the part's ok rows back to back, in the part's row order. A file is written whole
@@ -150,6 +180,8 @@ LAKE_TABLES: dict[str, LakeTable] = {
     "images_history": LakeTable("images", ("source",), IMAGES),
     "dedup_decisions_history": LakeTable("dedup", ("run",), DEDUP_DECISIONS),
     "eval_hashes": LakeTable("eval_hashes", ("set",), EVAL_HASHES),
+    "filter_scores_history": LakeTable("filter", ("scorer", "run"), FILTER_SCORES),
+    "filter_support": LakeTable("filter_support", ("support",), SUPPORT_CENTROIDS),
 }
 
 

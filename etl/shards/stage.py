@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from etl.executors import Unit
+from etl.filter.rules import FilterRule
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
@@ -65,10 +66,17 @@ class ShardConfig:
     val_fraction: float = 0.05
     seed: int = 0
     txt_caption: str = "taxon_com"  # the caption written as plain `txt` for loaders that read one text
+    # Thresholds on filter scores (etl/filter): a sample any rule matches is left out, and counted.
+    filters: tuple[FilterRule, ...] = ()
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         check_name("version", self.version)
+        rules = tuple(r if isinstance(r, FilterRule) else FilterRule(**r) for r in self.filters)
+        object.__setattr__(self, "filters", rules)
+        scorers = [r.scorer for r in rules]
+        if len(set(scorers)) != len(scorers):
+            raise ValueError(f"one filter rule per scorer: {', '.join(scorers)} (merge the conditions)")
         if self.where is not None and not self.where.strip():
             raise ValueError("--where is empty: leave it out to select every kept sample")
         if self.txt_caption not in CAPTION_TYPES:
@@ -88,10 +96,21 @@ def _hash_sql(column: str, seed: int) -> str:
     return f"('0x' || substr(sha1('{int(seed)}:' || {column}), 1, 16))::UBIGINT"
 
 
+def _filtered_by_sql(rules: tuple[FilterRule, ...]) -> str:
+    """Per record, the scorers whose rule removes it, in the rules' order (empty list: kept)."""
+    order = " ".join(f"WHEN '{r.scorer}' THEN {i}" for i, r in enumerate(rules))
+    return f"""SELECT record_id, list(scorer ORDER BY CASE scorer {order} END) AS filtered_by
+               FROM filter_scores WHERE {" OR ".join(r.sql() for r in rules)} GROUP BY record_id"""
+
+
 def _selection_sql(cfg: ShardConfig) -> str:
     """The kept samples of the dedup run (param 1), named by the resolve run (param 2; not whatever is
-    latest now), with their split, order and image location, sorted as they will be sharded."""
+    latest now), with their split, order and image location, sorted as they will be sharded. `image_type`
+    is the filter stage's label (NULL before any filter run); `filtered_by` the scorers whose rule of the
+    version removes the sample (empty when none does): those rows are counted, then left out."""
     where = f"AND ({cfg.where})" if cfg.where else ""
+    filtered_col = ", coalesce(fb.filtered_by, []::VARCHAR[]) AS filtered_by" if cfg.filters else ""
+    filtered_join = f"LEFT JOIN ({_filtered_by_sql(cfg.filters)}) fb USING (record_id)" if cfg.filters else ""
     val = f"CAST('{float(cfg.val_fraction)!r}' AS DOUBLE)"
     return f"""
     SELECT *,
@@ -102,12 +121,15 @@ def _selection_sql(cfg: ShardConfig) -> str:
       SELECT r.record_id, r.source, r.source_id, coalesce(r.occurrence_id, r.record_id) AS occurrence_id,
              r.media_url, r.license, r.rights_holder, r.publisher, r.basis_of_record, r.img_type,
              s.taxon_id, s.match_type, t.kingdom, t.phylum, t.class, t."order", t.family, t.genus,
-             t.species, t.scientific_name, t.common_name, l.blob, l.blob_offset, l.bytes AS jpeg_bytes
+             t.species, t.scientific_name, t.common_name, l.blob, l.blob_offset, l.bytes AS jpeg_bytes,
+             it.label AS image_type{filtered_col}
       FROM dedup_decisions d
       JOIN raw_records r USING (record_id)
       JOIN resolutions_history s USING (record_id)
       JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
       JOIN image_locations l USING (record_id)
+      LEFT JOIN (SELECT record_id, label FROM filter_scores WHERE scorer = 'image_type') it USING (record_id)
+      {filtered_join}
       WHERE d.run_id = ? AND s.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
     ) WHERE true {where}
     ORDER BY split = 'val', {_hash_sql("record_id", cfg.seed + 1)}, record_id"""
@@ -284,12 +306,14 @@ def _plan(selection: Path, plan: Path, cfg: ShardConfig) -> list[ShardPlan]:
 
 
 def _same_build(manifest: dict, cfg: ShardConfig, inputs: ShardInputs) -> bool:
-    settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
+    # Through JSON, as the manifest stored them (tuples become lists).
+    settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "overwrite"}))
     built = {k: v for k, v in manifest.get("config", {}).items() if k != "overwrite"}
     return (
         built == settings
         and manifest.get("dedup_run") == inputs.dedup_run
         and manifest.get("resolve_run") == inputs.resolve_run
+        and manifest.get("filters", {}).get("filter_run") == inputs.filter_run
     )
 
 
@@ -302,7 +326,7 @@ def _fingerprint(cfg: ShardConfig, inputs: ShardInputs, selection: Path) -> str:
             [str(selection)],
         ).fetchall()[0]
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
-    runs = [inputs.dedup_run, inputs.resolve_run]
+    runs = [inputs.dedup_run, inputs.resolve_run, inputs.filter_run]
     return hashlib.sha1(json.dumps([settings, runs, n, total], sort_keys=True).encode()).hexdigest()
 
 
@@ -313,6 +337,7 @@ class ShardInputs:
     dedup_run: str  # whose kept images are the samples
     resolve_run: str  # whose names label them
     backbone_versions: tuple[str, ...]  # the backbones that resolve run used, in priority order
+    filter_run: str | None = None  # the filter run that scored those images (needed when rules are given)
 
 
 def build_version(
@@ -353,10 +378,17 @@ def build_version(
             run.n_in = catalog.export_parquet(
                 _selection_sql(cfg), selection, params=[inputs.dedup_run, inputs.resolve_run]
             )
-            if not run.n_in:
+            filters = _apply_filters(selection, cfg, inputs, run)
+            n_samples = run.n_in - filters["removed_total"]
+            if not n_samples:
                 raise ValueError(
                     f"the selection for version {cfg.version!r} is empty"
-                    + (f" (--where {cfg.where!r} matches no kept sample)" if cfg.where else "")
+                    + (
+                        f" (--where {cfg.where!r} matches no kept sample)"
+                        if cfg.where and not run.n_in
+                        else ""
+                    )
+                    + (" (its filter rules remove every sample)" if run.n_in else "")
                     + ": an immutable version of 0 samples is not made"
                 )
             root = builds / f"{cfg.version}.{_fingerprint(cfg, inputs, selection)[:16]}"
@@ -383,7 +415,7 @@ def build_version(
                 }
             )
         counts = {split: sum(sh.n for sh in shards if sh.split == split) for split in ("train", "val")}
-        manifest = _manifest(cfg, plan, manifest_shards, inputs, counts)
+        manifest = _manifest(cfg, plan, manifest_shards, inputs, counts) | {"filters": filters}
         for split in ("train", "val"):
             sizes = {s["name"]: s["n"] for s in manifest_shards if s["split"] == split}
             write_bytes_atomic(json.dumps(sizes, indent=1).encode(), root / split / "sizes.json")
@@ -395,7 +427,7 @@ def build_version(
             dedup_run_id=inputs.dedup_run,
             resolve_run_id=inputs.resolve_run,
             backbone_version=",".join(inputs.backbone_versions),
-            n_samples=run.n_in,
+            n_samples=n_samples,
             n_train=counts["train"],
             n_val=counts["val"],
             n_shards=len(shards),
@@ -408,14 +440,58 @@ def build_version(
         for old in (current, displaced):  # the version this one replaced, now unreferenced
             if old is not None and old.exists() and old.resolve() != root.resolve():
                 remove_tree(old, builds)
-        run.n_out = run.n_in
+        run.n_out = n_samples
         run.details = {
             "version": cfg.version,
             **counts,
             "shards": len(shards),
             "reused_shards": sum(1 for r in results.values() if r["reused"]),
+            "filters": {k: v for k, v in filters.items() if k != "rules"},
         }
     return manifest
+
+
+def _apply_filters(selection: Path, cfg: ShardConfig, inputs: ShardInputs, run: StageRun) -> dict[str, Any]:
+    """Count what each rule removes from the selection (by the first rule that matches, as the stage run's
+    `filtered:<scorer>` drops; and every rule on its own, `matched`), per image type, then rewrite the
+    selection without those samples, in the same order. Returns the manifest's `filters` entry."""
+    out: dict[str, Any] = {
+        "rules": [asdict(r) for r in cfg.filters],
+        "filter_run": inputs.filter_run,
+        "removed_total": 0,
+        "removed": {},
+    }
+    if not cfg.filters:
+        return out
+    src = _sql_path(selection)
+    with duckdb.connect() as con:
+        con.execute(f"CREATE VIEW sel AS SELECT * FROM read_parquet('{src}')")
+        first = con.execute(
+            """SELECT filtered_by[1], coalesce(image_type, 'unknown'), count(*) FROM sel
+               WHERE len(filtered_by) > 0 GROUP BY ALL ORDER BY ALL"""
+        ).fetchall()
+        matched = dict(
+            con.execute(
+                "SELECT s, count(*) FROM (SELECT unnest(filtered_by) AS s FROM sel) GROUP BY s"
+            ).fetchall()
+        )
+        tmp = selection.with_name(f".{selection.name}.kept")
+        con.execute(
+            f"COPY (SELECT * EXCLUDE (filtered_by) FROM sel WHERE len(filtered_by) = 0) TO '{_sql_path(tmp)}'"
+            " (FORMAT parquet, COMPRESSION zstd)"
+        )
+    os.replace(tmp, selection)
+    for rule in cfg.filters:
+        types = {t: n for scorer, t, n in first if scorer == rule.scorer}
+        out["removed"][rule.scorer] = {
+            "removed": sum(types.values()),
+            "matched": matched.get(rule.scorer, 0),
+            "by_image_type": types,
+        }
+        if types:
+            run.drop(f"filtered:{rule.scorer}", sum(types.values()))
+    out["removed_total"] = sum(v["removed"] for v in out["removed"].values())
+    return out
 
 
 def _write_shards(

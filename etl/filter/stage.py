@@ -1,0 +1,305 @@
+"""Filter stage: content scores for the images a dedup run kept, one row per image and scorer in the lake
+table `filter_scores_history` (view `filter_scores`: the current score). Nothing is removed here: a dataset
+version's `FilterRule`s decide, when it is built, and count what each removed.
+
+It runs after dedup, on the kept images only: the image scorers are the pipeline's most expensive per-image
+step after the download, and dedup's choices do not depend on content scores, so scoring the copies it drops
+would be wasted. Scores are per image, so a later dedup run reuses them: only images without a score from
+the same scorer and model version are scored (`rescore` scores all again).
+
+- `image_type` and `burst` are set-wise SQL over the catalog (no image is read): one part each per run.
+- `faces` and `museum_category` read images. The driver writes the plan (record id and where the JPEG lies,
+  in blob order) to the run's work folder; each work unit is a row range of it. The worker reads those rows
+  and exactly their bytes, scores them in batches, writes its own part and returns one small row of counts.
+  A killed run keeps its finished units' parts; the rerun scores only what has no score yet.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from PIL import Image
+
+from etl.executors import Unit
+from etl.filter.image_type import image_type_sql, load_rules
+from etl.filter.scorers import IMAGE_SCORERS, FaceConfig, MuseumConfig, details_json
+from warehouse.catalog import Catalog, fetch_first
+from warehouse.contracts import FILTER_SCORERS
+from warehouse.lake import read_image_blobs, read_rows, write_part
+from warehouse.schemas import FILTER_SCORES
+from warehouse.stage_runs import StageRun
+
+log = logging.getLogger("tol.filter")
+
+UNIT_RESULT = pa.schema([("scorer", pa.string()), ("n", pa.int64()), ("errors", pa.int64())])
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    scorers: tuple[str, ...] = ("image_type", "burst")  # image_type is added when missing
+    image_type_rules: str | None = None  # a rules file (default: etl/filter/image_types.yaml)
+    faces: FaceConfig = field(default_factory=FaceConfig)
+    museum: MuseumConfig = field(default_factory=MuseumConfig)
+    device: str = "cpu"
+    batch_size: int = 16
+    partition_rows: int = 256  # images per work unit (one lake part each)
+    rescore: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.scorers if s not in FILTER_SCORERS]
+        if unknown:
+            raise ValueError(
+                f"unknown scorer(s) {', '.join(unknown)}; choose from: {', '.join(FILTER_SCORERS)}"
+            )
+        # image_type always runs, first: the other scorers' domains (camera traps, museum specimens) are its
+        # labels. The rest run in the vocabulary's order, cheap before expensive.
+        wanted = {"image_type", *self.scorers}
+        object.__setattr__(self, "scorers", tuple(s for s in FILTER_SCORERS if s in wanted))
+        if "museum_category" in self.scorers and not self.museum.model:
+            raise ValueError(
+                "the museum_category scorer needs museum.model (a training run, export or hub model)"
+            )
+        if self.batch_size < 1 or self.partition_rows < 1:
+            raise ValueError("batch_size and partition_rows must be >= 1")
+
+
+# Which kept images each image scorer covers, as a condition on the current `image_type` label `t.label`.
+DOMAINS: dict[str, str] = {"faces": "true", "museum_category": "t.label = 'museum_specimen'"}
+
+
+def _kept_sql(dedup_run: str) -> str:
+    return f"""SELECT d.record_id FROM dedup_decisions d WHERE d.kept AND d.run_id = '{dedup_run}'"""
+
+
+def _sql_scorer_image_type(cfg: FilterConfig, run_id: str, dedup_run: str) -> tuple[str, str]:
+    rules = load_rules(cfg.image_type_rules)
+    sql = f"""SELECT r.record_id, 'image_type' AS scorer, 'rules' AS model, '{rules.sha256[:16]}' AS model_version,
+                     NULL AS score, {image_type_sql(rules)} AS label,
+                     json_object('ingest_guess', r.img_type, 'basis_of_record', r.basis_of_record) AS details,
+                     '{run_id}' AS run_id, now() AS scored_at
+              FROM raw_records r WHERE r.record_id IN ({_kept_sql(dedup_run)})"""
+    return sql, rules.sha256[:16]
+
+
+def _sql_scorer_burst(cfg: FilterConfig, run_id: str, dedup_run: str) -> tuple[str, str]:
+    # Images of the occurrence: every usable media record ingest kept for it, kept by dedup or not (the
+    # paper counts the occurrence's images). Scored for the camera-trap images only.
+    sql = f"""WITH per AS (
+                SELECT record_id, count(*) OVER (PARTITION BY source, coalesce(occurrence_id, record_id)) AS n
+                FROM raw_records WHERE drop_reason IS NULL)
+              SELECT per.record_id, 'burst' AS scorer, 'sql' AS model, 'v1' AS model_version,
+                     per.n::DOUBLE AS score, 'camera_trap' AS label, json_object('images', per.n) AS details,
+                     '{run_id}' AS run_id, now() AS scored_at
+              FROM per JOIN filter_scores t ON t.record_id = per.record_id AND t.scorer = 'image_type'
+              WHERE t.label = 'camera_trap' AND per.record_id IN ({_kept_sql(dedup_run)})"""
+    return sql, "v1"
+
+
+SQL_SCORERS: dict[str, Callable[[FilterConfig, str, str], tuple[str, str]]] = {
+    "image_type": _sql_scorer_image_type,
+    "burst": _sql_scorer_burst,
+}
+assert set(SQL_SCORERS) | set(IMAGE_SCORERS) == set(FILTER_SCORERS)
+
+
+def _scorer_args(catalog: Catalog, cfg: FilterConfig, scorer: str) -> tuple[dict[str, Any], str]:
+    """What a worker needs to build the scorer (plain JSON), and the model version its rows will carry."""
+    if scorer == "faces":
+        from importlib.metadata import PackageNotFoundError, version
+
+        from etl.filter.scorers import require_facenet
+
+        require_facenet()  # a clear error here, not one per unit
+        try:
+            v = version("facenet-pytorch")
+        except PackageNotFoundError:
+            v = "?"
+        return {
+            "faces": asdict(cfg.faces),
+            "device": cfg.device,
+        }, f"facenet-pytorch {v} thresholds={list(cfg.faces.thresholds)}"
+    from etl.filter.support import load_support
+    from evaluation.tasks import resolve_model
+
+    support = load_support(catalog.home, cfg.museum.support)
+    model_path, _ = resolve_model(catalog, cfg.museum.model)
+    if Path(model_path).resolve() != Path(support.model_path).resolve() and model_path != support.model_path:
+        raise ValueError(
+            f"support set {cfg.museum.support!r} was built with {support.model_path}, not {model_path}: "
+            f"centroids only mean something in the space of the model that made them; rebuild it with "
+            f"`tol filter build-support FOLDER --name {cfg.museum.support} --model {cfg.museum.model}`"
+        )
+    return {"home": str(catalog.home), "support": cfg.museum.support, "device": cfg.device}, support.version
+
+
+_SCORERS_IN_PROCESS: dict[str, Any] = {}
+
+
+def _scorer_for(scorer: str, args: dict[str, Any]):
+    key = json.dumps([scorer, args], sort_keys=True)
+    if key not in _SCORERS_IN_PROCESS:
+        _SCORERS_IN_PROCESS[key] = IMAGE_SCORERS[scorer](args)
+    return _SCORERS_IN_PROCESS[key]
+
+
+def score_unit(unit: Unit) -> pa.Table:
+    """One work unit: score rows [start, start + n) of the plan and write them as one lake part. An image
+    that does not decode is a row with label `unreadable` (recorded, not skipped)."""
+    rows = read_rows(unit["plan"], unit["start"], unit["n"]).to_pylist()
+    home = Path(unit["home"])
+    blobs = read_image_blobs(home, [(r["blob"], r["blob_offset"], r["bytes"]) for r in rows])
+    scorer = _scorer_for(unit["scorer"], unit["scorer_args"])
+    out: dict[str, list] = {f.name: [] for f in FILTER_SCORES}
+    errors = 0
+    now = datetime.now(UTC)
+    batch_size = int(unit["batch_size"])
+    for i in range(0, len(rows), batch_size):
+        batch_rows, images, bad = rows[i : i + batch_size], [], []
+        for r, data in zip(batch_rows, blobs[i : i + batch_size], strict=True):
+            try:
+                images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+            except OSError as exc:
+                bad.append((r, f"{type(exc).__name__}: {exc}"))
+                images.append(None)
+        good = [img for img in images if img is not None]
+        scored = iter(scorer.score_batch(good) if good else [])
+        bad_by_id = {r["record_id"]: msg for r, msg in bad}
+        for r, img in zip(batch_rows, images, strict=True):
+            if img is None:
+                errors += 1
+                s_score, s_label, s_details = None, "unreadable", {"error": bad_by_id[r["record_id"]]}
+            else:
+                s = next(scored)
+                s_score, s_label, s_details = s.score, s.label, s.details
+            for key, value in (
+                ("record_id", r["record_id"]),
+                ("scorer", unit["scorer"]),
+                ("model", scorer.model),
+                ("model_version", unit["model_version"]),
+                ("score", s_score),
+                ("label", s_label),
+                ("details", details_json(s_details)),
+                ("run_id", unit["run_id"]),
+                ("scored_at", now),
+            ):
+                out[key].append(value)
+    write_part(
+        home / "lake",
+        "filter_scores_history",
+        pa.Table.from_pydict(out, schema=FILTER_SCORES),
+        partition={"scorer": unit["scorer"], "run": unit["run_id"]},
+        part=unit["part"],
+    )
+    return pa.table({"scorer": [unit["scorer"]], "n": [len(rows)], "errors": [errors]}, schema=UNIT_RESULT)
+
+
+def run_filter(
+    catalog: Catalog,
+    cfg: FilterConfig,
+    dedup_run: str,
+    *,
+    executor: str = "local",
+    workers: int = 2,
+    spark_master: str | None = None,
+) -> dict[str, Any]:
+    """Score the images `dedup_run` kept with `cfg.scorers`; returns the run summary (scores per scorer and
+    label in `details`)."""
+    from etl.executors import get_executor
+
+    with StageRun(catalog, "filter", config={**asdict(cfg), "dedup_run": dedup_run}) as run:
+        with catalog.connect() as con:
+            run.n_in = fetch_first(con, f"SELECT count(*) FROM ({_kept_sql(dedup_run)})")[0]
+        scored: dict[str, int] = {}
+        for scorer in cfg.scorers:
+            if scorer in SQL_SCORERS:
+                sql, _ = SQL_SCORERS[scorer](cfg, run.run_id, dedup_run)
+                with run.timed(scorer):
+                    scored[scorer] = catalog.write_part_from_query(
+                        "filter_scores_history",
+                        sql,
+                        partition={"scorer": scorer, "run": run.run_id},
+                        part="all",
+                    )
+                log.info("filter %s: %d images scored", scorer, scored[scorer])
+                continue
+            args, model_version = _scorer_args(catalog, cfg, scorer)
+            plan = catalog.work_dir(run.run_id) / f"plan-{scorer}.parquet"
+            again = (
+                ""
+                if cfg.rescore
+                else f"""AND k.record_id NOT IN (
+                SELECT record_id FROM filter_scores_history WHERE scorer = '{scorer}'
+                AND model_version = '{model_version.replace("'", "''")}')"""
+            )
+            n = catalog.export_parquet(
+                f"""SELECT k.record_id, l.blob, l.blob_offset, l.bytes
+                    FROM ({_kept_sql(dedup_run)}) k JOIN image_locations l USING (record_id)
+                    LEFT JOIN filter_scores t ON t.record_id = k.record_id AND t.scorer = 'image_type'
+                    WHERE {DOMAINS[scorer]} {again} ORDER BY l.blob, l.blob_offset""",
+                plan,
+                row_group_rows=cfg.partition_rows,
+            )
+            units = [
+                {
+                    "home": str(catalog.home),
+                    "plan": str(plan),
+                    "start": start,
+                    "n": min(cfg.partition_rows, n - start),
+                    "scorer": scorer,
+                    "scorer_args": args,
+                    "model_version": model_version,
+                    "batch_size": cfg.batch_size,
+                    "run_id": run.run_id,
+                    "part": f"u{start // cfg.partition_rows:06d}",
+                }
+                for start in range(0, n, cfg.partition_rows)
+            ]
+            log.info("filter %s: %d images to score in %d units (%s)", scorer, n, len(units), model_version)
+            done = errors = 0
+            with run.timed(scorer):
+                for _, table in get_executor(executor, workers, spark_master).run_units(score_unit, units):
+                    row = table.to_pylist()[0]
+                    done += row["n"]
+                    errors += row["errors"]
+                    log.info("filter %s: %d of %d images scored", scorer, done, n)
+            if errors:
+                run.error(f"{scorer}:unreadable", errors)
+            scored[scorer] = done
+        run.n_out = sum(scored.values())
+        with catalog.connect() as con:
+            labels = con.execute(
+                f"""SELECT scorer, coalesce(label, 'None'), count(*) FROM filter_scores
+                    WHERE record_id IN ({_kept_sql(dedup_run)}) GROUP BY ALL ORDER BY ALL"""
+            ).fetchall()
+        per: dict[str, dict[str, int]] = {}
+        for scorer, label, count in labels:
+            per.setdefault(scorer, {})[label] = count
+        run.details.update(dedup_run=dedup_run, scored_now=scored, labels=per)
+    return run.summary()
+
+
+def latest_filter_run(catalog: Catalog, dedup_run: str, scorers: set[str]) -> str:
+    """The latest succeeded filter run over `dedup_run` that ran every one of `scorers` (a version's rules
+    need their scores for every sample they cover); a clear error when there is none."""
+    with catalog.connect() as con:
+        rows = con.execute(
+            """SELECT run_id, config FROM stage_runs WHERE stage = 'filter' AND status = 'succeeded'
+               ORDER BY ended_at DESC, run_id DESC"""
+        ).fetchall()
+    for run_id, config in rows:
+        c = json.loads(config or "{}")
+        if c.get("dedup_run") == dedup_run and scorers <= set(c.get("scorers") or ()):
+            return run_id
+    need = " ".join(f"--scorer {s}" for s in sorted(scorers | {"image_type"}))
+    raise LookupError(
+        f"no filter run scored the images of dedup run {dedup_run} with {', '.join(sorted(scorers))}: "
+        f"run `tol filter run {need}` first"
+    )
