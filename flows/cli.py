@@ -164,7 +164,13 @@ def cmd_dedup(args) -> None:
     for name, path in evals.items():
         if not Path(path).exists():
             raise FileNotFoundError(f"--eval {name}: {path} does not exist (a folder or a .tar shard)")
-    cfg = DedupConfig(near_k=args.near_k, leak_k=args.leak_k, eval_sets=evals)
+    cfg = DedupConfig(
+        near_k=args.near_k,
+        leak_k=args.leak_k,
+        eval_sets=evals,
+        pdq_leak_k=args.pdq_leak_k,
+        eval_eol_pages=_kv(args.eval_eol_pages, "--eval-eol-pages"),
+    )
     _print(stages.dedup(_catalog(args), cfg))
 
 
@@ -578,6 +584,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--leak-k", type=int, default=8, help="pHash Hamming distance of an evaluation leak (0-15)"
     )
+    s.add_argument(
+        "--pdq-leak-k",
+        type=int,
+        help="also a PDQ leak check at this distance of 256 bits (the paper: 10; needs images fetched with --pdq)",
+    )
+    s.add_argument(
+        "--eval-eol-pages",
+        action="append",
+        metavar="NAME=FILE",
+        help="a benchmark listed by EOL page id (one per line, or a CSV `page_id` column): its pages' records "
+        "are evaluation leaks (repeatable)",
+    )
 
     s = command(
         "filter",
@@ -623,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
     )
-    f.add_argument("--k", type=int, default=4, help="k-means centroids per category")
+    f.add_argument(
+        "--k", type=int, default=8, help="k-means centroids per category (fewer when it has fewer images)"
+    )
     f.add_argument("--seed", type=int, default=0, help="the k-means seed")
 
     s = command("shard", "write a dataset version as WebDataset shards", cmd_shard)

@@ -26,6 +26,7 @@ from prefect.logging.handlers import APILogHandler
 
 from etl.dedup.stage import DedupConfig
 from etl.fetch.stage import FetchConfig
+from etl.filter.rules import FilterRule
 from etl.filter.stage import FilterConfig
 from etl.ingest.sources import IngestConfig
 from etl.shards.stage import ShardConfig
@@ -291,6 +292,18 @@ def _stage_table(out: dict[str, dict[str, Any]]) -> str:
     for stage, r in out.items():
         if "n_in" in r:
             lines.append(f"| {stage} | {r['n_in']} | {r['n_out']} | {r.get('dropped', {})} |")
+    filters = out.get("shard", {}).get("filters") or {}
+    if filters.get("rules"):
+        lines += [
+            "",
+            f"Filter rules of version {out['shard']['version']} (scores of {filters['filter_run']}):",
+            "",
+        ]
+        lines += ["| scorer | rule | removed | by image type |", "|---|---|---|---|"]
+        for rule in filters["rules"]:
+            r = filters["removed"][rule["scorer"]]
+            text = FilterRule(**rule).as_text()
+            lines.append(f"| {rule['scorer']} | `{text}` | {r['removed']} | {r['by_image_type'] or '-'} |")
     return "\n".join(lines)
 
 

@@ -283,6 +283,12 @@ def plan(recipe: Recipe, catalog: Any | None = None) -> list[str]:
         f"private hosts {'allowed' if c.fetch.allow_private_hosts else 'refused'}",
         f"  dedup      near_k {c.dedup.near_k}, leak_k {c.dedup.leak_k}, evaluation sets: "
         + (", ".join(f"{k}={v}" for k, v in c.dedup.eval_sets.items()) or "none"),
+        "  filter     "
+        + (
+            f"scorers {', '.join(c.filter.scorers)} on {c.filter.device}"
+            if c.filter
+            else "none (no content scores)"
+        ),
         f"  executor   {c.executor.name} x {c.executor.workers}",
     ]
     if c.shard is None:
@@ -301,6 +307,8 @@ def plan(recipe: Recipe, catalog: Any | None = None) -> list[str]:
             f"  version    {c.shard.version} where {c.shard.where or 'every kept image'}, "
             f"{c.shard.samples_per_shard} samples per shard, val fraction {c.shard.val_fraction}{exists}"
         )
+        rules = [r.as_text() for r in c.shard.filters]
+        out.append(f"  thresholds {', '.join(rules) if rules else 'none (no sample is left out by a score)'}")
     tp = recipe.train_parameters()
     out += [
         "",

@@ -598,15 +598,17 @@ def _plant_filter_cases(
         occ(sp, citizen, [url])
         planted["face_urls"].append(url)
     w.planted.update(planted)
-    renderers = {
-        "organism": lambda r: render_organism(rng.choice(tree.species).traits, r, (320, 280)),
-        "label": lambda r: render_label(r, (360, 280)),
-        "drawer": lambda r: render_drawer(r, (360, 280)),
+    # Organisms vary the most (every species looks different): one support image per species, so no species
+    # lies far from every organism centroid; labels and drawers look alike, a dozen each.
+    support = {
+        "organism": [lambda r, sp=sp: render_organism(sp.traits, r, (320, 280)) for sp in tree.species],
+        "label": [lambda r: render_label(r, (360, 280))] * 12,
+        "drawer": [lambda r: render_drawer(r, (360, 280))] * 12,
     }
-    for category, render in renderers.items():
+    for category, renders in support.items():
         folder = world.support / category
         folder.mkdir(parents=True, exist_ok=True)
-        for i in range(12):
+        for i, render in enumerate(renders):
             (folder / f"{category}-{i:02d}.jpg").write_bytes(
                 jpeg_bytes(render(random.Random(rng.getrandbits(32))))
             )

@@ -191,7 +191,7 @@ def test_degenerate_hashes_neither_cluster_nor_leak_by_phash(catalog):
                   width=[400] * n, height=[300] * n, attempts=[1] * n)  # fmt: skip
     write_parquet_atomic(pa.table(images).cast(IMAGES), catalog.lake / "images" / "source=gbif" / "p.parquet")
     ev = pa.table({"eval_set": ["test", "test"], "path": ["blank.jpg", "other.jpg"], "md5": ["blank-test", "zz"],
-                   "phash": [0, textured[1] ^ (2**40)], "run_id": ["e", "e"]})  # fmt: skip
+                   "phash": [0, textured[1] ^ (2**40)], "run_id": ["e", "e"], "pdq_hex": [None, None], "pdq_quality": [None, None]})  # fmt: skip
     write_parquet_atomic(ev.cast(EVAL_HASHES), catalog.lake / "eval_hashes" / "set=test" / "hashes.parquet")
     run_dedup(catalog, DedupConfig())
     with catalog.connect() as con:
@@ -200,3 +200,67 @@ def test_degenerate_hashes_neither_cluster_nor_leak_by_phash(catalog):
     assert got["r2"] == "eval_leak:test"  # the same bytes as the blank test image: a leak by MD5
     assert {got["r3"], got["r4"]} == {None, "near_duplicate"}
     assert got["r5"] == "eval_leak:test"  # one bit from a test image
+
+
+def test_pdq_leak_check_at_10_and_eol_pages_listed_by_id(world, server, tmp_path):
+    """The paper's leak check, PDQ within 10 of 256 bits, beside the pHash one, and a benchmark listed by EOL
+    page id. (PDQ alone misses one planted re-encoded copy here: it lies 12 bits away.)"""
+    from etl.dedup.stage import DedupConfig, run_dedup
+    from etl.fetch.images import ImageConfig
+    from etl.fetch.stage import FetchConfig
+    from etl.ingest.sources import IngestConfig
+    from flows import stages
+    from flows.stages import ExecutorConfig
+    from warehouse.catalog import open_catalog
+
+    cat = open_catalog(tmp_path / "home")
+    for source in ("gbif", "eol"):
+        stages.ingest(cat, IngestConfig(source, api_url=server.base_url))
+    stages.load_backbone(cat, world.backbone)
+    stages.resolve(cat)
+    stages.fetch(
+        cat, FetchConfig(image=ImageConfig(pdq=True), allow_private_hosts=True), ExecutorConfig(workers=2)
+    )
+    with cat.connect() as con:
+        pages = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT occurrence_id FROM raw_records WHERE source = 'eol' AND drop_reason IS NULL ORDER BY 1 LIMIT 2"
+            ).fetchall()
+        ]
+        on_pages = {
+            r[0]
+            for r in con.execute(
+                "SELECT i.record_id FROM images i JOIN raw_records r USING (record_id)"
+                " WHERE r.occurrence_id IN (SELECT unnest(?)) AND r.source = 'eol' AND i.status = 'ok'",
+                [pages],
+            ).fetchall()
+        }
+    listed = tmp_path / "rare_species.csv"
+    listed.write_text("page_id,name\n" + "".join(f"{p},x\n" for p in pages))
+    cfg = DedupConfig(
+        pdq_leak_k=10,
+        eval_sets={"heldout": str(world.eval_dir)},
+        eval_eol_pages={"rare": str(listed)},
+    )
+    summary = run_dedup(cat, cfg)
+    with cat.connect() as con:
+        decided = dict(
+            con.execute(
+                "SELECT r.media_url, d.reason FROM dedup_decisions d JOIN raw_records r USING (record_id)"
+            ).fetchall()
+        )
+        by_id = dict(con.execute("SELECT record_id, reason FROM dedup_decisions").fetchall())
+    base = next(u for u in decided if u and u.startswith("http")).split("/")[:3]
+    leaks = ["/".join(base) + u.split("}}", 1)[1] for u in world.planted["leak_urls"]]
+    assert all(decided[u] == "eval_leak:heldout" for u in leaks), [decided[u] for u in leaks]
+    assert summary["details"]["pdq_leak_pairs"] >= len(leaks) // 2
+    assert on_pages and all(by_id[r] == "eval_leak:rare" for r in on_pages)
+    # Without PDQ hashes the check refuses to run rather than check nothing.
+    cat2 = open_catalog(tmp_path / "home2")
+    stages.ingest(cat2, IngestConfig("eol", api_url=server.base_url))
+    stages.load_backbone(cat2, world.backbone)
+    stages.resolve(cat2)
+    stages.fetch(cat2, FetchConfig(allow_private_hosts=True), ExecutorConfig(workers=1))
+    with pytest.raises(ValueError, match="fetch with --pdq"):
+        run_dedup(cat2, DedupConfig(pdq_leak_k=10, eval_sets={"heldout": str(world.eval_dir)}))

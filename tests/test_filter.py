@@ -185,7 +185,7 @@ def test_museum_scorer_sends_planted_labels_to_the_label_category_with_a_trained
     )
     trained = stages.train(home, cfg, progress=False)
     support = build_support(home, world.support, name="museum", model=trained["run_id"], k=3)
-    assert support["details"]["images"] == {"drawer": 12, "label": 12, "organism": 12}
+    assert support["details"]["images"] == {"drawer": 12, "label": 12, "organism": world.planted["n_species"]}
     out = run_filter(
         home,
         FilterConfig(scorers=("museum_category",), museum=MuseumConfig(model=trained["run_id"])),

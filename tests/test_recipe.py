@@ -136,3 +136,29 @@ def test_the_command_line_prints_every_problem_and_fails(tmp_path):
         [TOL, "--home", str(tmp_path / "h"), "recipe", "plan", str(path)], capture_output=True, text=True
     )
     assert out.returncode == 0 and "gbif-aves" in out.stdout and not (tmp_path / "h").exists()
+
+
+def test_filter_settings_and_thresholds_are_checked_with_their_lines(tmp_path):
+    text = """name: f
+curate:
+  filter: {scorers: [faces, nudity]}
+  shard:
+    version: v1
+    filters:
+      - {scorer: burst, drop_above: 15}
+      - {scorer: faces}
+"""
+    problems = _problems(tmp_path, text)
+    assert any(
+        p.endswith(
+            ":3: curate.filter: unknown scorer(s) nudity; choose from: image_type, burst, faces, museum_category"
+        )
+        for p in problems
+    ), problems
+    assert any(":8: curate.shard.filters[1]: the faces rule removes nothing" in p for p in problems), problems
+    path = tmp_path / "good.yaml"
+    path.write_text(text.replace(", nudity", "").replace("{scorer: faces}", "{scorer: faces, drop_above: 0}"))
+    good = load_recipe(path)
+    assert [r.as_text() for r in good.spec.curate.shard.filters] == ["burst>15", "faces>0"]
+    assert good.spec.curate.filter.scorers == ("image_type", "faces")
+    assert "  thresholds burst>15, faces>0" in plan(good)

@@ -118,6 +118,19 @@ EVAL_HASHES = pa.schema(
         ("md5", pa.string()),
         ("phash", pa.int64()),
         ("run_id", pa.string()),
+        ("pdq_hex", pa.string()),  # 256-bit PDQ, when the set was hashed with the PDQ leak check on
+        ("pdq_quality", pa.int32()),
+    ]
+)
+
+# Benchmarks listed by source id rather than by image (Rare Species by EOL page id): every record of a listed
+# id is an evaluation leak of that set.
+EVAL_IDS = pa.schema(
+    [
+        ("eval_set", pa.string()),
+        ("source", pa.string()),
+        ("occurrence_id", pa.string()),  # EOL: the page id (raw_records.occurrence_id)
+        ("run_id", pa.string()),
     ]
 )
 
@@ -180,6 +193,7 @@ LAKE_TABLES: dict[str, LakeTable] = {
     "images_history": LakeTable("images", ("source",), IMAGES),
     "dedup_decisions_history": LakeTable("dedup", ("run",), DEDUP_DECISIONS),
     "eval_hashes": LakeTable("eval_hashes", ("set",), EVAL_HASHES),
+    "eval_ids": LakeTable("eval_ids", ("set",), EVAL_IDS),
     "filter_scores_history": LakeTable("filter", ("scorer", "run"), FILTER_SCORES),
     "filter_support": LakeTable("filter_support", ("support",), SUPPORT_CENTROIDS),
 }

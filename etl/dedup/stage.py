@@ -1,6 +1,8 @@
 """Dedup stage: decisions, not deletions. Separately runnable steps, set-wise in DuckDB:
 
-1. leaks: training images within `leak_k` bits (or equal MD5) of any evaluation image -> `eval_leak:<name>`;
+1. leaks: training images within `leak_k` bits of pHash, within `pdq_leak_k` bits of PDQ (the paper's leak
+   check: <= 10 of 256; needs images fetched with `--pdq`), or with equal MD5, of any evaluation image, and
+   every record of a source id an id-listed benchmark names (Rare Species: EOL page ids) -> `eval_leak:<name>`;
 2. exact: one keeper per MD5 of the original bytes -> `exact_duplicate`;
 3. near: candidate pairs from a band index on the 64-bit pHash (k+1 segments: any pair within distance k
    shares one segment exactly), popcount check, connected components, one keeper per cluster.
@@ -22,10 +24,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from etl.dedup.near_dup import near_pairs
-from etl.fetch.images import ImageConfig, is_image_name, process_image, tar_images
+from etl.fetch.images import ImageConfig, is_image_name, process_image, require_pdq, tar_images
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import SOURCES, check_name
-from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES
+from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES, EVAL_IDS
 from warehouse.stage_runs import StageRun
 
 
@@ -36,8 +38,21 @@ class DedupConfig:
     source_priority: tuple[str, ...] = SOURCES
     degenerate_min_bits: int = 4  # hashes with fewer than this many 1-bits (or 0-bits) are degenerate
     eval_sets: dict[str, str] = field(default_factory=dict)
+    # The paper's leak check: PDQ within 10 of 256 bits (None: pHash and MD5 only). PDQ hashes of quality
+    # below `pdq_min_quality` (flat or tiny images; Meta's guidance is 50) say little and are not compared.
+    pdq_leak_k: int | None = None
+    pdq_min_quality: int = 50
+    # Benchmarks listed by EOL page id: {name: file of page ids, one per line or a CSV column `page_id`}.
+    eval_eol_pages: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.pdq_leak_k is not None and not 0 <= self.pdq_leak_k <= 15:
+            # 16 segments of 16 bits: a pair within k <= 15 agrees exactly on at least one of them.
+            raise ValueError(
+                f"pdq_leak_k is a Hamming distance between 256-bit PDQ hashes: 0 to 15, not {self.pdq_leak_k}"
+            )
+        for name in self.eval_eol_pages:
+            check_name("evaluation set", name)
         for what, k in (("near_k", self.near_k), ("leak_k", self.leak_k)):
             # The exact band index splits the 64 bits into at most 16 segments, one more than k.
             if not 0 <= k <= 15:
@@ -79,14 +94,16 @@ def eval_images(path: Path) -> Iterator[tuple[str, bytes]]:
         yield str(file.relative_to(path)), file.read_bytes()
 
 
-def hash_eval_set(catalog: Catalog, name: str, path: str | Path, run_id: str) -> pa.Table:
-    """Hash an evaluation set (see `eval_images`) the same way fetched images are hashed; stored per set, so
-    later runs check against it without the folder."""
+def hash_eval_set(
+    catalog: Catalog, name: str, path: str | Path, run_id: str, *, pdq: bool = False
+) -> pa.Table:
+    """Hash an evaluation set (see `eval_images`) the same way fetched images are hashed (PDQ too with
+    `pdq`); stored per set, so later runs check against it without the folder."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"evaluation set {name}: {path} does not exist")
     rows: dict[str, list] = {f.name: [] for f in EVAL_HASHES}
-    config = ImageConfig(min_side=1, encode=False)
+    config = ImageConfig(min_side=1, encode=False, pdq=pdq)
     for rel, data in eval_images(path):
         img = process_image(data, config)
         for k, v in (
@@ -95,11 +112,47 @@ def hash_eval_set(catalog: Catalog, name: str, path: str | Path, run_id: str) ->
             ("md5", img.md5),
             ("phash", img.phash),
             ("run_id", run_id),
+            ("pdq_hex", img.pdq_hex),
+            ("pdq_quality", img.pdq_quality),
         ):
             rows[k].append(v)
     table = pa.Table.from_pydict(rows, schema=EVAL_HASHES)
     catalog.write_part("eval_hashes", table, partition={"set": name}, part="hashes")
     return table
+
+
+def read_ids(path: str | Path, column: str = "page_id") -> list[str]:
+    """Ids from a file: one per line, or the `column` of a CSV with a header (blank lines and `#` comments
+    are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"id list {path} does not exist")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if lines and "," in lines[0]:
+        rows = list(csv.DictReader(lines))
+        if column not in (rows[0] if rows else {}):
+            raise ValueError(f"{path}: a CSV of ids needs a `{column}` column")
+        lines = [r[column].strip() for r in rows if r[column].strip()]
+    if not lines:
+        raise ValueError(f"{path}: no ids")
+    return sorted(set(lines))
+
+
+def store_eol_pages(catalog: Catalog, name: str, path: str | Path, run_id: str) -> int:
+    """Store an id-listed benchmark's EOL page ids (`lake/eval_ids/set=NAME`), protected by later runs too."""
+    ids = read_ids(path)
+    table = pa.table(
+        {
+            "eval_set": [name] * len(ids),
+            "source": ["eol"] * len(ids),
+            "occurrence_id": ids,
+            "run_id": [run_id] * len(ids),
+        },
+        schema=EVAL_IDS,
+    )
+    catalog.write_part("eval_ids", table, partition={"set": name}, part="ids")
+    return len(ids)
 
 
 def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -116,8 +169,12 @@ def _priority_sql(config: DedupConfig) -> str:
 def run_dedup(catalog: Catalog, config: DedupConfig | None = None) -> dict:
     config = config or DedupConfig()
     with StageRun(catalog, "dedup", config=config) as run:
+        if config.pdq_leak_k is not None:
+            require_pdq()  # a clear error before any work, not a leak check that silently did nothing
         for name, path in config.eval_sets.items():
-            hash_eval_set(catalog, name, path, run.run_id)
+            hash_eval_set(catalog, name, path, run.run_id, pdq=config.pdq_leak_k is not None)
+        for name, path in config.eval_eol_pages.items():
+            store_eol_pages(catalog, name, path, run.run_id)
         # On a snapshot: the catalog is held only while its small tables are copied, not for the search;
         # the decisions go to the lake as a part, which needs no catalog connection.
         with catalog.snapshot() as con:
@@ -154,9 +211,48 @@ def find_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRu
         run.details["eval_sets"] = dict(
             con.execute("SELECT eval_set, count(*) FROM ev GROUP BY ALL").fetchall()
         )
+        if config.pdq_leak_k is not None:
+            with run.timed("pdq_leak_search"):
+                run.details["pdq_leak_pairs"] = _pdq_leaks(con, config)
+    # Id-listed benchmarks: every record of a listed EOL page, whatever its image looks like.
+    con.execute("""INSERT INTO leak_pairs SELECT o.id, e.eval_set || ':eol_page:' || e.occurrence_id, 0
+                   FROM ok o JOIN raw_records r ON r.record_id = o.id
+                   JOIN eval_ids e ON e.source = r.source AND e.occurrence_id = r.occurrence_id""")
     con.execute("""CREATE TEMP TABLE leaks AS
         SELECT p.id, split_part(p.eval_id, ':', 1) AS eval_set, p.eval_id, p.distance FROM leak_pairs p
         QUALIFY row_number() OVER (PARTITION BY p.id ORDER BY p.distance, p.eval_id) = 1""")
+
+
+def _pdq_words(column: str) -> str:
+    return ", ".join(f"('0x' || substr({column}, {1 + 16 * w}, 16))::UBIGINT AS w{w}" for w in range(4))
+
+
+def _pdq_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> int:
+    """PDQ pairs within `pdq_leak_k` of 256 bits into `leak_pairs`, exact and set-wise in DuckDB: the hashes
+    are cut into 16 segments of 16 bits; a pair within k <= 15 agrees exactly on at least one, so candidates
+    are pairs sharing a segment, each verified by popcount. Returns the pairs found."""
+    missing = fetch_first(con, "SELECT count(*) FROM ok WHERE pdq_hex IS NULL")[0]
+    if missing:
+        raise ValueError(
+            f"the PDQ leak check (pdq_leak_k={config.pdq_leak_k}) needs every image's PDQ hash: {missing} images "
+            "were fetched without it; fetch with --pdq (`tol fetch --pdq --retry-failed` does not refetch "
+            "them: fetch into a home with --pdq from the start) or leave pdq_leak_k unset"
+        )
+    q = int(config.pdq_min_quality)
+    segs = "SELECT {id} AS id, s, substr(pdq_hex, 1 + 4 * s, 4) AS seg FROM {table}, range(16) r(s) WHERE {where}"
+    con.execute(f"""CREATE TEMP TABLE pdq_pairs AS
+        WITH t AS ({segs.format(id="id", table="ok", where=f"pdq_quality >= {q}")}),
+             e AS ({segs.format(id="eval_set || ':' || path", table="eval_hashes", where=f"pdq_hex IS NOT NULL AND pdq_quality >= {q}")}),
+             c AS (SELECT DISTINCT t.id, e.id AS eval_id FROM t JOIN e USING (s, seg)),
+             tw AS (SELECT id, {_pdq_words("pdq_hex")} FROM ok),
+             ew AS (SELECT eval_set || ':' || path AS eval_id, {_pdq_words("pdq_hex")} FROM eval_hashes WHERE pdq_hex IS NOT NULL)
+        SELECT c.id, c.eval_id, (bit_count(xor(tw.w0, ew.w0)) + bit_count(xor(tw.w1, ew.w1))
+                                 + bit_count(xor(tw.w2, ew.w2)) + bit_count(xor(tw.w3, ew.w3)))::INT AS distance
+        FROM c JOIN tw USING (id) JOIN ew USING (eval_id)""")
+    con.execute(
+        f"INSERT INTO leak_pairs SELECT id, eval_id, distance FROM pdq_pairs WHERE distance <= {int(config.pdq_leak_k)}"
+    )
+    return fetch_first(con, f"SELECT count(*) FROM pdq_pairs WHERE distance <= {int(config.pdq_leak_k)}")[0]
 
 
 def find_exact(con: duckdb.DuckDBPyConnection, order: str) -> None:
@@ -189,7 +285,7 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
     # `cand` is the one copy of the candidates; `ok`, `pool`, `uniq` and `clusterable` are views over it (a
     # table each would hold the corpus four more times).
     con.execute(f"""CREATE TEMP TABLE cand AS
-        SELECT i.record_id AS id, i.md5, i.phash, i.status, r.source,
+        SELECT i.record_id AS id, i.md5, i.phash, i.pdq_hex, i.pdq_quality, i.status, r.source,
                {_priority_sql(config)} AS source_rank, coalesce(i.width * i.height, 0) AS pixels,
                r.ingested_at,
                bit_count(i.phash) < {config.degenerate_min_bits}

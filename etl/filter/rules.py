@@ -48,6 +48,13 @@ class FilterRule:
             parts.append(f"label IN ({labels})")
         return f"(scorer = '{self.scorer}' AND ({' OR '.join(parts)}))"
 
+    def as_text(self) -> str:
+        """The rule as `--filter` text (one condition per clause)."""
+        parts = [f"{self.scorer}>{self.drop_above:g}"] if self.drop_above is not None else []
+        parts += [f"{self.scorer}<{self.drop_below:g}"] if self.drop_below is not None else []
+        parts += [f"{self.scorer}={','.join(self.drop_labels)}"] if self.drop_labels else []
+        return " or ".join(parts)
+
     @classmethod
     def parse(cls, text: str) -> FilterRule:
         """`SCORER>X`, `SCORER<X` or `SCORER=LABEL[,LABEL...]` (the command line's `--filter`)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -143,7 +144,12 @@ def _scorer_args(catalog: Catalog, cfg: FilterConfig, scorer: str) -> tuple[dict
 _SCORERS_IN_PROCESS: dict[str, Any] = {}
 
 
-def _scorer_for(scorer: str, args: dict[str, Any]):
+def _scorer_for(scorer: str, args: dict[str, Any], threads: int):
+    import torch
+
+    # Each worker takes its share of the cores: torch's default (all of them, in every worker) makes the
+    # workers fight over the cores (measured: faces 957 images in 106 s with 2 workers of 2 threads each).
+    torch.set_num_threads(threads)
     key = json.dumps([scorer, args], sort_keys=True)
     if key not in _SCORERS_IN_PROCESS:
         _SCORERS_IN_PROCESS[key] = IMAGE_SCORERS[scorer](args)
@@ -156,7 +162,7 @@ def score_unit(unit: Unit) -> pa.Table:
     rows = read_rows(unit["plan"], unit["start"], unit["n"]).to_pylist()
     home = Path(unit["home"])
     blobs = read_image_blobs(home, [(r["blob"], r["blob_offset"], r["bytes"]) for r in rows])
-    scorer = _scorer_for(unit["scorer"], unit["scorer_args"])
+    scorer = _scorer_for(unit["scorer"], unit["scorer_args"], int(unit["threads"]))
     out: dict[str, list] = {f.name: [] for f in FILTER_SCORES}
     errors = 0
     now = datetime.now(UTC)
@@ -257,6 +263,7 @@ def run_filter(
                     "scorer_args": args,
                     "model_version": model_version,
                     "batch_size": cfg.batch_size,
+                    "threads": max(1, (os.cpu_count() or 1) // max(1, workers)),
                     "run_id": run.run_id,
                     "part": f"u{start // cfg.partition_rows:06d}",
                 }

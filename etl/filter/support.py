@@ -65,7 +65,7 @@ def build_support(
     *,
     name: str,
     model: str,
-    k: int = 4,
+    k: int = 8,
     seed: int = 0,
     batch_size: int = 32,
 ) -> dict:
