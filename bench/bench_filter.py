@@ -4,7 +4,7 @@
    images plus two real photographs of people, at 1 and 2 torch threads.
 2. `museum_category`: open_clip image embeddings + nearest centroid at 224 px, batch 32, for the tiny preset
    model and a config-built ViT-B-32 (random weights: the cost of the architecture, not its accuracy; the
-   paper's ViT-L/14@336px is measured on a few batches), at 1 and 2 threads.
+   paper's ViT-L/14@336px is measured on 16 images), at 1 and 2 threads.
 3. `image_type_burst_sql`: the image_type rules and the burst window over N synthetic GBIF-like records, in
    DuckDB (no image is read).
 
@@ -85,7 +85,7 @@ def bench_museum(imgs: list[Image.Image], skip_vit_l: bool) -> None:
         ("ViT-B-32", "ViT-B-32", imgs, 224),
     ]
     if not skip_vit_l:
-        models.append(("ViT-L-14-336", "ViT-L-14-336", imgs[:64], 336))
+        models.append(("ViT-L-14-336", "ViT-L-14-336", imgs[:16], 336))
     for name, spec, batch_imgs, size in models:
         model, _, preprocess = open_clip.create_model_and_transforms(spec, pretrained=None)
         model.eval()
