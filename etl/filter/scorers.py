@@ -42,6 +42,21 @@ class FaceConfig:
             raise ValueError("faces: min_face_size must be >= 1 and max_side >= 32")
 
 
+def face_model_version(cfg: FaceConfig) -> str:
+    """What the faces rows record as their model version: the package and every setting that changes a
+    score (a change scores the images again)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("facenet-pytorch")
+    except PackageNotFoundError:
+        v = "?"
+    return (
+        f"facenet-pytorch {v} thresholds={list(cfg.thresholds)} min_face_size={cfg.min_face_size}"
+        f" max_side={cfg.max_side}"
+    )
+
+
 def require_facenet():
     try:
         from facenet_pytorch import MTCNN
@@ -59,11 +74,9 @@ class FaceScorer:
     model = "mtcnn"
 
     def __init__(self, cfg: FaceConfig, device: str = "cpu") -> None:
-        from importlib.metadata import version
-
         mtcnn = require_facenet()
         self.cfg = cfg
-        self.model_version = f"facenet-pytorch {version('facenet-pytorch')} thresholds={list(cfg.thresholds)}"
+        self.model_version = face_model_version(cfg)
         self.detector = mtcnn(
             keep_all=True, thresholds=list(cfg.thresholds), min_face_size=cfg.min_face_size, device=device
         )
@@ -101,10 +114,12 @@ class MuseumCategoryScorer:
 
     model = "open_clip"
 
-    def __init__(self, model_path: str, categories: list[str], centroids: np.ndarray, version: str) -> None:
+    def __init__(
+        self, model_path: str, categories: list[str], centroids: np.ndarray, version: str, device: str = "cpu"
+    ) -> None:
         from evaluation.zero_shot import load_model
 
-        self.loaded = load_model(model_path)
+        self.loaded = load_model(model_path, device=device)
         self.categories = categories
         self.centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
         self.model_version = version
@@ -151,7 +166,9 @@ def _museum(args: dict[str, Any]) -> ImageScorer:
     from etl.filter.support import load_support
 
     support = load_support(args["home"], args["support"])
-    return MuseumCategoryScorer(support.model_path, support.categories, support.centroids, support.version)
+    return MuseumCategoryScorer(
+        support.model_path, support.categories, support.centroids, support.version, args["device"]
+    )
 
 
 IMAGE_SCORERS: dict[str, Callable[[dict[str, Any]], ImageScorer]] = {

@@ -111,22 +111,14 @@ SQL_SCORERS: dict[str, Callable[[FilterConfig, str, str], tuple[str, str]]] = {
 assert set(SQL_SCORERS) | set(IMAGE_SCORERS) == set(FILTER_SCORERS)
 
 
-def _scorer_args(catalog: Catalog, cfg: FilterConfig, scorer: str) -> tuple[dict[str, Any], str]:
-    """What a worker needs to build the scorer (plain JSON), and the model version its rows will carry."""
-    if scorer == "faces":
-        from importlib.metadata import PackageNotFoundError, version
+def _faces_args(catalog: Catalog, cfg: FilterConfig) -> tuple[dict[str, Any], str]:
+    from etl.filter.scorers import face_model_version, require_facenet
 
-        from etl.filter.scorers import require_facenet
+    require_facenet()  # a clear error here, not one per unit
+    return {"faces": asdict(cfg.faces), "device": cfg.device}, face_model_version(cfg.faces)
 
-        require_facenet()  # a clear error here, not one per unit
-        try:
-            v = version("facenet-pytorch")
-        except PackageNotFoundError:
-            v = "?"
-        return {
-            "faces": asdict(cfg.faces),
-            "device": cfg.device,
-        }, f"facenet-pytorch {v} thresholds={list(cfg.faces.thresholds)}"
+
+def _museum_args(catalog: Catalog, cfg: FilterConfig) -> tuple[dict[str, Any], str]:
     from etl.filter.support import load_support
     from evaluation.tasks import resolve_model
 
@@ -139,6 +131,15 @@ def _scorer_args(catalog: Catalog, cfg: FilterConfig, scorer: str) -> tuple[dict
             f"`tol filter build-support FOLDER --name {cfg.museum.support} --model {cfg.museum.model}`"
         )
     return {"home": str(catalog.home), "support": cfg.museum.support, "device": cfg.device}, support.version
+
+
+# What a worker needs to build each image scorer (plain JSON), and the model version its rows will carry;
+# checked in the driver, so a missing package or support set is one clear error before any unit runs.
+SCORER_ARGS: dict[str, Callable[[Catalog, FilterConfig], tuple[dict[str, Any], str]]] = {
+    "faces": _faces_args,
+    "museum_category": _museum_args,
+}
+assert set(SCORER_ARGS) == set(IMAGE_SCORERS)
 
 
 _SCORERS_IN_PROCESS: dict[str, Any] = {}
@@ -237,7 +238,7 @@ def run_filter(
                     )
                 log.info("filter %s: %d images scored", scorer, scored[scorer])
                 continue
-            args, model_version = _scorer_args(catalog, cfg, scorer)
+            args, model_version = SCORER_ARGS[scorer](catalog, cfg)
             plan = catalog.work_dir(run.run_id) / f"plan-{scorer}.parquet"
             again = (
                 ""
