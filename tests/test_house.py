@@ -170,7 +170,17 @@ def test_an_unknown_drop_reason_is_refused(catalog):
 def test_lake_writes_are_typed(catalog):
     import pyarrow as pa
 
-    rows = pa.table({"eval_set": ["s"], "path": ["a.jpg"], "md5": ["x"], "phash": [1], "run_id": ["r"]})
+    rows = pa.table(
+        {
+            "eval_set": ["s"],
+            "path": ["a.jpg"],
+            "md5": ["x"],
+            "phash": [1],
+            "pdq_hex": ["0" * 64],
+            "pdq_quality": [100],
+            "run_id": ["r"],
+        }
+    )
     part = catalog.write_part("eval_hashes", rows, partition={"set": "s"}, part="hashes")
     assert part == catalog.lake / "eval_hashes" / "set=s" / "hashes.parquet"
     with pytest.raises(ValueError, match="partitioned by"):

@@ -309,6 +309,7 @@ def _same_build(manifest: dict, cfg: ShardConfig, inputs: ShardInputs) -> bool:
     # Through JSON, as the manifest stored them (tuples become lists).
     settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "overwrite"}))
     built = {k: v for k, v in manifest.get("config", {}).items() if k != "overwrite"}
+    built.setdefault("filters", [])  # a version built before filter rules existed had none
     return (
         built == settings
         and manifest.get("dedup_run") == inputs.dedup_run
