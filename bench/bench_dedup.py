@@ -8,7 +8,13 @@
    and seconds for our hashing + search next to imagededup's PHash `encode_images` + `find_duplicates`, on
    the same files in the same run, both with 2 workers.
 
-Usage: bench_dedup.py [--sizes 1000000,10000000] [--images 1500] [--skip-synthetic] [--skip-images]
+3. `dedup_stage`: the whole `tol dedup` command (its own process, memory of its process tree sampled) on a
+   home synthesised with N image rows (random 64-bit pHashes, 1% planted near duplicates at 1-3 bits, 0.5%
+   exact MD5 copies; no image bytes, which dedup never reads), at each of `--stage-sizes`: seconds, peak RSS,
+   the decisions found against the planted truth, and the log-log growth exponents.
+
+Usage: bench_dedup.py [--sizes 1000000,10000000] [--images 1500] [--stage-sizes 1000000,10000000]
+                      [--skip-synthetic] [--skip-images] [--skip-stage]
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import io
 import json
 import math
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -196,6 +203,88 @@ def _pairs(items: list[str]) -> list[tuple[str, str]]:
     return [(a, b) for x, a in enumerate(items) for b in items[x + 1 :]]
 
 
+# --- the dedup stage, end to end ------------------------------------------------------------------------
+
+
+def synth_home(home: Path, n: int, seed: int = 0, part_rows: int = 1_000_000) -> dict:
+    """A home whose lake holds `n` raw records and their image rows (no bytes), in parts of `part_rows`."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from warehouse.catalog import open_catalog
+    from warehouse.schemas import IMAGES, RAW_RECORDS
+
+    catalog = open_catalog(home)
+    rng = np.random.default_rng(seed)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    planted = {"near_duplicate": 0, "exact_duplicate": 0}
+    for start in range(0, n, part_rows):
+        m = min(part_rows, n - start)
+        ids = np.char.add("bench:", np.char.zfill(np.arange(start, start + m).astype(str), 10))
+        h = rng.integers(0, 2**64, m, dtype=np.uint64)
+        md5 = np.char.add(np.char.zfill(np.arange(start, start + m).astype(str), 16), "0" * 16)
+        # 1% near copies of the row before (1-3 bits flipped), 0.5% exact copies (same MD5) of the row before.
+        near = np.arange(1, m, 100)
+        flips = np.zeros(near.size, dtype=np.uint64)
+        for _ in range(3):
+            flips |= np.uint64(1) << rng.integers(0, 64, near.size).astype(np.uint64)
+        h[near] = h[near - 1] ^ flips
+        exact = np.arange(51, m, 200)
+        h[exact], md5[exact] = h[exact - 1], md5[exact - 1]
+        planted["near_duplicate"] += int(near.size)
+        planted["exact_duplicate"] += int(exact.size)
+        cols = {
+            "record_id": pa.array(ids),
+            "source": pa.array(["bioscan"] * m),
+            "run_id": pa.array(["synth"] * m),
+        }
+        raw = {f.name: cols.get(f.name, pa.nulls(m, f.type)) for f in RAW_RECORDS}
+        raw["ingested_at"] = pa.array([now] * m, pa.timestamp("us", tz="UTC"))
+        catalog.write_part("raw_records_history", pa.table(raw), partition={"source": "bioscan", "ingest": f"p{start}"},
+                           part="records")  # fmt: skip
+        img = {f.name: cols.get(f.name, pa.nulls(m, f.type)) for f in IMAGES}
+        img |= {"status": pa.array(["ok"] * m), "md5": pa.array(md5), "phash": pa.array(h.view(np.int64)),
+                "width": pa.array(np.full(m, 256, np.int32)), "height": pa.array(np.full(m, 256, np.int32)),
+                "fetched_at": pa.array([now] * m, pa.timestamp("us", tz="UTC"))}  # fmt: skip
+        catalog.write_part(
+            "images_history", pa.table(img), partition={"source": "bioscan"}, part=f"p{start:010d}"
+        )
+    return planted
+
+
+def bench_stage(sizes: list[int], work: Path) -> dict:
+    from bench.bench_scale import run_stage
+
+    runs = []
+    for n in sizes:
+        home = work / f"home-{n}"
+        t0 = time.perf_counter()
+        planted = synth_home(home, n)
+        synth = time.perf_counter() - t0
+        stage = run_stage(home, ["dedup"], work / f"log-{n}.txt")
+        from warehouse.catalog import Catalog
+
+        with Catalog(home).connect(read_only=True) as con:
+            found = dict(
+                con.execute(
+                    "SELECT reason, count(*) FROM dedup_decisions WHERE NOT kept GROUP BY ALL"
+                ).fetchall()
+            )
+            details = con.execute("SELECT details FROM stage_runs WHERE stage = 'dedup' ORDER BY ended_at DESC LIMIT 1").fetchone()[0]  # fmt: skip
+        runs.append({"n": n, "synthesize_seconds": round(synth, 1), **stage, "planted": planted, "found": found,
+                     "details": json.loads(details) if isinstance(details, str) else details})  # fmt: skip
+        print(f"# dedup stage n={n}: {runs[-1]}", file=sys.stderr, flush=True)
+        shutil.rmtree(home, ignore_errors=True)
+    result = {"bench": "dedup_stage", "runs": runs}
+    if len(runs) >= 2:
+        a, b = runs[0], runs[-1]
+        scale = math.log(b["n"] / a["n"])
+        result["growth_exponent"] = {key: round(math.log(b[key] / a[key]) / scale, 2)
+                                     for key in ("seconds", "driver_rss_mb", "tree_rss_mb")}  # fmt: skip
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,10000000")
@@ -204,6 +293,9 @@ def main() -> None:
     ap.add_argument("--dup-groups", type=int, default=300)
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-images", action="store_true")
+    ap.add_argument("--stage-sizes", default="1000000,10000000")
+    ap.add_argument("--skip-stage", action="store_true")
+    ap.add_argument("--work", default=None, help="folder for the synthetic homes (default: a temporary one)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -213,6 +305,9 @@ def main() -> None:
         emit(bench_synthetic([int(s) for s in args.sizes.split(",")], args.k))
     if not args.skip_images:
         emit(bench_images(args.images, args.dup_groups, [4, 6, 8, 10]))
+    if not args.skip_stage:
+        with tempfile.TemporaryDirectory(dir=args.work) as work:
+            emit(bench_stage([int(s) for s in args.stage_sizes.split(",")], Path(work)))
 
 
 if __name__ == "__main__":

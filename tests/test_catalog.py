@@ -86,3 +86,18 @@ def test_threads_of_one_process_open_and_write_a_fresh_home_at_once(tmp_path):
     with open_catalog(home).connect() as con:
         rows = con.execute("SELECT status, count(*) FROM stage_runs GROUP BY status").fetchall()
     assert rows == [("succeeded", n)]
+
+
+def test_a_home_without_a_work_folder_can_spill(catalog):
+    """DuckDB creates its spill folder but not the folder above it: a fresh home (no `work/`) must still spill
+    a sort bigger than the memory cap rather than fail ("Failed to create directory")."""
+    import shutil
+
+    shutil.rmtree(catalog.home / "work", ignore_errors=True)
+    with catalog.snapshot() as con:
+        con.execute("SET memory_limit = '64MB'")
+        con.execute("SET preserve_insertion_order = false")
+        n = con.execute(
+            "SELECT count(*) FROM (SELECT i, md5(i::VARCHAR) AS s FROM range(3000000) t(i) ORDER BY s)"
+        ).fetchone()[0]
+    assert n == 3_000_000

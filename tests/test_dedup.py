@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from etl.dedup.near_dup import Layout, brute_force_pairs, near_pairs, plan_layout
+from etl.dedup.near_dup import (
+    Layout,
+    brute_force_pairs,
+    near_pairs,
+    plan_layout,
+    prefix_groups,
+    prefix_key,
+    prefix_value_sql,
+    stream_pairs,
+)
 
 
 def _planted(seed: int, n: int, n_pairs: int, max_flips: int) -> np.ndarray:
@@ -60,6 +69,60 @@ def test_layout_is_chosen_from_n_and_is_always_exact():
         assert layout.segments - layout.match in (6, 8)
     with pytest.raises(ValueError, match="not exact"):
         near_pairs(np.arange(10, dtype=np.uint64), 4, layout=Layout(6, 3))
+
+
+@pytest.mark.parametrize("max_rows", [None, 1])
+def test_streamed_search_in_small_batches_equals_brute_force(max_rows):
+    """The dedup stage's search: hashes sorted by DuckDB on each prefix group's segments, read in batches of
+    97 rows (runs of equal prefix values cross batch edges); max_rows=1 forces two-segment prefixes."""
+    import duckdb
+
+    k = 4
+    h = np.concatenate([_planted(3, 1200, 300, k + 2), np.full(150, 0x0F0F_0F0F_0F0F_0F0F, dtype=np.uint64)])
+    layout = Layout(7, 3)
+    groups = prefix_groups(layout, h.size, max_rows=max_rows)
+    assert {len(p) for p, _ in groups} == ({1} if max_rows is None else {2})
+    con = duckdb.connect()
+    con.register("t", {"ix": np.arange(h.size, dtype=np.int64), "phash": h.view(np.int64)})
+    got = set()
+    for prefix, subsets in groups:
+        value = prefix_value_sql("phash", layout, prefix)
+        rows = con.sql(f"SELECT ix, phash FROM t ORDER BY {value}").fetchnumpy()
+        keys = prefix_key(rows["phash"], layout, prefix)
+        assert np.all(keys[1:] >= keys[:-1])  # the SQL value is prefix_key, so its order is theirs
+        batches = [(rows["ix"][i : i + 97], rows["phash"][i : i + 97]) for i in range(0, h.size, 97)]
+        for packed in stream_pairs(batches, k, layout, prefix, subsets, workers=2):
+            got |= {(int(p >> np.uint64(32)), int(p & np.uint64(0xFFFFFFFF))) for p in packed}
+    want = {(i, j) for i, j, _ in zip(*brute_force_pairs(h, k), strict=True)}
+    assert got == want and len(want) > 150 * 149 // 2
+
+
+def test_clusters_in_sql_equal_scipy_connected_components():
+    import duckdb
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from etl.dedup.stage import _components
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    a = rng.integers(0, n, 2500)
+    b = rng.integers(0, n, 2500)
+    chain = np.arange(200, 260)  # a long path: the slowest case for label propagation
+    a, b = np.concatenate([a, chain[:-1]]), np.concatenate([b, chain[1:]])
+    keep = a != b
+    a, b = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    con = duckdb.connect()
+    con.register("edges", {"a": a.astype(np.int64), "b": b.astype(np.int64)})
+    _components(con, "edges")
+    got = dict(con.execute("SELECT ix, root FROM comp").fetchall())
+    labels = connected_components(coo_matrix((np.ones(a.size), (a, b)), shape=(n, n)), directed=False)[1]
+    nodes = np.union1d(a, b)
+    assert set(got) == set(nodes.tolist())
+    smallest = {}
+    for node in nodes.tolist():
+        smallest.setdefault(labels[node], node)
+    assert all(got[node] == smallest[labels[node]] for node in nodes.tolist())
 
 
 def test_planted_duplicates_and_leaks_are_found(curated, world):

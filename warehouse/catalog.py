@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from warehouse.contracts import DROP_REASONS
-from warehouse.lake import part_path, write_part
+from warehouse.lake import part_path, typed_select, write_part
 from warehouse.locks import mark_interrupted
 from warehouse.schemas import IMAGES, LAKE_TABLES, RAW_RECORDS, duckdb_type
 
@@ -123,10 +123,10 @@ def duckdb_config(home: Path) -> dict[str, str]:
     """Every catalog connection's DuckDB settings: a memory limit (`TOL_DUCKDB_MEMORY`, default 1GB) with
     spilling to `work/duckdb-spill` under the home, so a sort or join over the whole corpus costs disk, not a
     process that grows with the corpus (DuckDB's own default is 80% of the machine's memory)."""
-    return {
-        "memory_limit": os.environ.get("TOL_DUCKDB_MEMORY") or "1GB",
-        "temp_directory": str(home / "work" / "duckdb-spill"),
-    }
+    spill = home / "work" / "duckdb-spill"
+    # DuckDB creates the spill folder itself, but not its parents: a home without `work/` could not spill.
+    spill.parent.mkdir(parents=True, exist_ok=True)
+    return {"memory_limit": os.environ.get("TOL_DUCKDB_MEMORY") or "1GB", "temp_directory": str(spill)}
 
 
 def _waiting_for_lock(open_fn, path: Path, wait: float | None):
@@ -272,9 +272,7 @@ class Catalog:
         Python); each column of the table's schema is taken by name and cast to its type (a missing one is
         an error). Returns the row count."""
         path = part_path(self.lake, table, partition, part)  # refuses an unknown table or partition
-        schema = LAKE_TABLES[table].schema
-        cols = ", ".join(f'CAST("{f.name}" AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema)
-        return self.export_parquet(f"SELECT {cols} FROM ({sql})", path, row_group_rows=122_880, tables=tables)
+        return self.export_parquet(typed_select(table, sql), path, row_group_rows=122_880, tables=tables)
 
     def query_arrow(self, sql: str, params: list | None = None) -> pa.Table:
         with self.connect() as con:

@@ -41,6 +41,44 @@ def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, s
     return write_parquet_atomic(rows, path)
 
 
+def typed_select(table: str, sql: str) -> str:
+    """`sql`'s rows as the lake table `table`'s columns: each taken by name and cast to its type (a missing
+    one is DuckDB's binder error, naming it)."""
+    from warehouse.schemas import LAKE_TABLES, duckdb_type
+
+    cols = ", ".join(
+        f'CAST("{f.name}" AS {duckdb_type(f.type)}) AS "{f.name}"' for f in LAKE_TABLES[table].schema
+    )
+    return f"SELECT {cols} FROM ({sql})"
+
+
+def export_part(
+    con,
+    lake: Path,
+    table: str,
+    sql: str,
+    *,
+    partition: dict[str, str],
+    part: str,
+    row_group_rows: int = 122_880,
+) -> Path:
+    """Write the rows of `sql`, run on the DuckDB connection `con`, as one part of the lake table `table`,
+    atomically: DuckDB streams them to a temporary file that is renamed into place; no row passes through
+    Python."""
+    path = part_path(lake, table, partition, part)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    target = str(tmp).replace("'", "''")
+    options = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {int(row_group_rows)}"
+    try:
+        con.execute(f"COPY ({typed_select(table, sql)}) TO '{target}' ({options})")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def part_path(lake: Path, table: str, partition: dict[str, str], part: str) -> Path:
     """Where a part of the lake table `table` lies; checks the table, its partition keys and the names."""
     from warehouse.contracts import check_name

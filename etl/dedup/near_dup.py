@@ -11,6 +11,10 @@ The layout trades the number of sorts (C(m, s)) against bucket crowding (N^2 / 2
 so it is chosen from N: `m = k + 1` (one segment must match, the classic band index) is cheapest for
 thousands of hashes and quadratic beyond; larger `m` gives wider keys and stays linear for millions
 (`plan_layout`; measured in bench/bench_dedup.py, figures in the README).
+
+The search needs the hashes only in the order of a few segments' values (`prefix_groups`), one run of equal
+values at a time, so the same search runs in memory (`near_pairs`) or over a sorted stream that a database
+produces and spills (`stream_pairs`, used by the dedup stage): memory then holds a batch, not the corpus.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,9 +32,10 @@ import numpy as np
 _SORT_COST = 2.7e-8  # per hash and per subset: key building and the blocked 16-bit radix sort
 _PAIR_COST = 8e-9  # per candidate pair: build, gather, xor, popcount, filter
 _MAX_SEGMENTS = 16
-_PAIR_CHUNK = 8_000_000
+_PAIR_CHUNK = 8_000_000  # candidate pairs verified per chunk: bounds memory under crowded keys
 _SHORT_RUN = 32
-_BLOCK = 32_768  # hashes per block in the self-join: a block and its keys stay in L2  # candidate pairs verified per chunk: bounds memory under crowded keys
+_BLOCK = 32_768  # hashes per block in the self-join: a block and its keys stay in L2
+_MAX_RUN_ROWS = 1 << 20  # expected hashes per prefix value that a streamed search holds at once
 
 
 @dataclass(frozen=True)
@@ -198,45 +203,123 @@ def _block_pairs(
     return found
 
 
-def _self_pairs(h: np.ndarray, k: int, layout: Layout, workers: int) -> np.ndarray:
-    """Pairs within k inside h, packed as i<<32|j with i < j.
+def prefix_groups(
+    layout: Layout, n: int, max_rows: int | None = None
+) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
+    """The subsets grouped by their first g segments (the "prefix"), with g the smallest for which the
+    expected number of hashes sharing one prefix value is at most `max_rows`.
 
-    Subsets are grouped by their first segment `a`. One sort by segment a cuts the data into blocks that
-    agree on it; every subset starting with `a` is then searched block by block. Blocks are sized to stay
-    in the CPU cache, which is what keeps the cost per hash flat from 1 M to 10 M hashes.
-    """
+    A pair found by a subset agrees on its prefix, so each group is searched over hashes ordered by the
+    prefix value, one run of equal values at a time: memory holds one run, not the corpus (see
+    `stream_pairs`)."""
+    max_rows = max_rows or _MAX_RUN_ROWS
     bounds = layout.bounds
-    tasks = []
-    for a in range(layout.segments):
-        subsets = [s for s in layout.subsets if s[0] == a]
-        if not subsets:
-            continue
-        width = bounds[a + 1] - bounds[a]
-        seg = (h >> np.uint64(bounds[a])) & np.uint64((1 << width) - 1)
-        seg_sorted, order = _sort_pack(seg, width)
-        ends = np.append(np.flatnonzero(seg_sorted[1:] != seg_sorted[:-1]) + 1, h.size)
-        # Group consecutive segment values into blocks of about _BLOCK hashes (one value never splits).
-        cuts = np.searchsorted(ends, np.arange(_BLOCK, h.size + _BLOCK, _BLOCK), side="left")
-        block_ends = np.unique(np.append(ends[np.minimum(cuts, ends.size - 1)], h.size))
-        h_sorted = h[order]
-        start = 0
-        for end in block_ends.tolist():
-            if end - start >= 2:
-                tasks.append((start, end, order, h_sorted, subsets))
-            start = end
+    for g in range(1, layout.match + 1):
+        groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for subset in layout.subsets:
+            groups.setdefault(subset[:g], []).append(subset)
+        narrowest = min(sum(bounds[i + 1] - bounds[i] for i in prefix) for prefix in groups)
+        if n / 2.0**narrowest <= max_rows or g == layout.match:
+            return list(groups.items())
+    raise AssertionError("unreachable: g == layout.match returns")
 
-    def run(task: tuple) -> np.ndarray:
-        start, end, order, h_sorted, subsets = task
-        local = _block_pairs(h_sorted[start:end], k, layout, subsets)
+
+def prefix_key(hashes: np.ndarray, layout: Layout, prefix: tuple[int, ...]) -> np.ndarray:
+    """The prefix segments' bits of each hash as one integer (equal keys <=> equal prefix segments)."""
+    return _keys(_as_unsigned(hashes), layout, prefix)
+
+
+def prefix_value_sql(column: str, layout: Layout, prefix: tuple[int, ...]) -> str:
+    """SQL for `prefix_key` of a BIGINT hash column: the same integer, so a database can sort by it. (DuckDB's >> on a signed value shifts in sign bits, which the mask removes.)"""
+    if layout.key_bits(prefix) > 62:
+        raise ValueError(f"prefix {prefix} of {layout} is wider than a non-negative BIGINT")
+    b = layout.bounds
+    terms, offset = [], 0
+    for i in prefix:
+        width = b[i + 1] - b[i]
+        terms.append(f"((({column} >> {b[i]}) & {(1 << width) - 1}) << {offset})")
+        offset += width
+    return " | ".join(terms)
+
+
+def sorted_pairs(
+    ids: np.ndarray,
+    hashes: np.ndarray,
+    k: int,
+    layout: Layout,
+    prefix: tuple[int, ...],
+    subsets: list[tuple[int, ...]],
+    workers: int,
+) -> np.ndarray:
+    """Pairs within k among `hashes` (sorted so that equal prefix keys are adjacent) for `subsets` (all
+    starting with `prefix`), as ids packed min<<32|max. `ids` are the hashes' ids (< 2^32).
+
+    The rows are cut into blocks of about _BLOCK hashes that never split a prefix value, each searched on
+    its own: a block and its keys stay in the CPU cache, which keeps the cost per hash flat in N."""
+    h = _as_unsigned(hashes)
+    if h.size < 2:
+        return np.zeros(0, dtype=np.uint64)
+    key = prefix_key(h, layout, prefix)
+    ends = np.append(np.flatnonzero(key[1:] != key[:-1]) + 1, h.size)
+    cuts = np.searchsorted(ends, np.arange(_BLOCK, h.size + _BLOCK, _BLOCK), side="left")
+    block_ends = np.unique(np.append(ends[np.minimum(cuts, ends.size - 1)], h.size))
+    spans = []
+    start = 0
+    for end in block_ends.tolist():
+        if end - start >= 2:
+            spans.append((start, end))
+        start = end
+
+    def run(span: tuple[int, int]) -> np.ndarray:
+        start, end = span
+        local = _block_pairs(h[start:end], k, layout, subsets)
         if not local:
             return np.zeros(0, dtype=np.uint64)
-        ab = order[start + np.concatenate(local, axis=1)]
-        return (np.minimum(ab[0], ab[1]).astype(np.uint64) << np.uint64(32)) | np.maximum(
-            ab[0], ab[1]
-        ).astype(np.uint64)
+        ab = ids[start + np.concatenate(local, axis=1)].astype(np.uint64)
+        return (np.minimum(ab[0], ab[1]) << np.uint64(32)) | np.maximum(ab[0], ab[1])
 
     with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy sorts and gathers release the GIL
-        parts = list(pool.map(run, tasks))
+        parts = list(pool.map(run, spans))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def stream_pairs(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    layout: Layout,
+    prefix: tuple[int, ...],
+    subsets: list[tuple[int, ...]],
+    workers: int | None = None,
+) -> Iterator[np.ndarray]:
+    """`sorted_pairs` over (ids, hashes) batches in which equal prefix keys are adjacent (DuckDB reads
+    `ORDER BY prefix_value_sql(...)` in record batches): the last prefix value of each batch is carried into the
+    next, so no run is split and memory holds one batch plus one run. Yields packed pairs per batch."""
+    workers = workers or min(2, os.cpu_count() or 1)
+    carry_ids = np.zeros(0, dtype=np.int64)
+    carry_h = np.zeros(0, dtype=np.uint64)
+    for ids, hashes in batches:
+        ids = np.concatenate([carry_ids, np.asarray(ids, dtype=np.int64)])
+        h = np.concatenate([carry_h, _as_unsigned(hashes)])
+        if h.size == 0:
+            continue
+        key = prefix_key(h, layout, prefix)
+        other = np.flatnonzero(key != key[-1])
+        cut = int(other[-1]) + 1 if other.size else 0
+        if cut:
+            yield sorted_pairs(ids[:cut], h[:cut], k, layout, prefix, subsets, workers)
+        carry_ids, carry_h = ids[cut:], h[cut:]
+    if carry_h.size >= 2:
+        yield sorted_pairs(carry_ids, carry_h, k, layout, prefix, subsets, workers)
+
+
+def _self_pairs(h: np.ndarray, k: int, layout: Layout, workers: int) -> np.ndarray:
+    """Pairs within k inside h (in memory), packed as i<<32|j with i < j: each prefix group's search over
+    the hashes sorted by its prefix (the same search `stream_pairs` runs over a DuckDB sort)."""
+    parts = []
+    for prefix, subsets in prefix_groups(layout, h.size):
+        key_bits = layout.key_bits(prefix)
+        _, order = _sort_pack(prefix_key(h, layout, prefix), key_bits)
+        parts.append(sorted_pairs(order, h[order], k, layout, prefix, subsets, workers))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 

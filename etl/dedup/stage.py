@@ -4,8 +4,10 @@
    check: <= 10 of 256; needs images fetched with `--pdq`), or with equal MD5, of any evaluation image, and
    every record of a source id an id-listed benchmark names (Rare Species: EOL page ids) -> `eval_leak:<name>`;
 2. exact: one keeper per MD5 of the original bytes -> `exact_duplicate`;
-3. near: candidate pairs from a band index on the 64-bit pHash (k+1 segments: any pair within distance k
-   shares one segment exactly), popcount check, connected components, one keeper per cluster.
+3. near: every pair within distance k of the 64-bit pHash (the exact multi-index search of
+   `near_dup`, streamed from DuckDB in batches), connected components in SQL, one keeper per cluster.
+Memory does not follow the corpus: ids, pairs and decisions stay in DuckDB (capped, spilling) and Parquet;
+Python holds one batch of (ix, hash) at a time.
 Keeper rule: source priority, then larger image, then earliest record. Degenerate hashes (near-constant
 bits, from blank or uniform images) are flagged and never clustered.
 """
@@ -13,6 +15,8 @@ bits, from blank or uniform images) are flagged and never clustered.
 from __future__ import annotations
 
 import csv
+import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +24,20 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+import pyarrow.parquet as pq
 
-from etl.dedup.near_dup import near_pairs
+from etl.dedup.near_dup import (
+    near_pairs,
+    plan_layout,
+    prefix_groups,
+    prefix_value_sql,
+    stream_pairs,
+)
 from etl.fetch.images import ImageConfig, is_image_name, process_image, require_pdq, tar_images
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import SOURCES, check_name
-from warehouse.schemas import DEDUP_DECISIONS, EVAL_HASHES, EVAL_IDS
+from warehouse.lake import export_part
+from warehouse.schemas import EVAL_HASHES, EVAL_IDS
 from warehouse.stage_runs import StageRun
 
 
@@ -155,10 +165,71 @@ def store_eol_pages(catalog: Catalog, name: str, path: str | Path, run_id: str) 
     return len(ids)
 
 
-def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Connected-component label per node 0..n-1 (scipy's union-find over a sparse graph)."""
-    graph = coo_matrix((np.ones(i.size, dtype=np.int8), (i, j)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+log = logging.getLogger("tol.dedup")
+
+# Rows per record batch read from DuckDB into the search: the search holds one batch (16 bytes a row) plus
+# one run of equal prefix values.
+_BATCH_ROWS = 1 << 20
+_MAX_COMPONENT_ROUNDS = 200
+
+
+def _hash_batches(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ix, phash) numpy batches of `sql`'s two columns, streamed from DuckDB (which spills its sort)."""
+    for batch in con.sql(sql).to_arrow_reader(_BATCH_ROWS):
+        yield batch.column(0).to_numpy(), batch.column(1).to_numpy()
+
+
+class _PairSink:
+    """Pairs found by the search, appended to a Parquet file in the run's work folder as they come (the
+    search never holds the corpus's pairs); DuckDB reads the file back."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.schema, self.rows = path, schema, 0
+        self._writer = pq.ParquetWriter(path, schema)
+
+    def add(self, **columns: np.ndarray) -> None:
+        if len(next(iter(columns.values()))):
+            self._writer.write_table(pa.table(columns, schema=self.schema))
+            self.rows += len(next(iter(columns.values())))
+
+    def close(self) -> str:
+        self._writer.close()
+        return str(self.path).replace("'", "''")
+
+
+def _numbered(con: duckdb.DuckDBPyConnection, name: str, source: str) -> int:
+    """Temp table `name(ix, id, phash)` over `source`, ix = 0, 1, ... (the search works on integers; ids stay
+    in DuckDB). The numbering is in no particular order: no decision depends on it (keepers are chosen by
+    the keeper rule, not by ix). Returns the row count."""
+    con.execute(f"""CREATE TEMP TABLE {name} AS
+                    SELECT (row_number() OVER () - 1)::BIGINT AS ix, id, phash FROM {source}""")
+    return fetch_first(con, f"SELECT count(*) FROM {name}")[0]
+
+
+def _components(con: duckdb.DuckDBPyConnection, edges: str) -> int:
+    """Temp table `comp(ix, root)`: each node of the graph `edges(a, b)` and the smallest ix of its connected
+    component, set-wise (min-label propagation with pointer jumping; DuckDB spills, so memory does not grow
+    with the corpus). Returns the rounds taken."""
+    con.execute(
+        f"CREATE TEMP TABLE und AS SELECT a AS x, b AS y FROM {edges} UNION ALL SELECT b, a FROM {edges}"
+    )
+    con.execute("CREATE TEMP TABLE comp AS SELECT x AS ix, least(x, min(y)) AS root FROM und GROUP BY x")
+    for rounds in range(1, _MAX_COMPONENT_ROUNDS + 1):
+        con.execute("""CREATE TEMP TABLE comp_next AS
+            WITH hop AS (SELECT u.x AS ix, min(c.root) AS root FROM und u JOIN comp c ON c.ix = u.y GROUP BY u.x),
+                 low AS (SELECT c.ix, least(c.root, coalesce(h.root, c.root)) AS root
+                         FROM comp c LEFT JOIN hop h USING (ix))
+            SELECT l.ix, least(l.root, r.root) AS root FROM low l JOIN low r ON r.ix = l.root""")
+        changed = fetch_first(
+            con, "SELECT count(*) FROM comp_next n JOIN comp c USING (ix) WHERE n.root <> c.root"
+        )[0]
+        con.execute("DROP TABLE comp")
+        con.execute("ALTER TABLE comp_next RENAME TO comp")
+        if not changed:
+            con.execute("DROP TABLE und")
+            return rounds
+    raise RuntimeError(f"near-duplicate clusters did not settle in {_MAX_COMPONENT_ROUNDS} rounds")
 
 
 def _priority_sql(config: DedupConfig) -> str:
@@ -177,8 +248,12 @@ def run_dedup(catalog: Catalog, config: DedupConfig | None = None) -> dict:
             store_eol_pages(catalog, name, path, run.run_id)
         # On a snapshot: the catalog is held only while its small tables are copied, not for the search;
         # the decisions go to the lake as a part, which needs no catalog connection.
-        with catalog.snapshot() as con:
-            _decide(con, config, run)
+        work = catalog.home / "work" / f"dedup-{run.run_id}"
+        try:
+            with catalog.snapshot() as con:
+                _decide(con, config, run, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return run.summary()
 
 
@@ -189,7 +264,7 @@ def _hashes(con: duckdb.DuckDBPyConnection, table: str) -> tuple[pa.Array, np.nd
     return t["id"].combine_chunks(), t["phash"].to_numpy()
 
 
-def find_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) -> None:
+def find_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun, work: Path) -> None:
     """Step 1. Table `leaks(id, eval_set, eval_id, distance)`: nearest evaluation image per training image."""
     con.execute("CREATE TEMP TABLE leak_pairs (id VARCHAR, eval_id VARCHAR, distance INTEGER)")
     # Every stored evaluation set counts, including those hashed by earlier runs.
@@ -199,15 +274,24 @@ def find_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRu
         # Degenerate hashes (blank or uniform images) leak by MD5 only: by pHash a blank test image would
         # "match" every blank training image.
         lo, hi = config.degenerate_min_bits, 64 - config.degenerate_min_bits
-        ok_ids, ok_hashes = _hashes(con, "(SELECT * FROM ok WHERE NOT degenerate)")
+        n_ok = _numbered(con, "okx", "(SELECT * FROM ok WHERE NOT degenerate)")
         ev_ids, ev_hashes = _hashes(con, f"(SELECT * FROM ev WHERE bit_count(phash) BETWEEN {lo} AND {hi})")
+        con.register("ev_ix", pa.table({"j": np.arange(len(ev_ids), dtype=np.int64), "eval_id": ev_ids}))
+        sink = _PairSink(work / "leak_pairs.parquet", pa.schema([("ix", pa.int64()), ("j", pa.int64()),
+                                                                 ("distance", pa.int32())]))  # fmt: skip
         with run.timed("leak_search"):
-            i, j, d = near_pairs(ok_hashes, config.leak_k, other=ev_hashes)
-        pairs = pa.table({"id": ok_ids.take(i), "eval_id": ev_ids.take(j), "distance": d.astype(np.int32)})
-        con.register("leak_pairs_found", pairs)
-        con.execute("""INSERT INTO leak_pairs SELECT * FROM leak_pairs_found
-                       UNION ALL SELECT o.id, e.id, 0 FROM ok o JOIN ev e ON o.md5 = e.md5""")
-        run.details["leak_pairs"] = int(i.size)
+            if n_ok and len(ev_hashes):
+                # The training side streams in batches; the evaluation sets (small) stay in memory.
+                layout = plan_layout(config.leak_k, n_ok, len(ev_hashes))
+                for ix, h in _hash_batches(con, "SELECT ix, phash FROM okx ORDER BY ix"):
+                    i, j, d = near_pairs(h, config.leak_k, other=ev_hashes, layout=layout)
+                    sink.add(ix=ix[i], j=j, distance=d.astype(np.int32))
+        found = sink.close()
+        con.execute(f"""INSERT INTO leak_pairs
+                        SELECT o.id, e.eval_id, p.distance FROM read_parquet('{found}') p
+                        JOIN okx o USING (ix) JOIN ev_ix e USING (j)
+                        UNION ALL SELECT o.id, e.id, 0 FROM ok o JOIN ev e ON o.md5 = e.md5""")
+        run.details["leak_pairs"] = sink.rows
         run.details["eval_sets"] = dict(
             con.execute("SELECT eval_set, count(*) FROM ev GROUP BY ALL").fetchall()
         )
@@ -264,24 +348,53 @@ def find_exact(con: duckdb.DuckDBPyConnection, order: str) -> None:
     con.execute("CREATE TEMP VIEW uniq AS SELECT * FROM pool WHERE id NOT IN (SELECT id FROM exact)")
 
 
-def find_near(con: duckdb.DuckDBPyConnection, config: DedupConfig, order: str, run: StageRun) -> None:
-    """Step 3. Table `near(id, keeper, distance)`: clusters of the non-degenerate unique images."""
+def find_near(
+    con: duckdb.DuckDBPyConnection, config: DedupConfig, order: str, run: StageRun, work: Path
+) -> None:
+    """Step 3. Table `near(id, keeper, distance)`: clusters of the non-degenerate unique images.
+
+    The search reads (ix, phash) from DuckDB sorted by each prefix group's segments, in record batches
+    (`near_dup.stream_pairs`), and appends the pairs to a Parquet file; clusters are found in SQL."""
     con.execute("CREATE TEMP VIEW clusterable AS SELECT * FROM uniq WHERE NOT degenerate")
-    ids, hashes = _hashes(con, "clusterable")
+    n = _numbered(con, "hx", "clusterable")
+    sink = _PairSink(work / "near_pairs.parquet", pa.schema([("a", pa.int64()), ("b", pa.int64())]))
     with run.timed("near_search"):
-        i, j, _ = near_pairs(hashes, config.near_k)
-    labels = _components(len(hashes), i, j) if len(hashes) else np.zeros(0, dtype=np.int32)
-    members = np.union1d(i, j)
-    con.register("comp", pa.table({"id": ids.take(members), "root": labels[members]}))
+        if n >= 2:
+            layout = plan_layout(config.near_k, n)
+            groups = prefix_groups(layout, n)
+            run.details["near_layout"] = {
+                "segments": layout.segments,
+                "match": layout.match,
+                "prefix_groups": len(groups),
+            }
+            for g, (prefix, subsets) in enumerate(groups, 1):
+                log.info("near-duplicate search: key group %d of %d (%d hashes, %d pairs so far)",
+                         g, len(groups), n, sink.rows)  # fmt: skip
+                value = prefix_value_sql("phash", layout, prefix)
+                batches = _hash_batches(con, f"SELECT ix, phash FROM hx ORDER BY {value}")
+                for packed in stream_pairs(batches, config.near_k, layout, prefix, subsets):
+                    sink.add(a=(packed >> np.uint64(32)).astype(np.int64),
+                             b=(packed & np.uint64(0xFFFFFFFF)).astype(np.int64))  # fmt: skip
+    found = sink.close()
+    # A pair agreeing on several subsets is found once per subset.
+    con.execute(f"CREATE TEMP TABLE near_edges AS SELECT DISTINCT a, b FROM read_parquet('{found}')")
+    with run.timed("near_clusters"):
+        rounds = _components(con, "near_edges")
+    log.info("near-duplicate clusters: %d pairs settled in %d rounds", sink.rows, rounds)
     con.execute(f"""CREATE TEMP TABLE near AS
-        WITH k AS (SELECT comp.root, first(c.id ORDER BY {order}) AS keeper, first(c.phash ORDER BY {order}) AS kh
-                   FROM comp JOIN clusterable c USING (id) GROUP BY comp.root)
-        SELECT c.id, k.keeper, bit_count(xor(c.phash, k.kh))::INT AS distance
-        FROM comp JOIN clusterable c USING (id) JOIN k USING (root) WHERE c.id <> k.keeper""")
-    run.details.update(near_candidate_pairs=int(i.size), clusters=int(np.unique(labels[members]).size))
+        WITH m AS (SELECT comp.root, c.* FROM comp JOIN hx USING (ix) JOIN clusterable c USING (id)),
+             k AS (SELECT root, first(id ORDER BY {order}) AS keeper, first(phash ORDER BY {order}) AS kh
+                   FROM m GROUP BY root)
+        SELECT m.id, k.keeper, bit_count(xor(m.phash, k.kh))::INT AS distance
+        FROM m JOIN k USING (root) WHERE m.id <> k.keeper""")
+    run.details.update(
+        near_candidate_pairs=fetch_first(con, "SELECT count(*) FROM near_edges")[0],
+        clusters=fetch_first(con, "SELECT count(DISTINCT root) FROM comp")[0],
+        cluster_rounds=rounds,
+    )
 
 
-def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) -> None:
+def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun, work: Path) -> None:
     # `cand` is the one copy of the candidates; `ok`, `pool`, `uniq` and `clusterable` are views over it (a
     # table each would hold the corpus four more times).
     con.execute(f"""CREATE TEMP TABLE cand AS
@@ -294,12 +407,13 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
     run.n_in = fetch_first(con, "SELECT count(*) FROM cand")[0]
     con.execute("CREATE TEMP VIEW ok AS SELECT * FROM cand WHERE status = 'ok' AND phash IS NOT NULL")
     order = "source_rank, pixels DESC, ingested_at, id"
-    find_leaks(con, config, run)
+    find_leaks(con, config, run, work)
     find_exact(con, order)
-    find_near(con, config, order, run)
+    find_near(con, config, order, run, work)
     # One row per image: the first reason that applies, in step order.
-    decisions = con.sql(
-        """SELECT c.id AS record_id,
+    # The decisions never pass through Python: DuckDB writes them as the run's lake part.
+    con.execute(
+        """CREATE TEMP TABLE decided AS SELECT c.id AS record_id,
                   (l.id IS NULL AND x.id IS NULL AND n.id IS NULL AND c.status = 'ok' AND c.phash IS NOT NULL)
                     AS kept,
                   CASE WHEN c.status <> 'ok' OR c.phash IS NULL THEN 'no_hash'
@@ -311,17 +425,17 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun) 
                   CASE WHEN l.id IS NOT NULL THEN l.distance WHEN x.id IS NOT NULL THEN 0
                        ELSE n.distance END::INT AS distance,
                   $run_id AS run_id
-           FROM cand c LEFT JOIN leaks l USING (id) LEFT JOIN exact x USING (id) LEFT JOIN near n USING (id)
-           ORDER BY c.id""",
-        params={"run_id": run.run_id},
-    ).arrow()
-    if isinstance(decisions, pa.RecordBatchReader):
-        decisions = decisions.read_all()
-    decisions = decisions.cast(DEDUP_DECISIONS)
-    run.catalog.write_part(
-        "dedup_decisions_history", decisions, partition={"run": run.run_id}, part="decisions"
+           FROM cand c LEFT JOIN leaks l USING (id) LEFT JOIN exact x USING (id) LEFT JOIN near n USING (id)""",
+        {"run_id": run.run_id},
     )
-    con.register("decided", decisions)
+    export_part(
+        con,
+        run.catalog.lake,
+        "dedup_decisions_history",
+        "SELECT * FROM decided ORDER BY record_id",
+        partition={"run": run.run_id},
+        part="decisions",
+    )
     for reason, n in con.execute(
         "SELECT reason, count(*) FROM decided WHERE NOT kept GROUP BY reason ORDER BY reason"
     ).fetchall():
