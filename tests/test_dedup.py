@@ -256,7 +256,11 @@ def test_degenerate_hashes_neither_cluster_nor_leak_by_phash(catalog):
     ev = pa.table({"eval_set": ["test", "test"], "path": ["blank.jpg", "other.jpg"], "md5": ["blank-test", "zz"],
                    "phash": [0, textured[1] ^ (2**40)], "run_id": ["e", "e"], "pdq_hex": [None, None], "pdq_quality": [None, None]})  # fmt: skip
     write_parquet_atomic(ev.cast(EVAL_HASHES), catalog.lake / "eval_hashes" / "set=test" / "hashes.parquet")
+    leftover = catalog.home / "work" / "dedup-killed-run" / "near_pairs.parquet"  # a killed run's pairs
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"partial")
     run_dedup(catalog, DedupConfig())
+    assert not list((catalog.home / "work").glob("dedup-*"))  # the leftover and the run's own pairs are gone
     with catalog.connect() as con:
         got = dict(con.execute("SELECT record_id, reason FROM dedup_decisions").fetchall())
     assert got["r0"] == got["r1"] == "degenerate_hash"  # kept, flagged, not clustered with each other

@@ -248,6 +248,9 @@ def run_dedup(catalog: Catalog, config: DedupConfig | None = None) -> dict:
             store_eol_pages(catalog, name, path, run.run_id)
         # On a snapshot: the catalog is held only while its small tables are copied, not for the search;
         # the decisions go to the lake as a part, which needs no catalog connection.
+        # Under the dedup lock no other dedup runs, so a work folder here is a killed run's leftover.
+        for stale in (catalog.home / "work").glob("dedup-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         work = catalog.home / "work" / f"dedup-{run.run_id}"
         try:
             with catalog.snapshot() as con:
