@@ -370,9 +370,11 @@ def find_near(
                 "match": layout.match,
                 "prefix_groups": len(groups),
             }
+            # Progress for searches long enough to watch (one batch or more), not for small homes.
+            level = logging.INFO if n >= _BATCH_ROWS else logging.DEBUG
             for g, (prefix, subsets) in enumerate(groups, 1):
-                log.info("near-duplicate search: key group %d of %d (%d hashes, %d pairs so far)",
-                         g, len(groups), n, sink.rows)  # fmt: skip
+                log.log(level, "near-duplicate search: key group %d of %d (%d hashes, %d pairs so far)",
+                        g, len(groups), n, sink.rows)  # fmt: skip
                 value = prefix_value_sql("phash", layout, prefix)
                 batches = _hash_batches(con, f"SELECT ix, phash FROM hx ORDER BY {value}")
                 for packed in stream_pairs(batches, config.near_k, layout, prefix, subsets):
@@ -383,7 +385,13 @@ def find_near(
     con.execute(f"CREATE TEMP TABLE near_edges AS SELECT DISTINCT a, b FROM read_parquet('{found}')")
     with run.timed("near_clusters"):
         rounds = _components(con, "near_edges")
-    log.info("near-duplicate clusters: %d pairs settled in %d rounds", sink.rows, rounds)
+    edges = fetch_first(con, "SELECT count(*) FROM near_edges")[0]
+    log.info(
+        "near duplicates: %d pairs within %d bits, clusters settled in %d rounds",
+        edges,
+        config.near_k,
+        rounds,
+    )
     con.execute(f"""CREATE TEMP TABLE near AS
         WITH m AS (SELECT comp.root, c.* FROM comp JOIN hx USING (ix) JOIN clusterable c USING (id)),
              k AS (SELECT root, first(id ORDER BY {order}) AS keeper, first(phash ORDER BY {order}) AS kh
@@ -391,7 +399,7 @@ def find_near(
         SELECT m.id, k.keeper, bit_count(xor(m.phash, k.kh))::INT AS distance
         FROM m JOIN k USING (root) WHERE m.id <> k.keeper""")
     run.details.update(
-        near_candidate_pairs=fetch_first(con, "SELECT count(*) FROM near_edges")[0],
+        near_candidate_pairs=edges,
         clusters=fetch_first(con, "SELECT count(DISTINCT root) FROM comp")[0],
         cluster_rounds=rounds,
     )
