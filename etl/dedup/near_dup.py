@@ -229,17 +229,16 @@ def prefix_key(hashes: np.ndarray, layout: Layout, prefix: tuple[int, ...]) -> n
     return _keys(_as_unsigned(hashes), layout, prefix)
 
 
-def prefix_value_sql(column: str, layout: Layout, prefix: tuple[int, ...]) -> str:
-    """SQL for `prefix_key` of a BIGINT hash column: the same integer, so a database can sort by it. (DuckDB's >> on a signed value shifts in sign bits, which the mask removes.)"""
-    if layout.key_bits(prefix) > 62:
-        raise ValueError(f"prefix {prefix} of {layout} is wider than a non-negative BIGINT")
+def prefix_order_sql(column: str, layout: Layout, prefix: tuple[int, ...]) -> str:
+    """An ORDER BY list over a BIGINT hash column that puts equal prefix keys next to each other: one term per
+    prefix segment (a whole-hash segment, at k = 0, is the column itself). DuckDB's >> on a signed value
+    shifts in sign bits, which the mask removes."""
     b = layout.bounds
-    terms, offset = [], 0
+    terms = []
     for i in prefix:
         width = b[i + 1] - b[i]
-        terms.append(f"((({column} >> {b[i]}) & {(1 << width) - 1}) << {offset})")
-        offset += width
-    return " | ".join(terms)
+        terms.append(column if width == 64 else f"(({column} >> {b[i]}) & {(1 << width) - 1})")
+    return ", ".join(terms)
 
 
 def sorted_pairs(
@@ -292,7 +291,7 @@ def stream_pairs(
     workers: int | None = None,
 ) -> Iterator[np.ndarray]:
     """`sorted_pairs` over (ids, hashes) batches in which equal prefix keys are adjacent (DuckDB reads
-    `ORDER BY prefix_value_sql(...)` in record batches): the last prefix value of each batch is carried into the
+    `ORDER BY prefix_order_sql(...)` in record batches): the last prefix value of each batch is carried into the
     next, so no run is split and memory holds one batch plus one run. Yields packed pairs per batch."""
     workers = workers or min(2, os.cpu_count() or 1)
     carry_ids = np.zeros(0, dtype=np.int64)

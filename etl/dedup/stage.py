@@ -30,7 +30,7 @@ from etl.dedup.near_dup import (
     near_pairs,
     plan_layout,
     prefix_groups,
-    prefix_value_sql,
+    prefix_order_sql,
     stream_pairs,
 )
 from etl.fetch.images import ImageConfig, is_image_name, process_image, require_pdq, tar_images
@@ -375,8 +375,8 @@ def find_near(
             for g, (prefix, subsets) in enumerate(groups, 1):
                 log.log(level, "near-duplicate search: key group %d of %d (%d hashes, %d pairs so far)",
                         g, len(groups), n, sink.rows)  # fmt: skip
-                value = prefix_value_sql("phash", layout, prefix)
-                batches = _hash_batches(con, f"SELECT ix, phash FROM hx ORDER BY {value}")
+                order_by = prefix_order_sql("phash", layout, prefix)
+                batches = _hash_batches(con, f"SELECT ix, phash FROM hx ORDER BY {order_by}")
                 for packed in stream_pairs(batches, config.near_k, layout, prefix, subsets):
                     sink.add(a=(packed >> np.uint64(32)).astype(np.int64),
                              b=(packed & np.uint64(0xFFFFFFFF)).astype(np.int64))  # fmt: skip
