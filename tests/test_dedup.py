@@ -99,6 +99,25 @@ def test_streamed_search_in_small_batches_equals_brute_force(max_rows):
     assert got == want and len(want) > 150 * 149 // 2
 
 
+def test_streamed_search_at_k0_orders_by_the_whole_hash():
+    """k = 0 is one 64-bit segment: the ORDER BY must be the hash itself (a combined key would not fit)."""
+    import duckdb
+
+    h = _planted(5, 800, 200, 0)  # 200 exact pairs
+    layout = Layout(1, 1)
+    ((prefix, subsets),) = prefix_groups(layout, h.size)
+    con = duckdb.connect()
+    con.register("t", {"ix": np.arange(h.size, dtype=np.int64), "phash": h.view(np.int64)})
+    rows = con.sql(
+        f"SELECT ix, phash FROM t ORDER BY {prefix_order_sql('phash', layout, prefix)}"
+    ).fetchnumpy()
+    batches = [(rows["ix"][i : i + 50], rows["phash"][i : i + 50]) for i in range(0, h.size, 50)]
+    got = set()
+    for packed in stream_pairs(batches, 0, layout, prefix, subsets, workers=1):
+        got |= {(int(p >> np.uint64(32)), int(p & np.uint64(0xFFFFFFFF))) for p in packed}
+    assert got == {(i, j) for i, j, _ in zip(*brute_force_pairs(h, 0), strict=True)} and len(got) >= 200
+
+
 def test_clusters_in_sql_equal_scipy_connected_components():
     import duckdb
     from scipy.sparse import coo_matrix
