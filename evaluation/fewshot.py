@@ -1,7 +1,7 @@
 """Few-shot and linear-probe protocols on precomputed, L2-normalised features.
 
 SimpleShot (Wang et al. 2019) with CL2N, as the paper's evaluation: subtract the support-set mean, L2-normalise,
-classify by the nearest class centroid; k shots per class, the rest of each class is the query set; one seeded
+classify by the nearest class centroid (Euclidean, as the paper's code); k shots per class, the rest of each class is the query set; one seeded
 fold per `random.seed(fold)`.
 """
 
@@ -13,11 +13,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.metrics import binary_f1, macro_f1
-
-
-def _cl2n(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    x = x - mean
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from evaluation.protocols import simpleshot_predict
 
 
 def simpleshot_fold(features: np.ndarray, labels: np.ndarray, k: int, fold: int) -> float:
@@ -32,11 +28,7 @@ def simpleshot_fold(features: np.ndarray, labels: np.ndarray, k: int, fold: int)
         query += idx[k:]
     if not query:
         raise ValueError(f"no class has more than k={k} images")
-    mean = features[support].mean(axis=0)
-    s, q = _cl2n(features[support], mean), _cl2n(features[query], mean)
-    classes = sorted(set(labels[support].tolist()))
-    centroids = np.stack([s[labels[support] == c].mean(axis=0) for c in classes])
-    pred = np.array(classes)[np.argmax(q @ centroids.T, axis=1)]
+    pred = simpleshot_predict(features[support], labels[support], features[query])
     return float(np.mean(pred == labels[query]))
 
 

@@ -49,8 +49,12 @@ def image_features(
     batch_size: int = 64,
     cache_dir: Path | None = None,
     progress: bool = True,
+    normalize: bool = True,
 ) -> np.ndarray:
-    key = hashlib.sha1(json.dumps([m.name, [str(p) for p in paths]]).encode()).hexdigest()[:16]
+    """Image embeddings, L2-normalised unless `normalize` is False (the FishNet and AwA2 heads train on the
+    raw ones); cached per model, image list and normalisation, refreshed when an image is newer."""
+    ident = [m.name, [str(p) for p in paths]] + ([] if normalize else ["raw"])
+    key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
     cache = cache_dir / f"features-{key}.npy" if cache_dir else None
     if cache and cache.exists() and cache.stat().st_mtime >= max(p.stat().st_mtime for p in paths):
         return np.load(cache)
@@ -59,7 +63,7 @@ def image_features(
     for i in tqdm(range(0, len(paths), batch_size), desc="features", disable=not progress, unit="batch"):
         batch = torch.stack([m.preprocess(Image.open(p).convert("RGB")) for p in paths[i : i + batch_size]])
         f = m.model.encode_image(batch.to(device))
-        feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
+        feats.append((torch.nn.functional.normalize(f, dim=-1) if normalize else f).cpu().numpy())
     out = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)

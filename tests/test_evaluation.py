@@ -136,7 +136,8 @@ def test_simpleshot_matches_a_naive_reference():
         return (x - mean) / np.linalg.norm(x - mean, axis=1, keepdims=True)
 
     cents = {c: norm(feats[sup])[labels[sup] == c].mean(0) for c in range(6)}
-    pred = [max(cents, key=lambda c: float(norm(feats[[q]])[0] @ cents[c])) for q in qry]
+    # nearest centroid by Euclidean distance, as the paper's few_shot.py (centroids not renormalised)
+    pred = [min(cents, key=lambda c: float(np.linalg.norm(norm(feats[[q]])[0] - cents[c]))) for q in qry]
     assert got == pytest.approx(np.mean(np.array(pred) == labels[qry]))
 
 

@@ -1,0 +1,196 @@
+"""The BioCLIP 2 benchmark protocols against naive references, and the layout readers on generated fixtures in
+each benchmark's published layout."""
+
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from evaluation import layouts, protocols
+
+
+def test_mlp_head_equals_a_naive_training_loop():
+    rng = np.random.default_rng(0)
+    xtr, xte = rng.normal(size=(70, 12)), rng.normal(size=(30, 12))
+    w = rng.normal(size=(12, 4))
+    ytr, yte = (xtr @ w > 0).astype(int), (xte @ w > 0).astype(int)
+    got = protocols.mlp_head(
+        xtr, ytr, xte, yte, metrics=("all_correct",), lr=1e-3, epochs=25, runs=2, seed=5, batch_size=16
+    )
+    scores = []
+    for run in range(2):
+        torch.manual_seed(5 + run)
+        lin1, drop, lin2 = torch.nn.Linear(12, 512), torch.nn.Dropout(0.5), torch.nn.Linear(512, 4)
+        params = [*lin1.parameters(), *lin2.parameters()]
+        opt = torch.optim.Adam(params, lr=1e-3)
+        x, y = torch.tensor(xtr, dtype=torch.float32), torch.tensor(ytr, dtype=torch.float32)
+        for epoch in range(25):
+            lr = 1e-3 * 0.5 ** (epoch // 20)  # StepLR(20, 0.5)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            order = torch.randperm(70)
+            for start in range(0, 70, 16):
+                idx = order[start : start + 16]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(lin2(drop(lin1(x[idx]))), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            logits = lin2(lin1(torch.tensor(xte, dtype=torch.float32))).numpy()
+        pred = (logits > 0.5).astype(int)  # raw logits, as the paper's code
+        scores.append(np.mean([all(p == t) for p, t in zip(pred, yte, strict=True)]))
+    assert got["all_correct"] == pytest.approx(np.mean(scores), abs=1e-6)
+    assert got["all_correct"] > 0.3  # the traits are learnable: not a constant predictor
+
+
+def test_awa2_macro_f1_and_the_upstream_variant():
+    truth = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
+    pred = np.array([[1, 0, 0], [0, 1, 1], [0, 1, 0], [0, 1, 1]])
+
+    def f1(t, p):
+        tp, fp, fn = np.sum(t & p), np.sum(~t & p), np.sum(t & ~p)
+        return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+    per = [f1(truth[:, j].astype(bool), pred[:, j].astype(bool)) for j in range(3)]
+    assert protocols.macro_f1_over_labels(pred, truth) == pytest.approx(np.mean(per))
+    assert protocols.macro_f1_upstream(pred, truth) == pytest.approx(np.mean(per[:2]))  # columns 0 and 1
+
+
+def test_newt_parallel_equals_sequential_and_sklearn():
+    rng = np.random.default_rng(1)
+    n_tasks, per = 3, 24
+    feats = rng.normal(size=(n_tasks * per, 8))
+    task = np.repeat([f"t{i}" for i in range(n_tasks)], per)
+    label = np.tile(np.repeat([0, 1], per // 2), n_tasks)
+    feats[label == 1, 0] += 2.0
+    is_train = np.tile(np.array([True, False] * (per // 2)), n_tasks)
+    got = protocols.newt_svc(feats, task, label, is_train, runs=2, seed=3, n_iter=10, cv=3, n_jobs=2)
+    accs = []
+    for run in range(2):
+        right = total = 0
+        for t in sorted(set(task)):
+            m = task == t
+            xtr, ytr, xte, yte = (
+                feats[m & is_train],
+                label[m & is_train],
+                feats[m & ~is_train],
+                label[m & ~is_train],
+            )
+            pred = protocols.newt_task(xtr, ytr, xte, seed=3 + run, n_iter=10, cv=3)
+            right += int(np.sum(pred == yte))
+            total += len(yte)
+        accs.append(right / total)
+    assert got["micro_acc"] == pytest.approx(np.mean(accs))
+    assert got["n_tasks"] == 3 and got["micro_acc"] > 0.7
+
+
+def test_cluster_accuracy_equals_the_best_permutation():
+    rng = np.random.default_rng(2)
+    truth, pred = rng.integers(0, 4, 40), rng.integers(0, 4, 40)
+    best = max(np.mean(np.array(perm)[pred] == truth) for perm in itertools.permutations(range(4)))
+    assert protocols.cluster_accuracy(truth, pred).mean() == pytest.approx(best)
+
+
+def test_semi_supervised_kmeans_recovers_separated_classes():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 6)) * 10
+    labels = np.repeat(np.arange(5), 20)
+    feats = centres[labels] + rng.normal(size=(100, 6)) * 0.1
+    got = protocols.gcd_herbarium(feats, labels, np.array([0, 1, 2]), 5, runs=2, seed=0)
+    assert got["acc_all"] == pytest.approx(1.0)
+    assert got["n_labelled"] == int(0.8 * 60)
+
+
+def test_simpleshot_split_equals_a_naive_reference():
+    rng = np.random.default_rng(4)
+    xtr, ytr = rng.normal(size=(30, 5)), np.repeat(np.arange(3), 10)
+    xte, yte = rng.normal(size=(12, 5)), np.repeat(np.arange(3), 4)
+    got = protocols.simpleshot_split(xtr, ytr, xte, yte, k=1, repeats=3, seed=7)
+    accs = []
+    for r in range(3):
+        np.random.seed(7 + r)
+        sup = []
+        for c in range(3):
+            idx = np.flatnonzero(ytr == c)
+            np.random.shuffle(idx)
+            sup.append(idx[0])
+        mean = xtr[sup].mean(0)
+        s = (xtr[sup] - mean) / np.linalg.norm(xtr[sup] - mean, axis=1, keepdims=True)
+        q = (xte - mean) / np.linalg.norm(xte - mean, axis=1, keepdims=True)
+        pred = [int(np.argmin([np.linalg.norm(qi - s[c]) for c in range(3)])) for qi in q]
+        accs.append(np.mean(np.array(pred) == yte))
+    assert got["k1_acc"] == pytest.approx(np.mean(accs))
+
+
+def _jpg(path, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+
+
+def test_awa2_reader_on_the_released_layout(tmp_path):
+    classes, preds = ["antelope", "bat", "cow"], ["black", "white"]
+    (tmp_path / "classes.txt").write_text("".join(f"\t{i + 1}\t{c}\n" for i, c in enumerate(classes)))
+    (tmp_path / "predicates.txt").write_text("".join(f"{i + 1}\t{p}\n" for i, p in enumerate(preds)))
+    (tmp_path / "predicate-matrix-binary.txt").write_text("1 0\n0 1\n1 1\n")
+    (tmp_path / "trainclasses.txt").write_text("antelope\ncow\n")
+    (tmp_path / "testclasses.txt").write_text("bat\n")
+    for i, c in enumerate(classes):
+        for j in range(2):
+            _jpg(tmp_path / "JPEGImages" / c / f"{c}_{j}.jpg", i * 10 + j)
+    got = layouts.read_awa2(tmp_path)
+    assert got.label_names == preds and len(got.train_paths) == 4 and len(got.test_paths) == 2
+    assert got.test_y.tolist() == [[0, 1], [0, 1]]
+    assert got.train_y.tolist() == [[1, 0], [1, 0], [1, 1], [1, 1]]
+
+
+def test_newt_and_nabirds_readers(tmp_path):
+    newt = tmp_path / "newt"
+    (newt / "newt2021_labels.csv").parent.mkdir(parents=True)
+    (newt / "newt2021_labels.csv").write_text(
+        "id,task,label,split,task_cluster,task_subcluster\na,t1,1,train,x,\nb,t1,0,test,x,\n"
+    )
+    for i, k in enumerate("ab"):
+        _jpg(newt / "newt2021_images" / f"{k}.jpg", i)
+    got = layouts.read_newt(newt)
+    assert got.label.tolist() == [1, 0] and got.is_train.tolist() == [True, False]
+
+    nab = tmp_path / "nabirds"
+    nab.mkdir()
+    (nab / "images.txt").write_text("i1 0295/a.jpg\ni2 0295/b.jpg\ni3 0296/c.jpg\n")
+    (nab / "image_class_labels.txt").write_text("i1 295\ni2 295\ni3 296\n")
+    (nab / "classes.txt").write_text("295 Forster's Tern\n296 Royal Tern\n")
+    (nab / "train_test_split.txt").write_text("i1 1\ni2 0\ni3 0\n")
+    for i, rel in enumerate(["0295/a.jpg", "0295/b.jpg", "0296/c.jpg"]):
+        _jpg(nab / "images" / rel, i)
+    got = layouts.read_nabirds(nab)
+    assert [p.name for p in got.paths] == ["b.jpg", "c.jpg"]
+    assert got.classnames == ["Forster's Tern", "Royal Tern"]
+
+
+def test_missing_files_name_what_is_expected_where(tmp_path):
+    with pytest.raises(
+        layouts.LayoutError, match=r"FishNet: missing train\.csv.*expected train\.csv, test\.csv"
+    ):
+        layouts.read_fishnet(tmp_path)
+    with pytest.raises(layouts.LayoutError, match=r"herbarium_19_class_splits\.pkl"):
+        layouts.read_herbarium19(tmp_path)
+
+
+def test_herbarium_split_pickle_may_not_build_objects(tmp_path):
+    for c in ("0", "1", "2"):
+        _jpg(tmp_path / "small-train" / c / "x.jpg", int(c))
+    (tmp_path / layouts.HERBARIUM_SPLITS).write_bytes(pickle.dumps({"Old": np.array([0, 1]), "New": [2]}))
+    got = layouts.read_herbarium19(tmp_path)
+    assert got.old_classes.tolist() == [0, 1] and got.n_classes == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    (tmp_path / layouts.HERBARIUM_SPLITS).write_bytes(pickle.dumps({"Old": Evil(), "New": [2]}))
+    with pytest.raises(layouts.LayoutError, match=r"may not build builtins\.print"):
+        layouts.read_herbarium19(tmp_path)
