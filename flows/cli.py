@@ -273,6 +273,21 @@ def cmd_evaluate(args) -> None:
         raise ValueError(
             "--model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
         )
+    if args.suite:
+        from evaluation.suite import headline_rows, paper_tables, run_suite
+
+        if not args.data_root:
+            raise ValueError("--suite needs --data-root DIR (the folder holding nabirds/, newt/, ...)")
+        summary = run_suite(catalog, args.model, args.data_root, args.suite)
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
+        print(paper_tables(headline_rows([summary], args.suite), args.suite))
+        print(
+            f"skipped (absent): {', '.join(summary['skipped']) or 'none'}; "
+            f"{summary['images_embedded']} images embedded at {summary['images_per_second']} images/s; "
+            f"{summary['total_seconds']} s in all"
+        )
+        return
     if args.data:
         options: dict = {}
         if args.labels:
@@ -702,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="a training run id, an export folder, local-dir:PATH, hf-hub:ORG/NAME")
     s.add_argument("--task", action="append", help="a registered task (repeatable; `?` lists them)")
     s.add_argument("--registry", help="an extra task registry YAML file")
+    s.add_argument(
+        "--suite",
+        choices=["bioclip2"],
+        help="run a benchmark suite: every benchmark found under --data-root, with the paper's protocols",
+    )
+    s.add_argument("--data-root", help="--suite: the folder holding the benchmarks (nabirds/, newt/, ...)")
     s.add_argument(
         "--data",
         help="an ad-hoc dataset instead of --task: metadata.csv folder, ImageFolder tree or .tar shards",

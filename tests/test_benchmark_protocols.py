@@ -194,3 +194,106 @@ def test_herbarium_split_pickle_may_not_build_objects(tmp_path):
     (tmp_path / layouts.HERBARIUM_SPLITS).write_bytes(pickle.dumps({"Old": Evil(), "New": [2]}))
     with pytest.raises(layouts.LayoutError, match=r"may not build builtins\.print"):
         layouts.read_herbarium19(tmp_path)
+
+
+def _fixture_root(root):
+    """A few classes and images of each benchmark, in its published layout."""
+    n = iter(range(10_000))
+    # Meta-Album Mini (Plankton)
+    ma = root / "meta-album" / "PLK_Mini"
+    rows = ["FILE_NAME,CATEGORY,SUPER_CATEGORY"]
+    for c in ("Amphidinium_sp", "Noctiluca_scintillans"):
+        for j in range(6):
+            rows.append(f"{c}_{j}.jpg,{c},plankton")
+            _jpg(ma / "images" / f"{c}_{j}.jpg", next(n))
+    (ma / "labels.csv").write_text("\n".join(rows) + "\n")
+    # Rare Species
+    rs = root / "rare-species"
+    rows = ["rarespecies_id,file_name,kingdom,phylum,class,order,family,genus,species,sciName,common"]
+    for g, e, com in (("Panthera", "tigris", "Tiger"), ("Gorilla", "gorilla", "Western Gorilla")):
+        for j in range(6):
+            rel = f"dataset/{g}-{e}/{j}_1_eol_full-size-copy.jpg"
+            rows.append(f"x{j},{rel},Animalia,Chordata,Mammalia,O,F,{g},{e},{g} {e},{com}")
+            _jpg(rs / rel, next(n))
+    (rs / "metadata.csv").write_text("\n".join(rows) + "\n")
+    # FishNet
+    fn = root / "fishnet"
+    head = [
+        "c0",
+        "c1",
+        "c2",
+        "c3",
+        "image",
+        *(f"c{i}" for i in range(5, 13)),
+        "Folder",
+        "c14",
+        *layouts.FISHNET_LABELS,
+    ]
+    for side, count in (("train", 8), ("test", 4)):
+        rows = [",".join(head)]
+        for j in range(count):
+            traits = ["pelagic" if j % 2 else "benthic", *(str((j + t) % 2) for t in range(8))]
+            cells = ["", "", "", "", f"imgs/{side}{j}.jpg", *[""] * 8, "Gadidae", "", *traits]
+            rows.append(",".join(cells))
+            _jpg(fn / "Image_Library" / "Gadidae" / f"{side}{j}.jpg", next(n))
+        rows.append(",".join(["", "", "", "", "imgs/x.jpg", *[""] * 8, "Gadidae", "", "", *["1"] * 8]))
+        (fn / f"{side}.csv").write_text("\n".join(rows) + "\n")
+    # NeWT: one task, 5 + 5 training images, 2 + 2 test
+    nw = root / "newt"
+    nw.mkdir()
+    rows = ["id,task,label,split,task_cluster,task_subcluster"]
+    for j in range(14):
+        split = "train" if j < 10 else "test"
+        rows.append(f"i{j},ml_bio_x,{j % 2},{split},behavior,")
+        _jpg(nw / "newt2021_images" / f"i{j}.jpg", next(n))
+    (nw / "newt2021_labels.csv").write_text("\n".join(rows) + "\n")
+    # AwA2
+    aw = root / "awa2"
+    aw.mkdir()
+    (aw / "classes.txt").write_text("\t1\tantelope\n\t2\tbat\n\t3\tcow\n")
+    (aw / "predicates.txt").write_text("1\tblack\n2\twhite\n")
+    (aw / "predicate-matrix-binary.txt").write_text("1 0\n0 1\n1 1\n")
+    (aw / "trainclasses.txt").write_text("antelope\ncow\n")
+    (aw / "testclasses.txt").write_text("bat\n")
+    for c in ("antelope", "bat", "cow"):
+        for j in range(3):
+            _jpg(aw / "JPEGImages" / c / f"{c}_{j}.jpg", next(n))
+    # Herbarium19
+    hb = root / "herbarium19"
+    for c in range(4):
+        for j in range(4):
+            _jpg(hb / "small-train" / str(c) / f"{j}.jpg", next(n))
+    (hb / layouts.HERBARIUM_SPLITS).write_bytes(pickle.dumps({"Old": [0, 1], "New": [2, 3]}))
+    # PlantDoc
+    pd_ = root / "plantdoc"
+    for side, count in (("train", 3), ("test", 2)):
+        for c in ("Apple leaf", "Apple rust leaf"):
+            for j in range(count):
+                _jpg(pd_ / side / c / f"{j}.jpg", next(n))
+
+
+@pytest.mark.slow
+def test_suite_runs_every_fixture_benchmark_and_prints_the_paper_layout(tmp_path):
+    from evaluation.suite import PUBLISHED_BIOCLIP2, headline_rows, paper_tables, run_suite
+    from training.config import TINY_VIT_CFG, load_config
+    from training.model import export_untrained
+    from warehouse.catalog import open_catalog
+
+    export = tmp_path / "export"
+    export_untrained(load_config(overrides={"model_cfg": TINY_VIT_CFG, "replay_batch_size": 0}), export)
+    _fixture_root(tmp_path / "data")
+    cat = open_catalog(tmp_path / "home")
+    summary = run_suite(cat, str(export), tmp_path / "data", progress=False)
+    ran = set(summary["results"])
+    assert ran == {"plankton", "rare-species", "fishnet", "newt", "awa2", "herbarium19", "plantdoc"}
+    assert "nabirds" in summary["skipped"] and summary["images_per_second"] > 0
+    assert summary["results"]["fishnet"]["dropped train.csv: empty trait"] == 1
+    for scores in summary["results"].values():
+        assert all(
+            0 <= v <= 1 for k, v in scores.items() if k.endswith(("acc", "top1", "correct", "f1", "acc_all"))
+        )
+    with cat.connect() as con:
+        tasks = {r[0] for r in con.execute("SELECT DISTINCT task FROM eval_results").fetchall()}
+    assert tasks == {f"bioclip2-{n}" for n in ran}
+    table = paper_tables(headline_rows([summary]))
+    assert f"BioCLIP 2 (published) | {PUBLISHED_BIOCLIP2['nabirds']}" in table and "| - |" in table

@@ -1,0 +1,286 @@
+"""`--suite bioclip2`: every benchmark found under a data root, each with the paper's protocol, features
+extracted once per image list and cached; results go to `eval_results` as task `bioclip2-<name>`.
+
+Expected layout under the data root (each folder in its benchmark's published layout, see evaluation.layouts):
+`nabirds/`, `meta-album/<SET>_Mini/` (PLK, INS, INS_2, PLT_NET, FNG, PLT_VIL, MED_LF), `camera-traps/`,
+`rare-species/`, `fishnet/`, `newt/`, `awa2/`, `herbarium19/`, `plantdoc/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation import layouts, protocols
+
+log = logging.getLogger(__name__)
+
+# BioCLIP 2's published figures (model card, Tables of the paper), in percent.
+PUBLISHED_BIOCLIP2 = {
+    "nabirds": 74.9,
+    "plankton": 3.9,
+    "insects": 55.3,
+    "insects2": 27.7,
+    "camera-traps": 53.9,
+    "plantnet": 96.8,
+    "fungi": 83.8,
+    "plantvillage": 25.1,
+    "medleaf": 57.8,
+    "rare-species": 76.8,
+    "fishnet": 39.8,
+    "newt": 89.1,
+    "awa2": 69.5,
+    "herbarium19": 48.6,
+    "plantdoc": 40.4,
+}
+TABLE_TITLES = {
+    "nabirds": "NABirds",
+    "plankton": "Plankton",
+    "insects": "Insects",
+    "insects2": "Insects2",
+    "camera-traps": "CamTrap",
+    "plantnet": "PlantNet",
+    "fungi": "Fungi",
+    "plantvillage": "PlantVillage",
+    "medleaf": "MedLeaf",
+    "rare-species": "Rare",
+    "fishnet": "FishNet",
+    "newt": "NeWT",
+    "awa2": "AwA2",
+    "herbarium19": "Herb19",
+    "plantdoc": "PlantDoc",
+}
+
+
+@dataclass
+class Features:
+    """Feature extraction shared by every benchmark of one suite run; counts what it embedded and how fast."""
+
+    model: Any
+    cache_dir: Path
+    progress: bool = True
+    images: int = 0
+    seconds: float = 0.0
+
+    def __call__(self, paths: list[Path], normalize: bool = True) -> np.ndarray:
+        from evaluation.zero_shot import image_features
+
+        start = time.perf_counter()
+        out = image_features(
+            self.model, paths, cache_dir=self.cache_dir, progress=self.progress, normalize=normalize
+        )
+        self.images += len(paths)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    folder: str
+    table: str  # "species" (zero-shot, 1- and 5-shot) or "other"
+    headline: str  # the metric set against the paper's figure
+    run: Callable[[Path, Features], dict[str, Any]]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _species(reader: Callable[[Path], Any]) -> Callable[[Path, Features], dict[str, Any]]:
+    def run(root: Path, feats: Features) -> dict[str, Any]:
+        from evaluation.fewshot import simpleshot
+        from evaluation.zero_shot import zero_shot_scores
+
+        data = reader(root)
+        x = feats(data.paths)  # zero-shot below reads the same cached features
+        zs = zero_shot_scores(feats.model, data, "openai", cache_dir=feats.cache_dir, progress=False)
+        fs = simpleshot(x, np.array(data.labels), (1, 5), 5)
+        return {
+            "zero_shot_top1": zs["top1"],
+            "zero_shot_top5": zs["top5"],
+            **fs,
+            "n": len(data.paths),
+            "n_classes": zs["n_classes"],
+        }
+
+    return run
+
+
+def _fishnet(root: Path, feats: Features) -> dict[str, Any]:
+    d = layouts.read_fishnet(root)
+    out = protocols.mlp_head(
+        feats(d.train_paths, normalize=False),
+        d.train_y,
+        feats(d.test_paths, normalize=False),
+        d.test_y,
+        metrics=("all_correct",),
+        lr=1e-4,
+    )
+    return {
+        **out,
+        "n": len(d.train_paths) + len(d.test_paths),
+        **{f"dropped {k}": v for k, v in d.dropped.items()},
+    }
+
+
+def _awa2(root: Path, feats: Features) -> dict[str, Any]:
+    d = layouts.read_awa2(root)
+    out = protocols.mlp_head(
+        feats(d.train_paths, normalize=False),
+        d.train_y,
+        feats(d.test_paths, normalize=False),
+        d.test_y,
+        metrics=("macro_f1", "macro_f1_upstream"),
+        lr=1e-5,
+    )
+    return {**out, "n": len(d.train_paths) + len(d.test_paths)}
+
+
+def _newt(root: Path, feats: Features) -> dict[str, Any]:
+    d = layouts.read_newt(root)
+    return {**protocols.newt_svc(feats(d.paths), d.task, d.label, d.is_train), "n": len(d.paths)}
+
+
+def _herbarium(root: Path, feats: Features) -> dict[str, Any]:
+    d = layouts.read_herbarium19(root)
+    return {
+        **protocols.gcd_herbarium(feats(d.paths), d.labels, d.old_classes, d.n_classes),
+        "n": len(d.paths),
+    }
+
+
+def _plantdoc(root: Path, feats: Features) -> dict[str, Any]:
+    d = layouts.read_plantdoc(root)
+    out = protocols.simpleshot_split(
+        feats(d.train_paths), d.train_y, feats(d.test_paths), d.test_y, k=1, repeats=5
+    )
+    return {**out, "n": len(d.train_paths) + len(d.test_paths)}
+
+
+BIOCLIP2: tuple[Benchmark, ...] = (
+    Benchmark("nabirds", "nabirds", "species", "zero_shot_top1", _species(layouts.read_nabirds)),
+    *(
+        Benchmark(
+            name, f"meta-album/{folder}", "species", "zero_shot_top1", _species(layouts.read_meta_album)
+        )
+        for name, folder in layouts.META_ALBUM_MINI.items()
+    ),
+    Benchmark(
+        "camera-traps", "camera-traps", "species", "zero_shot_top1", _species(layouts.read_camera_traps)
+    ),
+    Benchmark(
+        "rare-species", "rare-species", "species", "zero_shot_top1", _species(layouts.read_rare_species)
+    ),
+    Benchmark("fishnet", "fishnet", "other", "all_correct", _fishnet),
+    Benchmark("newt", "newt", "other", "micro_acc", _newt),
+    Benchmark("awa2", "awa2", "other", "macro_f1", _awa2),
+    Benchmark("herbarium19", "herbarium19", "other", "acc_all", _herbarium),
+    Benchmark("plantdoc", "plantdoc", "other", "k1_acc", _plantdoc),
+)
+SUITES = {"bioclip2": BIOCLIP2}
+
+
+def run_suite(
+    catalog, model_spec: str, data_root: str | Path, suite: str = "bioclip2", *, progress: bool = True
+) -> dict[str, Any]:
+    """Run every benchmark of `suite` whose folder exists under `data_root`; absent ones are logged and
+    listed under `skipped`. A benchmark whose folder is there but wrong fails with its LayoutError."""
+    from evaluation.tasks import resolve_model
+    from evaluation.zero_shot import load_model
+    from warehouse.stage_runs import StageRun
+    from warehouse.writers import EvalScore, record_scores
+
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
+    root = Path(data_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data-root {root} is not a folder")
+    spec, run_id = resolve_model(catalog, model_spec)
+    results: dict[str, dict[str, Any]] = {}
+    skipped = []
+    start = time.perf_counter()
+    with StageRun(
+        catalog, "evaluate", config={"model": spec, "run_id": run_id, "suite": suite, "data_root": str(root)}
+    ) as stage:
+        feats = Features(load_model(spec), catalog.home / "cache" / "features", progress)
+        for b in SUITES[suite]:
+            folder = root / b.folder
+            if not folder.is_dir():
+                log.info("%s: skipped, no %s", b.name, folder)
+                skipped.append(b.name)
+                continue
+            t0 = time.perf_counter()
+            scores = b.run(folder, feats)
+            scores["seconds"] = round(time.perf_counter() - t0, 2)
+            results[b.name] = scores
+            log.info("%s: %s %.4f", b.name, b.headline, scores[b.headline])
+            record_scores(
+                catalog,
+                [
+                    EvalScore(
+                        run_id,
+                        spec,
+                        f"{suite}-{b.name}",
+                        k,
+                        float(v),
+                        int(scores.get("n", 0)),
+                        {"suite": suite},
+                    )
+                    for k, v in scores.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool) and k != "n"
+                ],
+            )
+        stage.n_in = stage.n_out = len(results)
+        summary = {
+            "suite": suite,
+            "model": spec,
+            "run_id": run_id,
+            "results": results,
+            "skipped": skipped,
+            "images_embedded": feats.images,
+            "images_per_second": round(feats.images / feats.seconds, 1) if feats.seconds else None,
+            "total_seconds": round(time.perf_counter() - start, 1),
+        }
+        stage.details = {k: v for k, v in summary.items() if k != "results"}
+    label = run_id or hashlib.sha1(spec.encode()).hexdigest()[:12]
+    out = catalog.home / "eval" / label
+    out.mkdir(parents=True, exist_ok=True)
+    import json
+
+    (out / f"suite-{suite}.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def paper_tables(rows: dict[str, dict[str, float | None]], suite: str = "bioclip2") -> str:
+    """The paper's two tables, in percent: one line per model (rows: label -> benchmark -> headline value as a
+    fraction, None when absent), with the published BioCLIP 2 figures as the last line. Means only over a
+    complete row; a row missing benchmarks shows `-` and no mean."""
+    lines = []
+    for table, metric_label in (("species", "zero-shot top-1"), ("other", "headline metric")):
+        names = [b.name for b in SUITES[suite] if b.table == table]
+        header = ["model", *(TABLE_TITLES[n] for n in names), "Mean"]
+        lines.append(f"{table} benchmarks, {metric_label} (%)")
+        lines.append(" | ".join(header))
+        all_rows = {**rows, "BioCLIP 2 (published)": {n: PUBLISHED_BIOCLIP2[n] / 100 for n in names}}
+        for who, vals in all_rows.items():
+            got = [vals.get(n) for n in names]
+            cells = ["-" if v is None else f"{100 * v:.1f}" for v in got]
+            mean = f"{100 * np.mean(got):.1f}" if all(v is not None for v in got) else "-"
+            lines.append(" | ".join([who, *cells, mean]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def headline_rows(
+    summaries: list[dict[str, Any]], suite: str = "bioclip2"
+) -> dict[str, dict[str, float | None]]:
+    heads = {b.name: b.headline for b in SUITES[suite]}
+    return {
+        s["run_id"] or s["model"]: {n: s["results"].get(n, {}).get(h) for n, h in heads.items()}
+        for s in summaries
+    }
