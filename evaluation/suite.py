@@ -276,6 +276,13 @@ def paper_tables(rows: dict[str, dict[str, float | None]], suite: str = "bioclip
     return "\n".join(lines)
 
 
+def published_value(task: str, metric: str, suite: str = "bioclip2") -> float | None:
+    """The published BioCLIP 2 figure (a fraction) for a suite task's headline metric, else None."""
+    heads = {f"{suite}-{b.name}": (b.name, b.headline) for b in SUITES.get(suite, ())}
+    name, head = heads.get(task, (None, None))
+    return PUBLISHED_BIOCLIP2[name] / 100 if name and metric == head else None
+
+
 def headline_rows(
     summaries: list[dict[str, Any]], suite: str = "bioclip2"
 ) -> dict[str, dict[str, float | None]]:

@@ -284,4 +284,11 @@ def compare(catalog: Catalog, models: list[str] | None = None) -> list[dict[str,
         table.setdefault((r["task"], r["metric"]), {"task": r["task"], "metric": r["metric"]})[r["who"]] = r[
             "value"
         ]
-    return [{**row, **{w: row.get(w) for w in who}} for row in table.values()]
+    from evaluation.suite import published_value
+
+    out = [{**row, **{w: row.get(w) for w in who}} for row in table.values()]
+    if any(published_value(r["task"], r["metric"]) is not None for r in out):
+        # the reference column: the paper's published figures, as fractions like the stored values
+        for r in out:
+            r["BioCLIP 2 (published)"] = published_value(r["task"], r["metric"])
+    return out

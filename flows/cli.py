@@ -265,7 +265,12 @@ def cmd_evaluate(args) -> None:
         cols = list(rows[0])
         print("\t".join(cols))
         for r in rows:
-            print("\t".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+            print(
+                "\t".join(
+                    f"{r[c]:.4f}" if isinstance(r[c], float) else ("" if r[c] is None else str(r[c]))
+                    for c in cols
+                )
+            )
         return
     if args.targets:
         raise ValueError(f"unexpected arguments {args.targets}; did you mean `tol evaluate compare ...`?")

@@ -264,6 +264,30 @@ def _fixture_root(root):
         for j in range(4):
             _jpg(hb / "small-train" / str(c) / f"{j}.jpg", next(n))
     (hb / layouts.HERBARIUM_SPLITS).write_bytes(pickle.dumps({"Old": [0, 1], "New": [2, 3]}))
+    # NABirds
+    nab = root / "nabirds"
+    nab.mkdir()
+    imgs = [
+        (f"i{j}", f"{295 + j % 2:04d}/{j}.jpg", str(295 + j % 2), "0" if j >= 2 else "1") for j in range(16)
+    ]
+    (nab / "images.txt").write_text("".join(f"{i} {p}\n" for i, p, _, _ in imgs))
+    (nab / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, _, c, _ in imgs))
+    (nab / "classes.txt").write_text("295 Forster's Tern\n296 Royal Tern\n")
+    (nab / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, _, _, t in imgs))
+    for _, p, _, _ in imgs:
+        _jpg(nab / "images" / p, next(n))
+    # IDLE-OO Camera Traps: two of the five sets
+    ct = root / "camera-traps"
+    for s, species in (
+        ("ENA24", (("Didelphis", "virginiana", "Virginia opossum"),)),
+        ("island", (("Rattus", "rattus", "Black rat"),)),
+    ):
+        rows = ["filepath,kingdom,phylum,class,order,family,genus,species,common_name"]
+        for g, e, com in species:
+            for j in range(6):
+                rows.append(f"{g}_{j}.jpg,Animalia,Chordata,Mammalia,O,F,{g},{e},{com}")
+                _jpg(ct / "data/test" / s / f"{g}_{j}.jpg", next(n))
+        (ct / f"{s}-balanced.csv").write_text("\n".join(rows) + "\n")
     # PlantDoc
     pd_ = root / "plantdoc"
     for side, count in (("train", 3), ("test", 2)):
@@ -285,8 +309,10 @@ def test_suite_runs_every_fixture_benchmark_and_prints_the_paper_layout(tmp_path
     cat = open_catalog(tmp_path / "home")
     summary = run_suite(cat, str(export), tmp_path / "data", progress=False)
     ran = set(summary["results"])
-    assert ran == {"plankton", "rare-species", "fishnet", "newt", "awa2", "herbarium19", "plantdoc"}
-    assert "nabirds" in summary["skipped"] and summary["images_per_second"] > 0
+    present = {"nabirds", "plankton", "camera-traps", "rare-species"}
+    assert ran == present | {"fishnet", "newt", "awa2", "herbarium19", "plantdoc"}
+    assert set(summary["skipped"]) == {"insects", "insects2", "plantnet", "fungi", "plantvillage", "medleaf"}
+    assert summary["results"]["camera-traps"]["n_classes"] == 2 and summary["images_per_second"] > 0
     assert summary["results"]["fishnet"]["dropped train.csv: empty trait"] == 1
     for scores in summary["results"].values():
         assert all(
@@ -297,3 +323,14 @@ def test_suite_runs_every_fixture_benchmark_and_prints_the_paper_layout(tmp_path
     assert tasks == {f"bioclip2-{n}" for n in ran}
     table = paper_tables(headline_rows([summary]))
     assert f"BioCLIP 2 (published) | {PUBLISHED_BIOCLIP2['nabirds']}" in table and "| - |" in table
+
+    from evaluation.tasks import compare
+
+    rows = {(r["task"], r["metric"]): r for r in compare(cat)}
+    ref = rows[("bioclip2-newt", "micro_acc")]
+    assert ref["BioCLIP 2 (published)"] == pytest.approx(0.891)
+    assert (
+        ref[str(export) if str(export) in ref else f"local-dir:{export}"]
+        == summary["results"]["newt"]["micro_acc"]
+    )
+    assert rows[("bioclip2-newt", "micro_acc_std")]["BioCLIP 2 (published)"] is None
