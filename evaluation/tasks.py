@@ -28,10 +28,37 @@ from warehouse.stage_runs import StageRun
 from warehouse.writers import EvalScore, record_scores
 
 DEFAULT_REGISTRY = Path(__file__).with_name("tasks.yaml")
+
+
+def load_darwin_finches(
+    root: str | Path, text_type: str = "asis", cache_dir: Path | None = None
+) -> LabelledImages:
+    from evaluation.layouts import read_darwin_finches
+
+    return read_darwin_finches(Path(root))
+
+
+def load_fishnet_habitat(
+    root: str | Path, text_type: str = "asis", cache_dir: Path | None = None
+) -> LabelledImages:
+    """FishNet's train and test images, classed by habitat: freshwater (1) or not (0)."""
+    from evaluation.layouts import FISHNET_LABELS, read_fishnet
+
+    d = read_fishnet(Path(root))
+    col = FISHNET_LABELS.index("freshwater")
+    fresh = np.concatenate([d.train_y[:, col], d.test_y[:, col]]).astype(int).tolist()
+    paths = [*d.train_paths, *d.test_paths]
+    return LabelledImages(
+        Path(root), paths, fresh, ["not freshwater", "freshwater"], [{}, {}], [{} for _ in paths]
+    )
+
+
 ADAPTERS: dict[str, Callable[..., LabelledImages]] = {
     "metadata_folder": load_metadata_folder,
     "image_folder": load_image_folder,
     "webdataset": load_webdataset,
+    "darwin_finches": load_darwin_finches,
+    "fishnet_habitat": load_fishnet_habitat,
 }
 
 
@@ -183,7 +210,54 @@ def _emergent(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
     return out
 
 
+def _beak_order(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
+    """Darwin's finches ordered by beak size (our working definition of the paper's observation): the species'
+    mean embeddings projected on their first principal component, Spearman's rho against `options.beak_order`
+    (species from smallest to largest beak), absolute because a component's sign is arbitrary."""
+    from scipy.stats import spearmanr
+
+    order = list(task.options.get("beak_order") or [])
+    present = [s for s in order if s in data.classnames]
+    if len(present) < 3:
+        raise ValueError(
+            f"task {task.name}: options.beak_order must name at least 3 species of the folder; "
+            f"found {present} among {sorted(data.classnames)}"
+        )
+    feats = _features(catalog, model, data, progress)
+    labels = np.array(data.labels)
+    means = np.stack([feats[labels == data.classnames.index(s)].mean(axis=0) for s in present])
+    centred = means - means.mean(axis=0)
+    pc1 = np.linalg.svd(centred, full_matrices=False)[2][0]
+    proj = centred @ pc1
+    rho = float(spearmanr(proj, np.arange(len(present))).statistic)
+    return {
+        "beak_order_rho": abs(rho),
+        "beak_order_n_species": len(present),
+        "embedding_order": [present[i] for i in np.argsort(proj if rho >= 0 else -proj)],
+    }
+
+
+def _habitat_separation(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
+    """FishNet habitat: the Fisher ratio between freshwater and other fish over all images (higher = more
+    separated), and a t-SNE/UMAP map coloured by habitat."""
+    from evaluation.emergent import fisher_ratio
+    from evaluation.plots import embedding_maps
+
+    feats = _features(catalog, model, data, progress)
+    labels = np.array(data.labels)
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"task {task.name}: every image has the same freshwater label")
+    paths = embedding_maps(feats, {"habitat": [data.classnames[c] for c in labels]}, out_dir / "plots")
+    return {
+        "habitat_fdr": fisher_ratio(feats, labels),
+        "habitat_n_freshwater": int(labels.sum()),
+        "plots": [str(p) for p in paths],
+    }
+
+
 PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
+    "beak_order": _beak_order,
+    "habitat_separation": _habitat_separation,
     "zero_shot": _zero_shot,
     "few_shot": _few_shot,
     "linear_probe": _linear_probe,
@@ -199,15 +273,22 @@ def run_task(
     *,
     progress: bool = True,
     json_out: str | Path | None = None,
+    data_root: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Run one task. A task path may use {home} and {data_root} (the folder given with --data-root)."""
     from evaluation.zero_shot import load_model
+
+    if "{data_root}" in task.path and not data_root:
+        raise ValueError(f"task {task.name} reads {task.path}: give --data-root DIR")
 
     spec, run_id = resolve_model(catalog, model_spec)
     label = run_id or hashlib.sha1(spec.encode()).hexdigest()[:12]
     out_dir = catalog.home / "eval" / label
     with StageRun(catalog, "evaluate", config={"model": spec, "run_id": run_id, **asdict(task)}) as stage:
         data = ADAPTERS[task.adapter](
-            task.path.format(home=catalog.home), task.text_type, cache_dir=catalog.home / "cache" / "datasets"
+            task.path.format(home=catalog.home, data_root=data_root or ""),
+            task.text_type,
+            cache_dir=catalog.home / "cache" / "datasets",
         )
         model = load_model(spec)
         scores = PROTOCOLS[task.protocol](catalog, model, data, task, out_dir, progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,19 @@ def image_features(
     cache_dir: Path | None = None,
     progress: bool = True,
     normalize: bool = True,
+    stats: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Image embeddings, L2-normalised unless `normalize` is False (the FishNet and AwA2 heads train on the
-    raw ones); cached per model, image list and normalisation, refreshed when an image is newer."""
+    raw ones); cached per model, image list and normalisation, refreshed when an image is newer. `stats`, when
+    given, gains `cached` / `embedded` image counts and `embed_seconds`."""
     ident = [m.name, [str(p) for p in paths]] + ([] if normalize else ["raw"])
     key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
     cache = cache_dir / f"features-{key}.npy" if cache_dir else None
     if cache and cache.exists() and cache.stat().st_mtime >= max(p.stat().st_mtime for p in paths):
+        if stats is not None:
+            stats["cached"] = stats.get("cached", 0) + len(paths)
         return np.load(cache)
+    start = time.perf_counter()
     device = next(m.model.parameters()).device
     feats = []
     for i in tqdm(range(0, len(paths), batch_size), desc="features", disable=not progress, unit="batch"):
@@ -65,6 +71,9 @@ def image_features(
         f = m.model.encode_image(batch.to(device))
         feats.append((torch.nn.functional.normalize(f, dim=-1) if normalize else f).cpu().numpy())
     out = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
+    if stats is not None:
+        stats["embedded"] = stats.get("embedded", 0) + len(paths)
+        stats["embed_seconds"] = stats.get("embed_seconds", 0.0) + time.perf_counter() - start
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, out)

@@ -289,7 +289,8 @@ def cmd_evaluate(args) -> None:
         print(paper_tables(headline_rows([summary], args.suite), args.suite))
         print(
             f"skipped (absent): {', '.join(summary['skipped']) or 'none'}; "
-            f"{summary['images_embedded']} images embedded at {summary['images_per_second']} images/s; "
+            f"{summary['images_embedded']} images embedded at {summary['images_per_second']} images/s, "
+            f"{summary['images_from_cache']} read from the feature cache; "
             f"{summary['total_seconds']} s in all"
         )
         return
@@ -304,7 +305,7 @@ def cmd_evaluate(args) -> None:
         if not args.task:
             raise ValueError("give --data DIR or --task NAME (see `tol evaluate --task ?` for the names)")
         tasks = stages.registered_tasks(args.task, args.registry)
-    results = stages.evaluate(catalog, args.model, tasks, json_out=args.json)
+    results = stages.evaluate(catalog, args.model, tasks, json_out=args.json, data_root=args.data_root)
     _print(results if len(results) > 1 else results[0])
 
 
@@ -727,7 +728,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["bioclip2"],
         help="run a benchmark suite: every benchmark found under --data-root, with the paper's protocols",
     )
-    s.add_argument("--data-root", help="--suite: the folder holding the benchmarks (nabirds/, newt/, ...)")
+    s.add_argument(
+        "--data-root",
+        help="--suite: the folder holding the benchmarks (nabirds/, newt/, ...); also what {data_root} means "
+        "in a registered task's path",
+    )
     s.add_argument(
         "--data",
         help="an ad-hoc dataset instead of --task: metadata.csv folder, ImageFolder tree or .tar shards",
@@ -735,7 +740,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--protocol",
         default="zero_shot",
-        choices=["zero_shot", "few_shot", "linear_probe", "emergent", "multi_label"],
+        choices=[
+            "zero_shot",
+            "few_shot",
+            "linear_probe",
+            "emergent",
+            "multi_label",
+            "beak_order",
+            "habitat_separation",
+        ],
         help="the protocol for --data",
     )
     s.add_argument(

@@ -225,6 +225,7 @@ def evaluate(
     *,
     json_out: str | Path | None = None,
     progress: bool = True,
+    data_root: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run `tasks` (evaluation.tasks.Task) on `model`: a training run id, an export folder, `local-dir:PATH`
     or `hf-hub:ORG/NAME`. With one task, `json_out` receives its scores; with several, the list."""
@@ -237,7 +238,9 @@ def evaluate(
             "a model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
         )
     single = json_out if len(tasks) == 1 else None
-    results = [run_task(catalog, model, t, json_out=single, progress=progress) for t in tasks]
+    results = [
+        run_task(catalog, model, t, json_out=single, progress=progress, data_root=data_root) for t in tasks
+    ]
     if json_out and len(tasks) > 1:
         Path(json_out).write_text(json.dumps(results, indent=1, default=str))
     return results
