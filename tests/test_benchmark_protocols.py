@@ -368,3 +368,33 @@ def test_registered_analyses_over_a_data_root(tmp_path):
     habitat = run_task(cat, str(export), tasks["fishnet-habitat-separation"], progress=False, data_root=data)
     assert habitat["habitat_fdr"] > 0 and habitat["habitat_n_freshwater"] > 0
     assert all(__import__("pathlib").Path(p).exists() for p in habitat["plots"])
+
+
+def test_semi_supervised_kmeans_equals_a_naive_loop():
+    rng = np.random.default_rng(8)
+    xl, yl = rng.normal(size=(12, 3)), np.repeat([2, 5, 7], 4)
+    xu = rng.normal(size=(20, 3))
+    got = protocols.semi_supervised_kmeans(xl, yl, xu, 5, seed=11, max_iter=10)
+
+    r = np.random.RandomState(11)
+    classes = sorted(set(yl.tolist()))
+    centers = [xl[yl == c].mean(0) for c in classes]
+    while len(centers) < 5:  # k-means++ over the unlabelled points, keeping the labelled means
+        d2 = np.array([min(float(np.sum((x - c) ** 2)) for c in centers) for x in xu])
+        cum, u = np.cumsum(d2 / d2.sum()), r.rand()
+        centers.append(xu[next(i for i, v in enumerate(cum) if v >= u)])
+    centers = np.array(centers)
+    fixed = [classes.index(y) for y in yl.tolist()]
+    assign = None
+    for _ in range(10):
+        old = centers.copy()
+        u_assign = [int(np.argmin([np.sum((x - c) ** 2) for c in centers])) for x in xu]
+        assign = fixed + u_assign
+        pts = list(xl) + list(xu)
+        for c in range(5):
+            members = [p for p, a in zip(pts, assign, strict=True) if a == c]
+            if members:
+                centers[c] = np.mean(members, axis=0)
+        if sum(np.sqrt(np.sum((centers - old) ** 2, axis=1))) ** 2 < 1e-4:
+            break
+    assert got.tolist() == assign[12:]
