@@ -112,34 +112,26 @@ def _species(reader: Callable[[Path], Any]) -> Callable[[Path, Features], dict[s
     return run
 
 
-def _fishnet(root: Path, feats: Features) -> dict[str, Any]:
-    d = layouts.read_fishnet(root)
+def _head(d: layouts.TrainTest, feats: Features, metrics: tuple[str, ...], lr: float) -> dict[str, Any]:
+    """The paper's two-layer head on raw (unnormalised) features, as its FishNet and AwA2 code."""
     out = protocols.mlp_head(
         feats(d.train_paths, normalize=False),
         d.train_y,
         feats(d.test_paths, normalize=False),
         d.test_y,
-        metrics=("all_correct",),
-        lr=1e-4,
+        metrics=metrics,
+        lr=lr,
     )
-    return {
-        **out,
-        "n": len(d.train_paths) + len(d.test_paths),
-        **{f"dropped {k}": v for k, v in d.dropped.items()},
-    }
+    dropped = {f"dropped {k}": v for k, v in d.dropped.items()}
+    return {**out, "n": len(d.train_paths) + len(d.test_paths), **dropped}
+
+
+def _fishnet(root: Path, feats: Features) -> dict[str, Any]:
+    return _head(layouts.read_fishnet(root), feats, ("all_correct",), 1e-4)
 
 
 def _awa2(root: Path, feats: Features) -> dict[str, Any]:
-    d = layouts.read_awa2(root)
-    out = protocols.mlp_head(
-        feats(d.train_paths, normalize=False),
-        d.train_y,
-        feats(d.test_paths, normalize=False),
-        d.test_y,
-        metrics=("macro_f1", "macro_f1_upstream"),
-        lr=1e-5,
-    )
-    return {**out, "n": len(d.train_paths) + len(d.test_paths)}
+    return _head(layouts.read_awa2(root), feats, ("macro_f1", "macro_f1_upstream"), 1e-5)
 
 
 def _newt(root: Path, feats: Features) -> dict[str, Any]:
