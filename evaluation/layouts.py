@@ -295,6 +295,13 @@ def read_fishnet(root: Path) -> TrainTest:
             cols = [header.index(c) for c in FISHNET_LABELS]
             paths, targets = [], []
             for line_no, row in enumerate(reader, start=2):
+                if len(row) < len(header):
+                    raise LayoutError(
+                        "FishNet",
+                        root,
+                        expected,
+                        f"{name} line {line_no} has {len(row)} of {len(header)} columns",
+                    )
                 values = [row[c].strip() for c in cols]
                 if any(v == "" for v in values):
                     dropped[f"{name}: empty trait"] = dropped.get(f"{name}: empty trait", 0) + 1

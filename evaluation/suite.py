@@ -184,7 +184,8 @@ def run_suite(
     catalog, model_spec: str, data_root: str | Path, suite: str = "bioclip2", *, progress: bool = True
 ) -> dict[str, Any]:
     """Run every benchmark of `suite` whose folder exists under `data_root`; absent ones are logged and
-    listed under `skipped`. A benchmark whose folder is there but wrong fails with its LayoutError."""
+    listed under `skipped`. A benchmark whose folder is there but wrong is listed under `failed` with its
+    LayoutError's message, and the others still run."""
     from evaluation.tasks import resolve_model
     from evaluation.zero_shot import load_model
     from warehouse.stage_runs import StageRun
@@ -197,7 +198,8 @@ def run_suite(
         raise FileNotFoundError(f"--data-root {root} is not a folder")
     spec, run_id = resolve_model(catalog, model_spec)
     results: dict[str, dict[str, Any]] = {}
-    skipped = []
+    skipped: list[str] = []
+    failed: dict[str, str] = {}
     start = time.perf_counter()
     with StageRun(
         catalog, "evaluate", config={"model": spec, "run_id": run_id, "suite": suite, "data_root": str(root)}
@@ -210,7 +212,13 @@ def run_suite(
                 skipped.append(b.name)
                 continue
             t0 = time.perf_counter()
-            scores = b.run(folder, feats)
+            try:
+                scores = b.run(folder, feats)
+            except (layouts.LayoutError, ValueError) as e:
+                # one malformed benchmark folder must not cost the others their results
+                log.error("%s: failed: %s", b.name, e)
+                failed[b.name] = str(e)
+                continue
             scores["seconds"] = round(time.perf_counter() - t0, 2)
             results[b.name] = scores
             log.info("%s: %s %.4f", b.name, b.headline, scores[b.headline])
@@ -230,13 +238,14 @@ def run_suite(
                     if isinstance(v, int | float) and not isinstance(v, bool) and k != "n"
                 ],
             )
-        stage.n_in = stage.n_out = len(results)
+        stage.n_in, stage.n_out = len(results) + len(failed), len(results)
         summary = {
             "suite": suite,
             "model": spec,
             "run_id": run_id,
             "results": results,
             "skipped": skipped,
+            "failed": failed,
             "images_embedded": int(feats.stats.get("embedded", 0)),
             "images_from_cache": int(feats.stats.get("cached", 0)),
             "images_per_second": (

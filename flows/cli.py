@@ -293,6 +293,10 @@ def cmd_evaluate(args) -> None:
             f"{summary['images_from_cache']} read from the feature cache; "
             f"{summary['total_seconds']} s in all"
         )
+        if summary["failed"]:
+            raise RuntimeError(
+                "benchmarks failed: " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items())
+            )
         return
     if args.data:
         options: dict = {}

@@ -398,3 +398,28 @@ def test_semi_supervised_kmeans_equals_a_naive_loop():
         if sum(np.sqrt(np.sum((centers - old) ** 2, axis=1))) ** 2 < 1e-4:
             break
     assert got.tolist() == assign[12:]
+
+
+@pytest.mark.slow
+def test_a_malformed_benchmark_fails_alone(tmp_path):
+    from evaluation.suite import run_suite
+    from training.config import TINY_VIT_CFG, load_config
+    from training.model import export_untrained
+    from warehouse.catalog import open_catalog
+
+    export = tmp_path / "export"
+    export_untrained(load_config(overrides={"model_cfg": TINY_VIT_CFG, "replay_batch_size": 0}), export)
+    data = tmp_path / "data"
+    for side, count in (("train", 2), ("test", 2)):
+        for c in ("a", "b"):
+            for j in range(count):
+                _jpg(data / "plantdoc" / side / c / f"{j}.jpg", j)
+    (data / "fishnet").mkdir()
+    (data / "fishnet" / "train.csv").write_text(
+        ",".join(["c"] * 15 + list(layouts.FISHNET_LABELS)) + "\nx,y\n"
+    )
+    (data / "fishnet" / "test.csv").write_text("h\n")
+    (data / "fishnet" / "Image_Library").mkdir()
+    summary = run_suite(open_catalog(tmp_path / "home"), str(export), data, progress=False)
+    assert set(summary["results"]) == {"plantdoc"}
+    assert "line 2 has 2 of 24 columns" in summary["failed"]["fishnet"]
