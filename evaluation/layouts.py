@@ -196,15 +196,18 @@ def read_meta_album(root: Path) -> LabelledImages:
     return _labelled(root, paths, keys, {k: k.replace("_", " ") for k in keys})
 
 
-def _ranked(benchmark: str, root: Path, expected: str, rows, file_col: str, common_col: str, base: Path):
+def _ranked(
+    benchmark: str, root: Path, expected: str, located: list[tuple[dict[str, str], Path]], common_col: str
+):
+    """Classes from the 7 rank columns of each (row, image path), named by their taxon_com text."""
     paths, keys, lineages, names = [], [], {}, {}
-    for row in rows:
+    for row, path in located:
         lineage = {r: (row.get(r) or "").strip() or None for r in RANKS}
         key = "|".join(lineage[r] or "" for r in RANKS)
         if key not in names:
             lineages[key] = lineage
             names[key] = class_text(lineage, row.get(common_col), "taxon_com")
-        paths.append(base / row[file_col])
+        paths.append(path)
         keys.append(key)
     _check_files(benchmark, root, expected, paths)
     return _labelled(root, paths, keys, names, lineages)
@@ -217,7 +220,7 @@ def read_rare_species(root: Path) -> LabelledImages:
     root = Path(root)
     expected = "metadata.csv (file_name, kingdom ... species, common) and the dataset/ folder"
     rows = _rows("Rare Species", root, expected, root / "metadata.csv", ["file_name", *RANKS, "common"])
-    return _ranked("Rare Species", root, expected, rows, "file_name", "common", root)
+    return _ranked("Rare Species", root, expected, [(r, root / r["file_name"]) for r in rows], "common")
 
 
 CAMERA_TRAP_SETS = ("desert-lion", "ENA24", "island", "ohio-small-animals", "orinoquia")
@@ -236,25 +239,15 @@ def read_camera_traps(root: Path) -> LabelledImages:
         raise LayoutError(
             "Camera Traps", root, expected, f"none of {[f'{s}-balanced.csv' for s in CAMERA_TRAP_SETS]}"
         )
-    parts = []
+    located = []
     for s in found:
         csv_path = root / f"{s}-balanced.csv"
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             head = next(csv.reader(fh), [])
         file_col = next((c for c in ("filepath", "file_name", "filename") if c in head), "filepath")
         rows = _rows("Camera Traps", root, expected, csv_path, [file_col, *RANKS, "common_name"])
-        parts.append(
-            _ranked("Camera Traps", root, expected, rows, file_col, "common_name", root / "data/test" / s)
-        )
-    paths = [p for part in parts for p in part.paths]
-    keys = ["|".join(part.class_lineages[y][r] or "" for r in RANKS) for part in parts for y in part.labels]
-    names = {
-        "|".join(lin[r] or "" for r in RANKS): n
-        for part in parts
-        for lin, n in zip(part.class_lineages, part.classnames, strict=True)
-    }
-    lineages = {"|".join(lin[r] or "" for r in RANKS): lin for part in parts for lin in part.class_lineages}
-    return _labelled(root, paths, keys, names, lineages)
+        located += [(r, root / "data/test" / s / r[file_col]) for r in rows]
+    return _ranked("Camera Traps", root, expected, located, "common_name")
 
 
 # --- other tasks ---------------------------------------------------------------------------------------------
