@@ -235,7 +235,10 @@ def cmd_versions(args) -> None:
     if args.action == "show":
         _print(load_manifest(catalog, args.name))
     elif args.action == "verify":
-        problems = verify_version(catalog, args.name)
+        from etl.executors import get_executor
+
+        executor = get_executor(args.executor, args.workers, args.spark_master)
+        problems = verify_version(catalog, args.name, executor)
         for p in problems:
             print(p)
         if problems:
@@ -704,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("versions", "list, show or verify dataset versions", cmd_versions)
     s.add_argument("action", nargs="?", choices=["list", "show", "verify"], default="list", help="what to do")
     s.add_argument("name", nargs="?", type=_name("version"), help="the version (for show and verify)")
+    executor_args(s)  # verify: one work unit per shard
 
     s = command(
         "train",

@@ -4,6 +4,7 @@ import json
 import pytest
 import webdataset as wds
 
+from etl.executors.local import LocalExecutor
 from etl.shards.stage import ShardConfig
 from flows import stages
 from flows.stages import ExecutorConfig
@@ -65,6 +66,13 @@ def test_versions_are_immutable_and_verify_catches_corruption(curated, tmp_path)
     shard.write_bytes(bytes(data))
     problems = verify_version(curated, "t2")
     assert problems and "sha256" in problems[0]
+    # Spread over a pool of workers (one unit per shard), the same problems in the manifest's order.
+    missing = curated.shards / "t2" / "train" / manifest["shards"][1]["name"]
+    missing.unlink()
+    in_process = verify_version(curated, "t2")
+    assert [p.split(":")[0] for p in in_process] == [f"train/{s['name']}" for s in manifest["shards"][:2]]
+    assert in_process[1].endswith("missing")
+    assert verify_version(curated, "t2", LocalExecutor(2)) == in_process
 
 
 def _brace(urls: list[str]) -> str:

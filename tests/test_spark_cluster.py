@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from etl.executors import get_executor
 from etl.fetch.stage import FetchConfig, run_fetch
 from etl.ingest.sources import IngestConfig
 from etl.ingest.stage import run_ingest
@@ -37,6 +38,7 @@ def test_a_standalone_cluster_writes_the_shards_the_local_executor_writes(curate
     assert len(local["shards"]) > 4
     assert [s["sha256"] for s in spark["shards"]] == [s["sha256"] for s in local["shards"]]
     assert verify_version(curated, "sa-spark") == []
+    assert verify_version(curated, "sa-spark", get_executor("spark", spark_master=cluster)) == []
 
 
 def _fetched(catalog) -> list[dict]:
