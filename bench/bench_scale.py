@@ -210,6 +210,7 @@ def run_size(
     stages |= {  # what every later command pays: opening the catalog, and one record's lineage
         "open_catalog": ["sql", "SELECT 1"],
         "lineage_lookup": ["sql", f"SELECT * FROM record_lineage WHERE record_id = '{looked_up}'"],
+        "resolve_again": ["resolve"],  # incremental: nothing changed, every answer carried
     }
     out = {"bench": "scale", "n": n, "synthesize_seconds": round(synth_seconds, 1), "stages": {}}
     long_read = None

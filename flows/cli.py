@@ -128,7 +128,7 @@ def cmd_taxonomy(args) -> None:
 def cmd_resolve(args) -> None:
     from flows import stages
 
-    _print(stages.resolve(_catalog(args), args.backbone))
+    _print(stages.resolve(_catalog(args), args.backbone, full=args.full))
 
 
 def cmd_fetch(args) -> None:
@@ -556,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone",
         action="append",
         help="a backbone version; repeat for a priority order (first wins; default the latest loaded)",
+    )
+    s.add_argument(
+        "--full",
+        action="store_true",
+        help="resolve every usable record again (default: only records new or changed since the last run"
+        " with these backbones, the rest carried from it)",
     )
 
     s = command("fetch", "download, resize and hash images", cmd_fetch)

@@ -52,13 +52,16 @@ def load_backbone(catalog: Catalog, path: str | Path, *, common_name_fallback: b
     return load(catalog, path, common_name_fallback=common_name_fallback)
 
 
-def resolve(catalog: Catalog, backbones: Sequence[str] | None = None) -> dict[str, Any]:
-    """Resolve every usable record against `backbones` (priority order), by default the latest loaded."""
+def resolve(
+    catalog: Catalog, backbones: Sequence[str] | None = None, *, full: bool = False
+) -> dict[str, Any]:
+    """Resolve every usable record against `backbones` (priority order), by default the latest loaded;
+    incremental unless `full` (see `taxonomy.resolve.run_resolve`)."""
     from taxonomy.backbone import latest_backbone
     from taxonomy.resolve import run_resolve
 
     versions = list(backbones) if backbones else [latest_backbone(catalog)]
-    return run_resolve(catalog, versions)
+    return run_resolve(catalog, versions, full=full)
 
 
 def fetch(

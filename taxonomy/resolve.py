@@ -8,6 +8,7 @@ disambiguated by the record's higher ranks; when they cannot be, the resolver do
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -351,30 +352,79 @@ QUERY_COLUMNS = (
 )
 
 
-def run_resolve(catalog: Catalog, backbone_version: str | Sequence[str] | None = None) -> dict:
+# Bump when a change to the resolver would answer a stored query differently: runs of another resolver
+# version are not reused by an incremental run.
+RESOLVER_VERSION = 1
+
+USABLE = "SELECT * FROM raw_records WHERE drop_reason IS NULL"
+
+
+def _base_run(catalog: Catalog, config: dict) -> tuple[str, list[str]] | None:
+    """The latest succeeded resolve run of the same configuration, and its chain (itself, then the runs it
+    carried answers from): what an incremental run reuses."""
+    rows = catalog.query_arrow(
+        "SELECT run_id, config, details FROM stage_runs WHERE stage = 'resolve' AND status = 'succeeded'"
+        " ORDER BY ended_at DESC, run_id DESC"
+    ).to_pylist()
+    for row in rows:
+        if json.loads(row["config"] or "{}") == config:
+            chain = json.loads(row["details"] or "{}").get("chain") or [row["run_id"]]
+            return row["run_id"], chain
+    return None
+
+
+def run_resolve(
+    catalog: Catalog, backbone_version: str | Sequence[str] | None = None, *, full: bool = False
+) -> dict:
     """Resolve all usable raw records (those without a drop reason) against one backbone, or several in
     priority order (default: the latest loaded).
+
+    Incremental unless `full`: when a succeeded run of the same configuration (backbones as loaded, resolver
+    version) exists, only records it did not answer, or whose payload changed since, are resolved, and
+    records dropped since get a row without a taxon; the rest is carried from that run. The run's part holds
+    only what it wrote; `resolutions_as_of(run)` is everything it stands for (its chain of runs, the newest
+    answer per record). Its counts (n_in, n_out, drops, match types) are of that whole set; `details`
+    says how many were resolved now and how many carried.
 
     Set-wise: each distinct query (name and the record's own ranks) is resolved once in Python; DuckDB joins
     the answers back to the records and writes the run's part, so memory follows the distinct queries (a few
     per species), not the records."""
     versions = _versions(catalog, backbone_version)
-    with StageRun(catalog, "resolve", config={"backbone_versions": versions}) as run:
+    with catalog.connect() as con:
+        loaded = dict(
+            con.execute(
+                "SELECT backbone_version, CAST(loaded_at AS VARCHAR) FROM backbones"
+                " WHERE list_contains(?, backbone_version)",
+                [versions],
+            ).fetchall()
+        )
+    config = {"backbone_versions": versions, "backbones_loaded": loaded, "resolver": RESOLVER_VERSION}
+    base = None if full else _base_run(catalog, config)
+    with StageRun(catalog, "resolve", config=config) as run:
+        chain = [run.run_id, *(base[1] if base else [])]
+        if base is None:
+            todo, carried_sql = USABLE, None
+        else:
+            b = base[0].replace("'", "''")
+            todo = f"""SELECT r.* FROM ({USABLE}) r LEFT JOIN resolutions_as_of('{b}') s USING (record_id)
+                       WHERE s.record_id IS NULL OR s.payload_hash IS DISTINCT FROM r.payload_hash"""
+            carried_sql = f"""SELECT s.* FROM ({USABLE}) r JOIN resolutions_as_of('{b}') s USING (record_id)
+                              WHERE s.payload_hash IS NOT DISTINCT FROM r.payload_hash"""
         cols = ", ".join(QUERY_COLUMNS)
-        queries = catalog.query_arrow(
-            f"SELECT {cols}, count(*) AS n FROM raw_records WHERE drop_reason IS NULL GROUP BY ALL"
-        ).to_pylist()
+        queries = catalog.query_arrow(f"SELECT {cols}, count(*) AS n FROM ({todo}) GROUP BY ALL").to_pylist()
         indexes = [(v, load_index(catalog, v)) for v in versions]
         answers: dict[str, list] = {c: [] for c in (*QUERY_COLUMNS, *ANSWER.names)}
         counts: Counter = Counter()
         flags: Counter = Counter()
         by_backbone: Counter = Counter()
+        unresolved = 0
         for row in queries:
             q = Query(*(row[c] for c in QUERY_COLUMNS))
             version, res = resolve_prioritised(indexes, q)
             n = row["n"]
             counts[res.match_type] += n
             by_backbone[version] += n
+            unresolved += n if res.taxon_id is None else 0
             if (q.kingdom or "").strip().lower() == INCERTAE_SEDIS:
                 flags["kingdom_incertae_sedis"] += n
             if res.reason and "contradicts" in res.reason:
@@ -392,23 +442,50 @@ def run_resolve(catalog: Catalog, backbone_version: str | Sequence[str] | None =
                 ("backbone_version", version),
             ):
                 answers[k].append(v)
-            if res.taxon_id is None:
-                run.drop("unresolved", n)
+        resolved_now = sum(counts.values())
         schema = pa.schema([pa.field(c, pa.string()) for c in QUERY_COLUMNS] + list(ANSWER))
         same_query = " AND ".join(f"r.{c} IS NOT DISTINCT FROM a.{c}" for c in QUERY_COLUMNS)
-        n_in = catalog.write_part_from_query(
+        written = f"""SELECT r.record_id, r.payload_hash, a.* EXCLUDE ({cols}), '{run.run_id}' AS run_id
+                      FROM ({todo}) r JOIN answers a ON {same_query}"""
+        if base is not None:  # answered before, unusable now: a row without a taxon stops the carry
+            written += f"""
+                UNION ALL
+                SELECT s.record_id, NULL AS payload_hash, NULL AS taxon_id, 'none' AS match_type,
+                       0.0 AS confidence, NULL AS query_name,
+                       'record dropped at ingest since ' || s.run_id AS reason, NULL AS backbone_version,
+                       '{run.run_id}' AS run_id
+                FROM resolutions_as_of('{b}') s ANTI JOIN ({USABLE}) r USING (record_id)
+                WHERE s.taxon_id IS NOT NULL OR s.reason NOT LIKE 'record dropped at ingest since %'"""
+        n_written = catalog.write_part_from_query(
             "resolutions_history",
-            f"""SELECT r.record_id, a.* EXCLUDE ({cols}), '{run.run_id}' AS run_id
-                FROM raw_records r JOIN answers a ON {same_query}
-                WHERE r.drop_reason IS NULL ORDER BY r.record_id""",
+            written,
             partition={"run": run.run_id},
             part="part-00000",
             tables={"answers": pa.Table.from_pydict(answers, schema=schema)},
         )
-        run.n_in, run.n_out = n_in, n_in - counts["none"]
+        carried: Counter = Counter()
+        if carried_sql is not None:
+            with catalog.connect(read_only=True) as con:
+                for match_type, bb, n, no_taxon in con.execute(
+                    f"""SELECT match_type, backbone_version, count(*), count(*) FILTER (WHERE taxon_id IS NULL)
+                        FROM ({carried_sql}) GROUP BY ALL"""
+                ).fetchall():
+                    carried[match_type] += n
+                    by_backbone[bb] += n
+                    unresolved += no_taxon
+        counts += carried
+        if unresolved:
+            run.drop("unresolved", unresolved)
+        run.n_in = sum(counts.values())
+        run.n_out = run.n_in - counts["none"]
         distinct = {Query(*(r[c] for c in QUERY_COLUMNS)) for r in queries}
         parsers = Counter(parse_name(n).parser for q in distinct for n in (q.species, q.name) if n)
         run.details = {
+            "chain": chain,
+            "base_run": base[0] if base else None,
+            "resolved_now": resolved_now,
+            "carried": sum(carried.values()),
+            "rows_written": n_written,
             "match_type": dict(counts),
             "distinct_queries": len(distinct),
             "flags": dict(flags),
@@ -418,8 +495,8 @@ def run_resolve(catalog: Catalog, backbone_version: str | Sequence[str] | None =
     return run.summary()
 
 
-# A resolution without its record: what each distinct query gets (RESOLUTIONS less record_id and run_id).
-ANSWER = pa.schema([f for f in RESOLUTIONS if f.name not in ("record_id", "run_id")])
+# A resolution without its record: what each distinct query gets (RESOLUTIONS less the record's columns).
+ANSWER = pa.schema([f for f in RESOLUTIONS if f.name not in ("record_id", "payload_hash", "run_id")])
 
 
 def resolve_names(

@@ -94,7 +94,7 @@ CATALOG_TABLES = [
     "taxa",
     "backbones",
     "dataset_versions",
-    "shard_samples",
+    "shard_samples_stored",
     "training_runs",
     "ingest_checkpoints",
     "eval_results",
@@ -338,7 +338,8 @@ def test_a_part_written_by_a_query_has_its_table_schema(catalog):
     from warehouse.schemas import RESOLUTIONS
 
     row = """SELECT 'r1' AS record_id, NULL AS taxon_id, 'none' AS match_type, 0 AS confidence,
-                    NULL AS query_name, NULL AS reason, 'b1' AS backbone_version, 'resolve-x' AS run_id"""
+                    NULL AS query_name, NULL AS reason, 'b1' AS backbone_version, 'resolve-x' AS run_id,
+                    NULL AS payload_hash"""
     n = catalog.write_part_from_query("resolutions_history", row, partition={"run": "resolve-x"}, part="p0")
     (path,) = (catalog.lake / "resolved" / "run=resolve-x").glob("*.parquet")
     written = [(f.name, f.type) for f in pq.read_schema(path)]

@@ -229,3 +229,55 @@ def test_the_driver_never_reads_an_image(curated, monkeypatch):
     monkeypatch.setattr(shards_mod, "read_image_blobs", refuse)
     manifest = stages.shard(curated, ShardConfig("nobytes", samples_per_shard=64), ExecutorConfig(workers=2))
     assert verify_version(curated, "nobytes") == [] and manifest["n_samples"] > 0
+
+
+def test_shard_samples_are_read_from_the_build_plans(curated):
+    """`shard_samples` is a view over each version's plan: the catalog file holds none of its rows, and an
+    overwritten version's rows switch with it."""
+    stages.shard(curated, ShardConfig("t5", samples_per_shard=64, where="kingdom = 'Animalia'"))
+    with curated.connect() as con:
+        per_version = dict(con.execute("SELECT version, count(*) FROM shard_samples GROUP BY 1").fetchall())
+        expected = dict(con.execute("SELECT version, n_samples FROM dataset_versions").fetchall())
+        stored = con.execute("SELECT count(*) FROM shard_samples_stored").fetchall()[0][0]
+    assert per_version == expected and stored == 0
+    old = (curated.shards / "t5").resolve()
+    stages.shard(
+        curated, ShardConfig("t5", samples_per_shard=64, where="kingdom = 'Plantae'", overwrite=True)
+    )
+    assert not old.exists()
+    with curated.connect(read_only=True) as con:
+        kingdoms = con.execute("""SELECT DISTINCT t.kingdom FROM shard_samples s
+                                  JOIN taxa t USING (taxon_id) WHERE s.version = 't5'""").fetchall()
+        n = con.execute("SELECT count(*) FROM shard_samples WHERE version = 't5'").fetchall()[0][0]
+        n_samples = con.execute("SELECT n_samples FROM dataset_versions WHERE version = 't5'").fetchall()
+    assert kingdoms == [("Plantae",)] and [(n,)] == n_samples
+
+
+def test_stored_shard_samples_of_older_versions_stay_until_a_plan_covers_them(catalog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from warehouse.catalog import register_shard_samples, retire_stored_samples
+
+    build = catalog.shards / ".builds" / "planned.abc"
+    build.mkdir(parents=True)
+    plan = pa.table(
+        {
+            c: ["train", "train/shard-00000.tar", "k1", "r1", "t1"][i : i + 1]
+            for i, c in enumerate(["split", "shard", "key", "record_id", "taxon_id"])
+        }
+    )
+    pq.write_table(plan, build / "plan.parquet")
+    with catalog.connect() as con:
+        for version, path in (("legacy", "/elsewhere/legacy"), ("planned", "shards/.builds/planned.abc")):
+            con.execute("INSERT INTO dataset_versions (version, path) VALUES (?, ?)", [version, path])
+            con.execute(
+                "INSERT INTO shard_samples_stored VALUES (?, 'val', 'val/shard-00000.tar', 'k0', 'r0', 't0')",
+                [version],
+            )
+        register_shard_samples(con, catalog.home)
+        seen = con.execute("SELECT version, split, record_id FROM shard_samples ORDER BY 1").fetchall()
+        assert seen == [("legacy", "val", "r0"), ("planned", "train", "r1")]  # the plan wins
+        assert retire_stored_samples(con, catalog.home) == 1
+        left = con.execute("SELECT version FROM shard_samples_stored").fetchall()
+    assert left == [("legacy",)]

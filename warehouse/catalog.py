@@ -20,9 +20,9 @@ import duckdb
 import pyarrow as pa
 
 from warehouse.contracts import DROP_REASONS
-from warehouse.lake import part_path, typed_select, write_part
+from warehouse.lake import PART_ROW_GROUP_ROWS, part_path, typed_select, write_part
 from warehouse.locks import mark_interrupted
-from warehouse.schemas import IMAGES, LAKE_TABLES, RAW_RECORDS, duckdb_type
+from warehouse.schemas import BUILD_PLAN, IMAGES, LAKE_TABLES, RAW_RECORDS, duckdb_type
 
 # Each migration is applied once, in order, inside a transaction; never edit an applied one, append.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -87,6 +87,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             first_used_at TIMESTAMPTZ);
         ALTER TABLE stage_runs ADD COLUMN recipe_sha256 VARCHAR;
         """,
+    ),
+    (
+        5,
+        "shard samples from build plans",
+        # `shard_samples` becomes a view over each version's build plan (`plan.parquet`), so the catalog
+        # file (and every `tol sql` snapshot of it) stops growing with each version's samples. The rows of
+        # versions built before plans existed stay here; `retire_stored_samples` drops those a plan covers.
+        "ALTER TABLE shard_samples RENAME TO shard_samples_stored;",
     ),
 ]
 
@@ -272,7 +280,9 @@ class Catalog:
         Python); each column of the table's schema is taken by name and cast to its type (a missing one is
         an error). Returns the row count."""
         path = part_path(self.lake, table, partition, part)  # refuses an unknown table or partition
-        return self.export_parquet(typed_select(table, sql), path, row_group_rows=122_880, tables=tables)
+        return self.export_parquet(
+            typed_select(table, sql), path, row_group_rows=PART_ROW_GROUP_ROWS, tables=tables
+        )
 
     def query_arrow(self, sql: str, params: list | None = None) -> pa.Table:
         with self.connect() as con:
@@ -302,7 +312,8 @@ def open_catalog(home: str | Path) -> Catalog:
     con = connect_with_retry(catalog.db_path)
     try:
         with schema_lock(catalog.db_path):
-            apply_migrations(con)
+            if 5 in apply_migrations(con):
+                retire_stored_samples(con, home)
             register_lake_views(con, home)
             mark_interrupted(con, home)  # runs whose process died, whatever command comes next
     finally:
@@ -364,14 +375,19 @@ def _source_select(home: Path, pattern: str, schema: pa.Schema) -> str:
     if not _has_parts(home, pattern):
         return _empty_select(schema)
     escaped = full.replace("'", "''")
-    return f"SELECT * FROM read_parquet('{escaped}', union_by_name = true, hive_partitioning = false)"
+    # BY NAME with the typed empty table: every column of the schema is there, typed, even one that no part
+    # written yet holds (a column added since), so views that name it bind on an older home too.
+    return (
+        f"SELECT * FROM read_parquet('{escaped}', union_by_name = true, hive_partitioning = false)"
+        f" UNION ALL BY NAME {_empty_select(schema)}"
+    )
 
 
 def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-VIEWS_VERSION = 5  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
+VIEWS_VERSION = 6  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
 
 
 def _views_state(home: Path) -> str:
@@ -421,6 +437,17 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
         SELECT * FROM resolutions_history
         QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY run_id DESC) = 1"""
     )
+    # What a resolve run stands for: the newest answer per record over its chain (itself, then the runs an
+    # incremental run carried answers from, in `stage_runs.details.chain`); a full run's chain is itself.
+    con.execute(
+        """CREATE OR REPLACE MACRO resolutions_as_of(for_run) AS TABLE
+        SELECT h.* FROM resolutions_history h,
+             (SELECT CASE WHEN len(c) > 0 THEN c ELSE [run_id] END AS chain
+              FROM (SELECT run_id, json_extract_string(details, '$.chain[*]') AS c
+                    FROM stage_runs WHERE run_id = for_run)) k
+        WHERE list_contains(k.chain, h.run_id)
+        QUALIFY row_number() OVER (PARTITION BY h.record_id ORDER BY list_position(k.chain, h.run_id)) = 1"""
+    )
     image_cols = ", ".join(f'"{f.name}"' for f in IMAGES)
     con.execute(
         f"""CREATE OR REPLACE VIEW images AS
@@ -459,10 +486,49 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
             SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
             ORDER BY ended_at DESC, run_id DESC LIMIT 1)"""
     )
+    register_shard_samples(con, home)
     # Last: a registration that failed half-way is redone by the next connection.
     con.execute(
         f"CREATE OR REPLACE VIEW lake_views_home AS SELECT {_sql_str(str(home))} AS home, {_sql_str(state)} AS state"
     )
+
+
+SHARD_SAMPLE_COLUMNS = ("version", "split", "shard", "key", "record_id", "taxon_id")
+
+
+def _plans(con: duckdb.DuckDBPyConnection, home: Path) -> dict[str, Path]:
+    """Each version's build plan that exists, by version (older versions' paths may be absolute)."""
+    rows = con.execute("SELECT version, path FROM dataset_versions ORDER BY version").fetchall()
+    return {
+        version: home / path / BUILD_PLAN for version, path in rows if (home / path / BUILD_PLAN).exists()
+    }
+
+
+def register_shard_samples(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    """(Re)create `shard_samples`: one `read_parquet` of each version's plan, plus the stored rows of
+    versions that have none. The version writer calls it in the transaction that switches a version, so
+    the view and `dataset_versions` change together; it lists no folder, one `stat` per version."""
+    cols = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in SHARD_SAMPLE_COLUMNS if c != "version")
+    plans = _plans(con, home)
+    stored = "SELECT " + ", ".join(SHARD_SAMPLE_COLUMNS) + " FROM shard_samples_stored"
+    if plans:
+        stored += f" WHERE version NOT IN ({', '.join(_sql_str(v) for v in plans)})"
+    selects = [stored] + [
+        f"SELECT {_sql_str(version)} AS version, {cols} FROM read_parquet({_sql_str(str(plan))})"
+        for version, plan in plans.items()
+    ]
+    con.execute("CREATE OR REPLACE VIEW shard_samples AS " + "\nUNION ALL ".join(selects))
+
+
+def retire_stored_samples(con: duckdb.DuckDBPyConnection, home: Path) -> int:
+    """Delete the stored `shard_samples` rows of versions whose build plan holds them; returns how many
+    versions. Run once, when migration 5 turns `shard_samples` into a view."""
+    plans = _plans(con, home)
+    for version in plans:
+        con.execute("DELETE FROM shard_samples_stored WHERE version = ?", [version])
+    if plans:
+        log.info("shard_samples: %d versions now read from their build plans", len(plans))
+    return len(plans)
 
 
 def fetch_first(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:

@@ -10,14 +10,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+PART_ROW_GROUP_ROWS = 65_536  # a point lookup by record_id reads one row group of a part, not the part
 
-def write_parquet_atomic(table: pa.Table, path: str | Path, *, compression: str = "zstd") -> Path:
+
+def write_parquet_atomic(
+    table: pa.Table, path: str | Path, *, compression: str = "zstd", row_group_rows: int | None = None
+) -> Path:
     """Write `table` to `path` through a temporary name and a rename, so readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        pq.write_table(table, tmp, compression=compression)
+        pq.write_table(table, tmp, compression=compression, row_group_size=row_group_rows)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -29,7 +33,9 @@ def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, s
     """Write `data` as one part of the lake table `table` (a `schemas.LAKE_TABLES` key), atomically.
 
     The columns are taken and cast to the table's schema (a missing column is an error, not a NULL column);
-    `partition` must name the table's partition keys, in order; values and `part` must be names."""
+    `partition` must name the table's partition keys, in order; values and `part` must be names. Rows are
+    sorted by `record_id` where the table has one: with each row group's min and max, DuckDB answers
+    `WHERE record_id = ?` (through the current views and `record_lineage`) without reading the others."""
     from warehouse.schemas import LAKE_TABLES
 
     path = part_path(lake, table, partition, part)
@@ -38,18 +44,20 @@ def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, s
     if missing:
         raise ValueError(f"rows for {table} lack column(s) {', '.join(missing)}")
     rows = data.select(spec.schema.names).cast(spec.schema)
-    return write_parquet_atomic(rows, path)
+    if "record_id" in spec.schema.names:
+        rows = rows.sort_by("record_id")
+    return write_parquet_atomic(rows, path, row_group_rows=PART_ROW_GROUP_ROWS)
 
 
 def typed_select(table: str, sql: str) -> str:
     """`sql`'s rows as the lake table `table`'s columns: each taken by name and cast to its type (a missing
-    one is DuckDB's binder error, naming it)."""
+    one is DuckDB's binder error, naming it), sorted by `record_id` where the table has one."""
     from warehouse.schemas import LAKE_TABLES, duckdb_type
 
-    cols = ", ".join(
-        f'CAST("{f.name}" AS {duckdb_type(f.type)}) AS "{f.name}"' for f in LAKE_TABLES[table].schema
-    )
-    return f"SELECT {cols} FROM ({sql})"
+    schema = LAKE_TABLES[table].schema
+    cols = ", ".join(f'CAST("{f.name}" AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema)
+    order = ' ORDER BY "record_id"' if "record_id" in schema.names else ""  # see `write_part`
+    return f"SELECT {cols} FROM ({sql}){order}"
 
 
 def export_part(
@@ -60,7 +68,7 @@ def export_part(
     *,
     partition: dict[str, str],
     part: str,
-    row_group_rows: int = 122_880,
+    row_group_rows: int = PART_ROW_GROUP_ROWS,
 ) -> Path:
     """Write the rows of `sql`, run on the DuckDB connection `con`, as one part of the lake table `table`,
     atomically: DuckDB streams them to a temporary file that is renamed into place; no row passes through

@@ -67,6 +67,8 @@ RESOLUTIONS = pa.schema(
         ("reason", pa.string()),
         ("backbone_version", pa.string()),
         ("run_id", pa.string()),
+        # The raw payload answered: an incremental resolve answers again the records whose payload changed.
+        ("payload_hash", pa.string()),
     ]
 )
 
@@ -168,6 +170,9 @@ SUPPORT_CENTROIDS = pa.schema(
 # The image lake's bytes: one file per fetch part, `lake/<IMAGE_BLOBS>/source=<source>/<part>.jpgs`, the
 # processed JPEGs of the part's ok rows back to back, in the part's row order. A file is written whole
 # (atomically) before the Parquet part that points into it, so no row ever points at missing bytes.
+BUILD_PLAN = (
+    "plan.parquet"  # in a version's build folder: every sample's split, shard, key and image location
+)
 IMAGE_BLOBS = "image_blobs"
 BLOB_SUFFIX = ".jpgs"
 

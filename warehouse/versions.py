@@ -9,17 +9,23 @@ import os
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import check_name
 
-if TYPE_CHECKING:
-    from etl.executors import Executor
+
+class UnitRunner(Protocol):
+    """What verify needs of an executor (`etl.executors`, which the warehouse does not import)."""
+
+    def run_units(
+        self, fn: Callable[[dict[str, Any]], pa.Table], units: Sequence[dict[str, Any]]
+    ) -> Iterator[tuple[int, pa.Table]]: ...
+
 
 log = logging.getLogger("tol.versions")
 
@@ -105,7 +111,7 @@ def verify_shard_unit(unit: dict[str, Any]) -> pa.Table:
     )
 
 
-def verify_version(catalog: Catalog, version: str, executor: Executor | None = None) -> list[str]:
+def verify_version(catalog: Catalog, version: str, executor: UnitRunner | None = None) -> list[str]:
     """Problems found (empty when the version is intact): missing shards, checksum or sample-count
     mismatches, in the manifest's order. One work unit per shard on `executor` (by default one unit after
     another in this process), so a cluster verifies a corpus's shards in parallel where they lie."""

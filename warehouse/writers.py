@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from warehouse.catalog import Catalog, fetch_first
+from warehouse.catalog import Catalog, fetch_first, register_shard_samples, schema_lock
 from warehouse.schemas import TAXA
 
 # --- fetch -------------------------------------------------------------------------------------------------
@@ -110,30 +109,23 @@ class DatasetVersionRecord:
     code_version: str
 
 
-SHARD_SAMPLE_COLUMNS = ("version", "split", "shard", "key", "record_id", "taxon_id")
-
-
-def replace_version(catalog: Catalog, record: DatasetVersionRecord, samples: Path) -> None:
-    """Make `record` (and its `shard_samples`, read by DuckDB from the Parquet file `samples`: the shard
-    plan) the version of its name, in one transaction: before it the old version stands, after it the new."""
+def replace_version(catalog: Catalog, record: DatasetVersionRecord) -> None:
+    """Make `record` the version of its name, in one transaction: before it the old version stands, after
+    it the new, with `shard_samples` (a view over the versions' build plans) switched with it."""
     names = [f.name for f in fields(DatasetVersionRecord)]
     values = list(astuple(record))
     values[names.index("manifest")] = json.dumps(record.manifest, default=str)
-    with catalog.connect() as con:
+    with catalog.connect() as con, schema_lock(catalog.db_path):
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute("DELETE FROM dataset_versions WHERE version = ?", [record.version])
-            con.execute("DELETE FROM shard_samples WHERE version = ?", [record.version])
-            cols = ", ".join(c for c in SHARD_SAMPLE_COLUMNS if c != "version")
-            con.execute(
-                f"INSERT INTO shard_samples (version, {cols}) SELECT ?, {cols} FROM read_parquet(?)",
-                [record.version, str(samples)],
-            )
+            con.execute("DELETE FROM shard_samples_stored WHERE version = ?", [record.version])
             con.execute(
                 f"INSERT INTO dataset_versions ({', '.join(names)}, created_at)"
                 f" VALUES ({', '.join('?' * len(names))}, ?)",
                 [*values, datetime.now(UTC)],
             )
+            register_shard_samples(con, catalog.home)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -36,13 +36,13 @@ from taxonomy.captions import captions
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
 from warehouse.lake import read_image_blobs, read_rows, remove_tree, write_bytes_atomic, write_parquet_atomic
+from warehouse.schemas import BUILD_PLAN
 from warehouse.stage_runs import CODE_VERSION, StageRun
 from warehouse.versions import BUILDS, link_version
 from warehouse.writers import DatasetVersionRecord, replace_version
 
 log = logging.getLogger("tol.shard")
 
-PLAN = "plan.parquet"  # in the build folder: every sample's split, shard, key and image location
 
 SIDECAR = pa.schema(
     [
@@ -104,8 +104,8 @@ def _filtered_by_sql(rules: tuple[FilterRule, ...]) -> str:
 
 
 def _selection_sql(cfg: ShardConfig) -> str:
-    """The kept samples of the dedup run (param 1), named by the resolve run (param 2; not whatever is
-    latest now), with their split, order and image location, sorted as they will be sharded. `image_type`
+    """The kept samples of the dedup run (param 2), named by the resolve run (param 1: the answers it
+    stands for, not whatever is latest now), with their split, order and image location, sorted as they will be sharded. `image_type`
     is the filter stage's label (NULL before any filter run); `filtered_by` the scorers whose rule of the
     version removes the sample (empty when none does): those rows are counted, then left out."""
     where = f"AND ({cfg.where})" if cfg.where else ""
@@ -125,12 +125,12 @@ def _selection_sql(cfg: ShardConfig) -> str:
              it.label AS image_type{filtered_col}
       FROM dedup_decisions d
       JOIN raw_records r USING (record_id)
-      JOIN resolutions_history s USING (record_id)
+      JOIN resolutions_as_of(?) s USING (record_id)
       JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
       JOIN image_locations l USING (record_id)
       LEFT JOIN (SELECT record_id, label FROM filter_scores WHERE scorer = 'image_type') it USING (record_id)
       {filtered_join}
-      WHERE d.run_id = ? AND s.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
+      WHERE d.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
     ) WHERE true {where}
     ORDER BY split = 'val', {_hash_sql("record_id", cfg.seed + 1)}, record_id"""
 
@@ -377,7 +377,7 @@ def build_version(
         selection = builds / f".selection-{cfg.version}.parquet"  # the version's lock is held
         try:
             run.n_in = catalog.export_parquet(
-                _selection_sql(cfg), selection, params=[inputs.dedup_run, inputs.resolve_run]
+                _selection_sql(cfg), selection, params=[inputs.resolve_run, inputs.dedup_run]
             )
             filters = _apply_filters(selection, cfg, inputs, run)
             n_samples = run.n_in - filters["removed_total"]
@@ -398,7 +398,7 @@ def build_version(
                 if own and stale != root and stale != current:  # partial builds of other inputs
                     remove_tree(stale, builds)
             root.mkdir(parents=True, exist_ok=True)
-            plan = root / PLAN
+            plan = root / BUILD_PLAN
             shards = _plan(selection, plan, cfg)
         finally:
             selection.unlink(missing_ok=True)
@@ -436,7 +436,7 @@ def build_version(
             manifest=manifest,
             code_version=CODE_VERSION,
         )
-        replace_version(catalog, record, plan)  # the switch: before it the old version stands
+        replace_version(catalog, record)  # the switch: before it the old version stands
         displaced = link_version(catalog, cfg.version, root)
         for old in (current, displaced):  # the version this one replaced, now unreferenced
             if old is not None and old.exists() and old.resolve() != root.resolve():
