@@ -63,6 +63,7 @@ def test_killed_ingest_resumes_without_loss_or_duplicates(catalog, server, monke
                 raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(ingest_mod, "get_connector", lambda name: dies_after_two_pages)
+    monkeypatch.setattr(ingest_mod, "PART_ROWS", 1)  # a part (and a checkpoint) per page, to resume from
     cfg = IngestConfig("gbif", api_url=server.base_url, page_size=50)
     with pytest.raises(KeyboardInterrupt):
         run_ingest(catalog, cfg)
@@ -75,6 +76,43 @@ def test_killed_ingest_resumes_without_loss_or_duplicates(catalog, server, monke
     assert n == distinct == partial + resumed["n_out"]
     body = json.loads((server.root / "api_data" / "gbif_occurrences.json").read_text())
     assert resumed["unchanged"] == 0 and n == sum(max(1, len(o["media"])) for o in body if o.get("media"))
+
+
+def _stored(catalog) -> list[tuple]:
+    with catalog.connect() as con:
+        return con.execute("SELECT record_id, payload_hash FROM raw_records_history ORDER BY 1").fetchall()
+
+
+def test_ingest_writes_parts_of_bounded_size_and_a_kill_before_one_loses_nothing(
+    tmp_path, server, monkeypatch
+):
+    from warehouse.catalog import open_catalog
+
+    cfg = IngestConfig("gbif", api_url=server.base_url, page_size=50)
+    stored, parts = {}, {}
+    for name, bound in (("per-page", 1), ("bounded", ingest_mod.PART_ROWS)):
+        monkeypatch.setattr(ingest_mod, "PART_ROWS", bound)
+        cat = open_catalog(tmp_path / name)
+        run_ingest(cat, cfg)
+        stored[name], parts[name] = _stored(cat), len(list((cat.lake / "raw").rglob("*.parquet")))
+    assert parts["per-page"] > 3 and parts["bounded"] == 1 and stored["bounded"] == stored["per-page"]
+
+    real = get_connector("gbif")
+
+    def dies_after_three_pages(client, cfg, checkpoint):
+        for i, page in enumerate(real(client, cfg, checkpoint)):
+            yield page
+            if i == 2:
+                raise KeyboardInterrupt("killed")
+
+    cat = open_catalog(tmp_path / "killed")
+    monkeypatch.setattr(ingest_mod, "get_connector", lambda name: dies_after_three_pages)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(cat, cfg)
+    assert _stored(cat) == []  # the pages read were not written: their checkpoint was not committed either
+    monkeypatch.setattr(ingest_mod, "get_connector", get_connector)
+    run_ingest(cat, cfg)
+    assert _stored(cat) == stored["per-page"]
 
 
 def test_gbif_record_mess_is_recorded_not_dropped():

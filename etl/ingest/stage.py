@@ -1,8 +1,9 @@
-"""Ingest stage: run a connector page by page, write only new or changed rows, checkpoint each page.
+"""Ingest stage: run a connector page by page, write only new or changed rows in parts of bounded size,
+checkpoint the last page each part holds.
 
 Re-ingesting the same payload adds nothing (anti-join on record_id + payload_hash); a changed payload adds a
 new version of the row (the `raw_records` view shows the latest, `raw_records_history` all). A killed run
-resumes from its last committed page.
+resumes from the last page whose rows are written.
 """
 
 from __future__ import annotations
@@ -30,19 +31,23 @@ def _resume_point(catalog: Catalog, cfg: IngestConfig) -> dict[str, Any]:
     return checkpoint  # a run to resume, or a high-water mark (e.g. the checksum of an archive done)
 
 
-def _new_rows(catalog: Catalog, table: pa.Table, source: str) -> pa.Table:
-    """Rows whose (record_id, payload_hash) is not stored yet, one per record id. Only the key columns go
-    through DuckDB; the payloads stay in Arrow and are taken by position."""
+def _new_rows(catalog: Catalog, table: pa.Table, source: str, pending: pa.Table) -> pa.Table:
+    """Rows whose (record_id, payload_hash) is neither stored yet nor `pending` (rows of earlier pages
+    not written yet), one per record id. Only the key columns go through DuckDB; the payloads stay in Arrow
+    and are taken by position."""
     keys = table.select(["record_id", "payload_hash", "media_index"]).append_column(
         "pos", pa.array(range(table.num_rows), pa.int64())
     )
     with catalog.connect() as con:
         con.register("batch_keys", keys)
+        con.register("pending_keys", pending)
         keep = con.sql(
             """SELECT pos FROM batch_keys b
                WHERE NOT EXISTS (SELECT 1 FROM raw_records_history h
                                  WHERE h.source = ? AND h.record_id = b.record_id
                                    AND h.payload_hash = b.payload_hash)
+                 AND NOT EXISTS (SELECT 1 FROM pending_keys p
+                                 WHERE p.record_id = b.record_id AND p.payload_hash = b.payload_hash)
                QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY media_index, pos) = 1
                ORDER BY pos""",
             params=[source],
@@ -50,6 +55,13 @@ def _new_rows(catalog: Catalog, table: pa.Table, source: str) -> pa.Table:
     if keep.num_rows == table.num_rows:
         return table  # all new, and sorted by position: no copy of the payloads
     return table.take(keep.column("pos"))
+
+
+# A part is written when the new rows of the pages read reach either bound (or the source ends): parts of
+# bounded size, not one per API page (GBIF pages hold 300 records), and a bounded buffer in the driver.
+PART_ROWS = 100_000
+PART_BYTES = 64 * 2**20
+_KEYS = pa.schema([("record_id", pa.string()), ("payload_hash", pa.string())])
 
 
 def run_ingest(
@@ -75,6 +87,23 @@ def run_ingest(
         checkpoint = _resume_point(catalog, cfg)
         run.details["resumed_from"] = checkpoint
         unchanged = 0
+        pending: list[pa.Table] = []  # new rows of the pages read since the last part
+        first_page = 0
+
+        def flush(checkpoint: dict[str, Any], complete: bool) -> None:
+            """Write the pending rows as one part, then commit the checkpoint of the last page they
+            came from: a kill before the part loses only pages that the rerun reads again."""
+            if pending:
+                catalog.write_part(
+                    "raw_records_history",
+                    pa.concat_tables(pending, promote_options="permissive"),
+                    partition={"source": cfg.source, "ingest": run.run_id},
+                    part=f"part-{first_page:05d}",
+                )
+                pending.clear()
+            save_checkpoint(catalog, cfg.source, cfg.query_key(), checkpoint, complete, run.run_id)
+
+        last: tuple[dict[str, Any], bool] | None = None
         for page_no, page in enumerate(connector(client, cfg, checkpoint)):
             table = None
             if page.table is not None:
@@ -83,24 +112,32 @@ def run_ingest(
                 table = make_rows(page.rows, run.run_id)
             run.n_in += table.num_rows if table is not None else 0
             if table is not None and table.num_rows:
-                fresh = _new_rows(catalog, table, cfg.source)
+                keys = (
+                    pa.concat_tables([t.select(_KEYS.names).cast(_KEYS) for t in pending])
+                    if pending
+                    else _KEYS.empty_table()
+                )
+                fresh = _new_rows(catalog, table, cfg.source, keys)
                 unchanged += table.num_rows - fresh.num_rows
                 if fresh.num_rows:
-                    catalog.write_part(
-                        "raw_records_history",
-                        fresh,
-                        partition={"source": cfg.source, "ingest": run.run_id},
-                        part=f"part-{page_no:05d}",
-                    )
+                    if not pending:
+                        first_page = page_no
+                    pending.append(fresh)
                     run.n_out += fresh.num_rows
                     for reason in fresh.column("drop_reason").to_pylist():
                         if reason:
                             run.drop(reason)
-            save_checkpoint(catalog, cfg.source, cfg.query_key(), page.checkpoint, page.complete, run.run_id)
+            last = (page.checkpoint, page.complete)
+            rows = sum(t.num_rows for t in pending)
+            if not pending or rows >= PART_ROWS or sum(t.nbytes for t in pending) >= PART_BYTES:
+                flush(*last)
+                last = None
             if progress:
                 run.log.info(
                     "%s: page %d, %d rows read, %d new", cfg.source, page_no + 1, run.n_in, run.n_out
                 )
+        if last is not None:
+            flush(*last)
         if client.retries:
             run.error("http_retries", client.retries)
         run.message = f"{unchanged} rows unchanged since an earlier ingest"
