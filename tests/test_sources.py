@@ -53,16 +53,21 @@ def test_html_where_json_expected_is_a_clear_error(server):
     assert err.value.kind == "http_404"
 
 
-def test_killed_ingest_resumes_without_loss_or_duplicates(catalog, server, monkeypatch):
+def _dies_after(pages: int):
+    """The GBIF connector, killed (as by Ctrl-C) once it has yielded `pages` pages."""
     real = get_connector("gbif")
 
-    def dies_after_two_pages(client, cfg, checkpoint):
-        for i, page in enumerate(real(client, cfg, checkpoint)):
+    def connector(client, cfg, checkpoint):
+        for i, page in enumerate(real(client, cfg, checkpoint), 1):
             yield page
-            if i == 1:
+            if i == pages:
                 raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(ingest_mod, "get_connector", lambda name: dies_after_two_pages)
+    return lambda name: connector
+
+
+def test_killed_ingest_resumes_without_loss_or_duplicates(catalog, server, monkeypatch):
+    monkeypatch.setattr(ingest_mod, "get_connector", _dies_after(2))
     monkeypatch.setattr(ingest_mod, "PART_ROWS", 1)  # a part (and a checkpoint) per page, to resume from
     cfg = IngestConfig("gbif", api_url=server.base_url, page_size=50)
     with pytest.raises(KeyboardInterrupt):
@@ -97,16 +102,8 @@ def test_ingest_writes_parts_of_bounded_size_and_a_kill_before_one_loses_nothing
         stored[name], parts[name] = _stored(cat), len(list((cat.lake / "raw").rglob("*.parquet")))
     assert parts["per-page"] > 3 and parts["bounded"] == 1 and stored["bounded"] == stored["per-page"]
 
-    real = get_connector("gbif")
-
-    def dies_after_three_pages(client, cfg, checkpoint):
-        for i, page in enumerate(real(client, cfg, checkpoint)):
-            yield page
-            if i == 2:
-                raise KeyboardInterrupt("killed")
-
     cat = open_catalog(tmp_path / "killed")
-    monkeypatch.setattr(ingest_mod, "get_connector", lambda name: dies_after_three_pages)
+    monkeypatch.setattr(ingest_mod, "get_connector", _dies_after(3))
     with pytest.raises(KeyboardInterrupt):
         run_ingest(cat, cfg)
     assert _stored(cat) == []  # the pages read were not written: their checkpoint was not committed either
