@@ -4,6 +4,7 @@ import zipfile
 
 import pytest
 
+from etl.ingest import stage as ingest_stage
 from etl.ingest.sources import IngestConfig, gbif_dwca
 from etl.ingest.sources import gbif as gbif_mod
 from etl.ingest.stage import run_ingest
@@ -113,6 +114,7 @@ def test_killed_archive_ingest_resumes_without_loss_or_duplicates(catalog, tmp_p
              for i in range(50)]  # fmt: skip
     write_dwca(tmp_path / "dl.zip", cases=cases)
     monkeypatch.setattr(gbif_dwca, "BATCH_ROWS", 16)
+    monkeypatch.setattr(ingest_stage, "PART_ROWS", 1)  # a part (and a checkpoint) per batch, to resume from
     real = gbif_dwca.pages
 
     def dies_after_three(*args, **kwargs):

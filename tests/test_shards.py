@@ -234,22 +234,24 @@ def test_the_driver_never_reads_an_image(curated, monkeypatch):
 def test_shard_samples_are_read_from_the_build_plans(curated):
     """`shard_samples` is a view over each version's plan: the catalog file holds none of its rows, and an
     overwritten version's rows switch with it."""
-    stages.shard(curated, ShardConfig("t5", samples_per_shard=64, where="kingdom = 'Animalia'"))
+    stages.shard(curated, ShardConfig("plan-view", samples_per_shard=64, where="kingdom = 'Animalia'"))
     with curated.connect() as con:
         per_version = dict(con.execute("SELECT version, count(*) FROM shard_samples GROUP BY 1").fetchall())
         expected = dict(con.execute("SELECT version, n_samples FROM dataset_versions").fetchall())
         stored = con.execute("SELECT count(*) FROM shard_samples_stored").fetchall()[0][0]
     assert per_version == expected and stored == 0
-    old = (curated.shards / "t5").resolve()
+    old = (curated.shards / "plan-view").resolve()
     stages.shard(
-        curated, ShardConfig("t5", samples_per_shard=64, where="kingdom = 'Plantae'", overwrite=True)
+        curated, ShardConfig("plan-view", samples_per_shard=64, where="kingdom = 'Plantae'", overwrite=True)
     )
     assert not old.exists()
     with curated.connect(read_only=True) as con:
         kingdoms = con.execute("""SELECT DISTINCT t.kingdom FROM shard_samples s
-                                  JOIN taxa t USING (taxon_id) WHERE s.version = 't5'""").fetchall()
-        n = con.execute("SELECT count(*) FROM shard_samples WHERE version = 't5'").fetchall()[0][0]
-        n_samples = con.execute("SELECT n_samples FROM dataset_versions WHERE version = 't5'").fetchall()
+                                  JOIN taxa t USING (taxon_id) WHERE s.version = 'plan-view'""").fetchall()
+        n = con.execute("SELECT count(*) FROM shard_samples WHERE version = 'plan-view'").fetchall()[0][0]
+        n_samples = con.execute(
+            "SELECT n_samples FROM dataset_versions WHERE version = 'plan-view'"
+        ).fetchall()
     assert kingdoms == [("Plantae",)] and [(n,)] == n_samples
 
 
