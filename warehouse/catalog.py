@@ -127,14 +127,22 @@ def connect_with_retry(
     )
 
 
+DEFAULT_DUCKDB_MEMORY = "512MB"
+
+
 def duckdb_config(home: Path) -> dict[str, str]:
-    """Every catalog connection's DuckDB settings: a memory limit (`TOL_DUCKDB_MEMORY`, default 1GB) with
+    """Every catalog connection's DuckDB settings: a memory limit (`TOL_DUCKDB_MEMORY`, default 512MB) with
     spilling to `work/duckdb-spill` under the home, so a sort or join over the whole corpus costs disk, not a
-    process that grows with the corpus (DuckDB's own default is 80% of the machine's memory)."""
+    process that grows with the corpus (DuckDB's own default is 80% of the machine's memory). 512MB rather
+    than more: a stage's sorts and joins fill whatever cap they get before they spill, and the driver's peak
+    is that cap plus the interpreter (about 250 MB)."""
     spill = home / "work" / "duckdb-spill"
     # DuckDB creates the spill folder itself, but not its parents: a home without `work/` could not spill.
     spill.parent.mkdir(parents=True, exist_ok=True)
-    return {"memory_limit": os.environ.get("TOL_DUCKDB_MEMORY") or "1GB", "temp_directory": str(spill)}
+    return {
+        "memory_limit": os.environ.get("TOL_DUCKDB_MEMORY") or DEFAULT_DUCKDB_MEMORY,
+        "temp_directory": str(spill),
+    }
 
 
 def _waiting_for_lock(open_fn, path: Path, wait: float | None):

@@ -33,7 +33,7 @@ from PIL import Image
 from etl.executors import Unit
 from etl.filter.rules import FilterRule
 from taxonomy.captions import captions
-from warehouse.catalog import Catalog, fetch_first
+from warehouse.catalog import Catalog, duckdb_config, fetch_first
 from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
 from warehouse.lake import read_image_blobs, read_rows, remove_tree, write_bytes_atomic, write_parquet_atomic
 from warehouse.schemas import BUILD_PLAN
@@ -318,10 +318,10 @@ def _same_build(manifest: dict, cfg: ShardConfig, inputs: ShardInputs) -> bool:
     )
 
 
-def _fingerprint(cfg: ShardConfig, inputs: ShardInputs, selection: Path) -> str:
+def _fingerprint(home: Path, cfg: ShardConfig, inputs: ShardInputs, selection: Path) -> str:
     """What the build depends on: settings, the input runs and the selected records (not the timestamp).
     The records enter as their count and an order-free sum of their ids' hashes, computed by DuckDB."""
-    with duckdb.connect() as con:
+    with duckdb.connect(config=duckdb_config(home)) as con:
         n, total = con.execute(
             f"SELECT count(*), sum({_hash_sql('record_id', 0)}::HUGEINT)::VARCHAR FROM read_parquet(?)",
             [str(selection)],
@@ -392,7 +392,7 @@ def build_version(
                     + (" (its filter rules remove every sample)" if run.n_in else "")
                     + ": an immutable version of 0 samples is not made"
                 )
-            root = builds / f"{cfg.version}.{_fingerprint(cfg, inputs, selection)[:16]}"
+            root = builds / f"{cfg.version}.{_fingerprint(catalog.home, cfg, inputs, selection)[:16]}"
             for stale in builds.glob(f"{cfg.version}.*"):
                 own = "." not in stale.name[len(cfg.version) + 1 :]  # not a build of version "<name>.<more>"
                 if own and stale != root and stale != current:  # partial builds of other inputs
@@ -416,7 +416,7 @@ def build_version(
                 }
             )
         counts = {split: sum(sh.n for sh in shards if sh.split == split) for split in ("train", "val")}
-        manifest = _manifest(cfg, plan, manifest_shards, inputs, counts) | {"filters": filters}
+        manifest = _manifest(catalog.home, cfg, plan, manifest_shards, inputs, counts) | {"filters": filters}
         for split in ("train", "val"):
             sizes = {s["name"]: s["n"] for s in manifest_shards if s["split"] == split}
             write_bytes_atomic(json.dumps(sizes, indent=1).encode(), root / split / "sizes.json")
@@ -465,7 +465,7 @@ def _apply_filters(selection: Path, cfg: ShardConfig, inputs: ShardInputs, run: 
     if not cfg.filters:
         return out
     src = _sql_path(selection)
-    with duckdb.connect() as con:
+    with duckdb.connect(config=duckdb_config(run.catalog.home)) as con:
         con.execute(f"CREATE VIEW sel AS SELECT * FROM read_parquet('{src}')")
         first = con.execute(
             """SELECT filtered_by[1], coalesce(image_type, 'unknown'), count(*) FROM sel
@@ -531,9 +531,11 @@ def _write_shards(
     return results
 
 
-def _manifest(cfg: ShardConfig, plan: Path, shards: list[dict], inputs: ShardInputs, counts: dict) -> dict:
+def _manifest(
+    home: Path, cfg: ShardConfig, plan: Path, shards: list[dict], inputs: ShardInputs, counts: dict
+) -> dict:
     """The version's manifest; its tallies are computed by DuckDB over the plan (no rows in Python)."""
-    with duckdb.connect() as con:
+    with duckdb.connect(config=duckdb_config(home)) as con:
         con.execute(f"CREATE VIEW plan AS SELECT * FROM read_parquet('{_sql_path(plan)}')")
 
         def count(column: str) -> dict[str, int]:
