@@ -211,6 +211,7 @@ def run_size(
         "open_catalog": ["sql", "SELECT 1"],
         "lineage_lookup": ["sql", f"SELECT * FROM record_lineage WHERE record_id = '{looked_up}'"],
         "resolve_again": ["resolve"],  # incremental: nothing changed, every answer carried
+        "dedup_again": ["dedup"],  # the same: every decision computed again, none written
     }
     out = {"bench": "scale", "n": n, "synthesize_seconds": round(synth_seconds, 1), "stages": {}}
     long_read = None

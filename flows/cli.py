@@ -171,7 +171,7 @@ def cmd_dedup(args) -> None:
         pdq_leak_k=args.pdq_leak_k,
         eval_eol_pages=_kv(args.eval_eol_pages, "--eval-eol-pages"),
     )
-    _print(stages.dedup(_catalog(args), cfg))
+    _print(stages.dedup(_catalog(args), cfg, full=args.full))
 
 
 def cmd_filter_run(args) -> None:
@@ -611,6 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     s = command("dedup", "exact, near and eval-leak decisions", cmd_dedup)
+    s.add_argument(
+        "--full",
+        action="store_true",
+        help="write every decision again (default: only decisions that differ from the last run's)",
+    )
     s.add_argument(
         "--eval", action="append", metavar="NAME=PATH", help="an evaluation set to protect (repeatable)"
     )

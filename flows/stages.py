@@ -84,10 +84,10 @@ def fetch(
     )
 
 
-def dedup(catalog: Catalog, cfg: DedupConfig | None = None) -> dict[str, Any]:
+def dedup(catalog: Catalog, cfg: DedupConfig | None = None, *, full: bool = False) -> dict[str, Any]:
     from etl.dedup.stage import run_dedup
 
-    return run_dedup(catalog, cfg or DedupConfig())
+    return run_dedup(catalog, cfg or DedupConfig(), full=full)
 
 
 def shard(

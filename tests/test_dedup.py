@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -217,36 +219,51 @@ def test_eval_sets_from_metadata_folder_plain_folder_and_webdataset_shards_hash_
     assert all(p.startswith("eval-000000.tar/") for p, _ in eval_images(shards))
 
 
-def test_rerun_without_eval_folder_uses_stored_hashes_and_decides_the_same(curated, tmp_path):
+def test_rerun_without_eval_folder_uses_stored_hashes_and_writes_only_what_changed(curated, tmp_path):
+    """A rerun decides the same without the evaluation folder (its hashes are stored) and writes no rows;
+    a rerun that changes decisions writes only those, and stands for what a full run decides."""
     import shutil
 
-    from etl.dedup.stage import run_dedup
+    from etl.dedup.stage import DedupConfig, run_dedup
     from warehouse.catalog import open_catalog
 
     shutil.copytree(curated.home, tmp_path / "home")
     cat = open_catalog(tmp_path / "home")
-    summary = run_dedup(cat)  # no --eval this time: the stored evaluation hashes still apply
     cols = "record_id, kept, reason, duplicate_of, distance"
-    with cat.connect() as con:
-        runs = [
-            r
-            for (r,) in con.execute(
-                "SELECT DISTINCT run_id FROM dedup_decisions_history ORDER BY 1"
-            ).fetchall()
-        ]
-        assert len(runs) == 2
-        first, second = (
-            con.execute(
-                f"SELECT {cols} FROM dedup_decisions_history WHERE run_id = ? ORDER BY 1", [r]
-            ).fetchall()
-            for r in runs
-        )
-        details = con.execute(
-            "SELECT details FROM stage_runs WHERE run_id = ?", [summary["run_id"]]
-        ).fetchall()[0][0]
-    assert first == second
-    assert sum(1 for r in second if r[2] and r[2].startswith("eval_leak:heldout")) >= 6
-    assert '"near_search"' in details
+
+    def stands_for(run: str) -> list[tuple]:
+        with cat.connect(read_only=True) as con:
+            return con.execute(f"SELECT {cols} FROM dedup_decisions_as_of(?) ORDER BY 1", [run]).fetchall()
+
+    def written(run: str) -> int:
+        with cat.connect(read_only=True) as con:
+            q = "SELECT count(*) FROM dedup_decisions_history WHERE run_id = ?"
+            return con.execute(q, [run]).fetchall()[0][0]
+
+    with cat.connect(read_only=True) as con:
+        (first,) = con.execute("SELECT run_id FROM stage_runs WHERE stage = 'dedup'").fetchall()[0]
+    again = run_dedup(cat)  # no --eval this time: the stored evaluation hashes still apply
+    assert again["details"]["base_run"] == first and again["details"]["chain"] == [again["run_id"], first]
+    assert written(again["run_id"]) == 0 and again["details"]["carried"] == again["n_in"]
+    assert stands_for(again["run_id"]) == stands_for(first)
+    decided = stands_for(first)
+    assert len(decided) == again["n_in"] and sum(1 for r in decided if r[1]) == again["n_out"]
+    assert sum(1 for r in decided if r[2] and r[2].startswith("eval_leak:heldout")) >= 6
+    assert '"near_search"' in json.dumps(again["details"])
+    with cat.connect(read_only=True) as con:  # the current view is the latest run's
+        assert con.execute(f"SELECT {cols} FROM dedup_decisions ORDER BY 1").fetchall() == decided
+
+    strict = run_dedup(cat, DedupConfig(near_k=0))  # fewer near duplicates: some decisions change
+    full = run_dedup(cat, DedupConfig(near_k=0), full=True)
+    changed = [a for a, b in zip(stands_for(strict["run_id"]), decided, strict=True) if a != b]
+    assert changed and written(strict["run_id"]) == len(changed) < len(decided)
+    assert stands_for(strict["run_id"]) == stands_for(full["run_id"])
+    assert written(full["run_id"]) == len(decided) and full["details"]["chain"] == [full["run_id"]]
+    assert (strict["n_in"], strict["n_out"], strict["dropped"]) == (
+        full["n_in"],
+        full["n_out"],
+        full["dropped"],
+    )
 
 
 def test_degenerate_hashes_neither_cluster_nor_leak_by_phash(catalog):

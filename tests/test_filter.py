@@ -100,7 +100,7 @@ def test_filter_scores_bursts_faces_and_types_and_the_version_removes_and_counts
         kept = {
             r[0]
             for r in con.execute(
-                "SELECT record_id FROM dedup_decisions WHERE run_id = ? AND kept", [dedup_run]
+                "SELECT record_id FROM dedup_decisions_as_of(?) WHERE kept", [dedup_run]
             ).fetchall()
         }
     types, bursts, faces = (_scores(home, s) for s in ("image_type", "burst", "faces"))

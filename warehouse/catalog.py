@@ -395,7 +395,7 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-VIEWS_VERSION = 6  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
+VIEWS_VERSION = 7  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
 
 
 def _views_state(home: Path) -> str:
@@ -468,7 +468,24 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
         SELECT record_id, blob, blob_offset, bytes FROM images_history WHERE status = 'ok'
         QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
     )
-    con.execute("CREATE OR REPLACE VIEW dedup_decisions AS SELECT * FROM dedup_decisions_history")
+    # Dedup the same way: a run writes only the decisions that differ from its base run's, and a row with
+    # `kept` NULL for a record that is no longer a candidate; `dedup_decisions` is what the latest run stands for.
+    con.execute(
+        """CREATE OR REPLACE MACRO dedup_decisions_as_of(for_run) AS TABLE
+        SELECT * FROM (
+            SELECT h.* FROM dedup_decisions_history h,
+                 (SELECT CASE WHEN len(c) > 0 THEN c ELSE [run_id] END AS chain
+                  FROM (SELECT run_id, json_extract_string(details, '$.chain[*]') AS c
+                        FROM stage_runs WHERE run_id = for_run)) k
+            WHERE list_contains(k.chain, h.run_id)
+            QUALIFY row_number() OVER (PARTITION BY h.record_id ORDER BY list_position(k.chain, h.run_id)) = 1)
+        WHERE kept IS NOT NULL"""
+    )
+    con.execute(
+        """CREATE OR REPLACE VIEW dedup_decisions AS SELECT * FROM dedup_decisions_as_of((
+            SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
+            ORDER BY ended_at DESC, run_id DESC LIMIT 1))"""
+    )
     # The current score of each image by each scorer: the latest run's (a rescore with a new model wins).
     con.execute(
         """CREATE OR REPLACE VIEW filter_scores AS
@@ -490,9 +507,7 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
         LEFT JOIN resolutions s USING (record_id)
         LEFT JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
         LEFT JOIN images i USING (record_id)
-        LEFT JOIN dedup_decisions d ON d.record_id = r.record_id AND d.run_id = (
-            SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
-            ORDER BY ended_at DESC, run_id DESC LIMIT 1)"""
+        LEFT JOIN dedup_decisions d USING (record_id)"""
     )
     register_shard_samples(con, home)
     # Last: a registration that failed half-way is redone by the next connection.

@@ -15,6 +15,7 @@ bits, from blank or uniform images) are flagged and never clustered.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -237,8 +238,27 @@ def _priority_sql(config: DedupConfig) -> str:
     return f"CASE r.source {cases} ELSE {len(config.source_priority)} END"
 
 
-def run_dedup(catalog: Catalog, config: DedupConfig | None = None) -> dict:
+def _base_run(catalog: Catalog) -> tuple[str, list[str]] | None:
+    """The latest succeeded dedup run and its chain (itself, then the runs whose decisions it carried)."""
+    rows = catalog.query_arrow(
+        "SELECT run_id, details FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'"
+        " ORDER BY ended_at DESC, run_id DESC LIMIT 1"
+    ).to_pylist()
+    if not rows:
+        return None
+    return rows[0]["run_id"], json.loads(rows[0]["details"] or "{}").get("chain") or [rows[0]["run_id"]]
+
+
+def run_dedup(catalog: Catalog, config: DedupConfig | None = None, *, full: bool = False) -> dict:
+    """Decide every fetched image: kept, or dropped with its reason (see the module's steps).
+
+    The decisions are always computed over the whole corpus (clusters are global), but unless `full` the
+    run writes only those that differ from the latest succeeded run's, plus a row with `kept` NULL for a
+    record no longer a candidate; `dedup_decisions_as_of(run)` is everything the run stands for (its chain,
+    newest decision per record), and the run's counts are of that whole set. A rerun with nothing changed
+    writes no rows."""
     config = config or DedupConfig()
+    base = None if full else _base_run(catalog)
     with StageRun(catalog, "dedup", config=config) as run:
         if config.pdq_leak_k is not None:
             require_pdq()  # a clear error before any work, not a leak check that silently did nothing
@@ -254,7 +274,7 @@ def run_dedup(catalog: Catalog, config: DedupConfig | None = None) -> dict:
         work = catalog.home / "work" / f"dedup-{run.run_id}"
         try:
             with catalog.snapshot() as con:
-                _decide(con, config, run, work)
+                _decide(con, config, run, work, base)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return run.summary()
@@ -405,7 +425,13 @@ def find_near(
     )
 
 
-def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun, work: Path) -> None:
+def _decide(
+    con: duckdb.DuckDBPyConnection,
+    config: DedupConfig,
+    run: StageRun,
+    work: Path,
+    base: tuple[str, list[str]] | None,
+) -> None:
     # `cand` is the one copy of the candidates; `ok`, `pool`, `uniq` and `clusterable` are views over it (a
     # table each would hold the corpus four more times).
     con.execute(f"""CREATE TEMP TABLE cand AS
@@ -439,13 +465,38 @@ def _decide(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRun, 
            FROM cand c LEFT JOIN leaks l USING (id) LEFT JOIN exact x USING (id) LEFT JOIN near n USING (id)""",
         {"run_id": run.run_id},
     )
+    written = "SELECT * FROM decided"
+    if base is not None:
+        # Only what changed: a decision the base chain does not hold as it is now, and a row without a
+        # decision for each record the base decided that is no longer a candidate (it stops the carry).
+        b = base[0].replace("'", "''")
+        same = " AND ".join(
+            f"s.{c} IS NOT DISTINCT FROM d.{c}" for c in ("kept", "reason", "duplicate_of", "distance")
+        )
+        con.execute(f"CREATE TEMP TABLE base_decisions AS SELECT * FROM dedup_decisions_as_of('{b}')")
+        written = f"""SELECT d.* FROM decided d LEFT JOIN base_decisions s USING (record_id)
+                      WHERE s.record_id IS NULL OR NOT ({same})
+                      UNION ALL
+                      SELECT s.record_id, NULL AS kept, 'no longer a candidate' AS reason, NULL AS duplicate_of,
+                             NULL AS distance, '{run.run_id.replace("'", "''")}' AS run_id
+                      FROM base_decisions s ANTI JOIN decided d USING (record_id)"""
+    con.execute(f"CREATE TEMP TABLE written AS {written}")
     export_part(
         con,
         run.catalog.lake,
         "dedup_decisions_history",
-        "SELECT * FROM decided ORDER BY record_id",
+        "SELECT * FROM written ORDER BY record_id",
         partition={"run": run.run_id},
         part="decisions",
+    )
+    n_written, n_decided = fetch_first(
+        con, "SELECT count(*), count(*) FILTER (WHERE kept IS NOT NULL) FROM written"
+    )
+    run.details.update(
+        chain=[run.run_id, *(base[1] if base else [])],
+        base_run=base[0] if base else None,
+        rows_written=n_written,
+        carried=run.n_in - n_decided,
     )
     for reason, n in con.execute(
         "SELECT reason, count(*) FROM decided WHERE NOT kept GROUP BY reason ORDER BY reason"

@@ -77,7 +77,8 @@ DOMAINS: dict[str, str] = {"faces": "true", "museum_category": "t.label = 'museu
 
 
 def _kept_sql(dedup_run: str) -> str:
-    return f"""SELECT d.record_id FROM dedup_decisions d WHERE d.kept AND d.run_id = '{dedup_run}'"""
+    run = dedup_run.replace("'", "''")
+    return f"""SELECT d.record_id FROM dedup_decisions_as_of('{run}') d WHERE d.kept"""
 
 
 def _sql_scorer_image_type(cfg: FilterConfig, run_id: str, dedup_run: str) -> tuple[str, str]:

@@ -104,8 +104,8 @@ def _filtered_by_sql(rules: tuple[FilterRule, ...]) -> str:
 
 
 def _selection_sql(cfg: ShardConfig) -> str:
-    """The kept samples of the dedup run (param 2), named by the resolve run (param 1: the answers it
-    stands for, not whatever is latest now), with their split, order and image location, sorted as they will be sharded. `image_type`
+    """The kept samples of the dedup run (param 1: the decisions it stands for), named by the resolve run
+    (param 2: the answers it stands for, not whatever is latest now), with their split, order and image location, sorted as they will be sharded. `image_type`
     is the filter stage's label (NULL before any filter run); `filtered_by` the scorers whose rule of the
     version removes the sample (empty when none does): those rows are counted, then left out."""
     where = f"AND ({cfg.where})" if cfg.where else ""
@@ -123,14 +123,14 @@ def _selection_sql(cfg: ShardConfig) -> str:
              s.taxon_id, s.match_type, t.kingdom, t.phylum, t.class, t."order", t.family, t.genus,
              t.species, t.scientific_name, t.common_name, l.blob, l.blob_offset, l.bytes AS jpeg_bytes,
              it.label AS image_type{filtered_col}
-      FROM dedup_decisions d
+      FROM dedup_decisions_as_of(?) d
       JOIN raw_records r USING (record_id)
       JOIN resolutions_as_of(?) s USING (record_id)
       JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
       JOIN image_locations l USING (record_id)
       LEFT JOIN (SELECT record_id, label FROM filter_scores WHERE scorer = 'image_type') it USING (record_id)
       {filtered_join}
-      WHERE d.run_id = ? AND d.kept AND s.taxon_id IS NOT NULL
+      WHERE d.kept AND s.taxon_id IS NOT NULL
     ) WHERE true {where}
     ORDER BY split = 'val', {_hash_sql("record_id", cfg.seed + 1)}, record_id"""
 
@@ -377,7 +377,7 @@ def build_version(
         selection = builds / f".selection-{cfg.version}.parquet"  # the version's lock is held
         try:
             run.n_in = catalog.export_parquet(
-                _selection_sql(cfg), selection, params=[inputs.resolve_run, inputs.dedup_run]
+                _selection_sql(cfg), selection, params=[inputs.dedup_run, inputs.resolve_run]
             )
             filters = _apply_filters(selection, cfg, inputs, run)
             n_samples = run.n_in - filters["removed_total"]
