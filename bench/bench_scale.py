@@ -49,7 +49,7 @@ def _render_chunk(args: tuple[str, int, int]) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         rng = random.Random(i)
         data = jpeg_bytes(render_organism(species[i % len(species)].traits, rng, (341, 256)))
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two renders of one world may overlap
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return stop - start

@@ -156,6 +156,20 @@ def cmd_fetch(args) -> None:
     _print(stages.fetch(_catalog(args), cfg, _executor(args), progress=True))
 
 
+def cmd_compact(args) -> None:
+    from flows import stages
+    from warehouse.compaction import CompactionConfig
+
+    cfg = CompactionConfig(
+        tables=tuple(args.table or ()),
+        small_part_rows=args.small_part_rows,
+        target_rows=args.target_rows,
+        min_small_parts=args.min_small_parts,
+        grace_seconds=args.grace,
+    )
+    _print(stages.compact(_catalog(args), cfg))
+
+
 def cmd_dedup(args) -> None:
     from etl.dedup.stage import DedupConfig
     from flows import stages
@@ -448,6 +462,7 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from etl.executors import EXECUTORS
     from training.config import PRESETS
+    from warehouse.compaction import CompactionConfig as Compaction  # its defaults are the options'
     from warehouse.contracts import CAPTION_TYPES, FILTER_SCORERS, SOURCES, TRAINING_TEXT_TYPES
 
     fmt = _DefaultsHelp  # every argument's help ends with its default
@@ -608,6 +623,39 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="DIR",
         help="read file:// URLs under DIR (e.g. the BIOSCAN-5M image tree on disk); refused otherwise",
+    )
+
+    s = command(
+        "compact",
+        "merge small lake parts into parts of bounded size (fetch does it for the image table)",
+        cmd_compact,
+        "Merge the small Parquet parts of each lake partition folder into parts of at most --target-rows "
+        "rows. Queries running meanwhile are not disturbed: the replaced parts stay readable for --grace "
+        "seconds and are deleted by a later compaction.",
+    )
+    s.add_argument(
+        "--table", action="append", metavar="TABLE", help="a lake table, e.g. images_history (default: all)"
+    )
+    s.add_argument(
+        "--small-part-rows",
+        type=int,
+        default=Compaction.small_part_rows,
+        help="a part with fewer rows is small",
+    )
+    s.add_argument(
+        "--target-rows", type=int, default=Compaction.target_rows, help="rows of a merged part, at most"
+    )
+    s.add_argument(
+        "--min-small-parts",
+        type=int,
+        default=Compaction.min_small_parts,
+        help="compact a folder once it holds this many small parts",
+    )
+    s.add_argument(
+        "--grace",
+        type=float,
+        default=Compaction.grace_seconds,
+        help="seconds replaced parts stay readable for running queries (0: delete them at once)",
     )
 
     s = command("dedup", "exact, near and eval-leak decisions", cmd_dedup)

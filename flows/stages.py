@@ -20,6 +20,7 @@ from etl.filter.stage import FilterConfig
 from etl.ingest.sources import IngestConfig
 from etl.shards.stage import ShardConfig
 from warehouse.catalog import Catalog
+from warehouse.compaction import CompactionConfig, compaction_due
 
 log = logging.getLogger("tol.stages")
 
@@ -71,10 +72,12 @@ def fetch(
     *,
     progress: bool = False,
 ) -> dict[str, Any]:
+    """Fetch what is not fetched yet, then compact the image table's parts (one per work unit) when enough
+    small ones have gathered (`compact`)."""
     from etl.fetch.stage import run_fetch
 
     ex = executor or ExecutorConfig()
-    return run_fetch(
+    summary = run_fetch(
         catalog,
         cfg or FetchConfig(),
         executor=ex.name,
@@ -82,6 +85,17 @@ def fetch(
         spark_master=ex.spark_master,
         progress=progress,
     )
+    images = CompactionConfig(tables=("images_history",))
+    if compaction_due(catalog, images):
+        compact(catalog, images)
+    return summary
+
+
+def compact(catalog: Catalog, cfg: CompactionConfig | None = None) -> dict[str, Any]:
+    """Merge small lake parts into parts of bounded size (see `warehouse.compaction`)."""
+    from warehouse.compaction import run_compaction
+
+    return run_compaction(catalog, cfg or CompactionConfig())
 
 
 def dedup(catalog: Catalog, cfg: DedupConfig | None = None, *, full: bool = False) -> dict[str, Any]:

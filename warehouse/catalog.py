@@ -96,6 +96,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # versions built before plans existed stay here; `retire_stored_samples` drops those a plan covers.
         "ALTER TABLE shard_samples RENAME TO shard_samples_stored;",
     ),
+    (
+        6,
+        "lake compaction",
+        # The parts compaction wrote (`live`) and those it replaced (`retired`, deleted once their grace has
+        # passed); see `warehouse.compaction`. Every lake view reads a `compact-*` part only when it is listed
+        # live here and leaves out retired ones.
+        """
+        CREATE TABLE lake_compacted_parts (
+            path VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, state VARCHAR NOT NULL,
+            rows BIGINT, since TIMESTAMPTZ NOT NULL, replaced_by VARCHAR);
+        """,
+    ),
 ]
 
 log = logging.getLogger("tol.catalog")
@@ -368,7 +380,7 @@ def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[int]:
     return done
 
 
-def _empty_select(schema: pa.Schema) -> str:
+def empty_select(schema: pa.Schema) -> str:
     cols = ", ".join(f'CAST(NULL AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema)
     return f"SELECT {cols} WHERE false"
 
@@ -378,16 +390,26 @@ def _has_parts(home: Path, pattern: str) -> bool:
     return next(glob.iglob(str(home / pattern)), None) is not None
 
 
+COMPACTED_PREFIX = "compact-"  # the names of the parts compaction writes (and only of those)
+
+
 def _source_select(home: Path, pattern: str, schema: pa.Schema) -> str:
     full = str(home / pattern)
     if not _has_parts(home, pattern):
-        return _empty_select(schema)
+        return empty_select(schema)
     escaped = full.replace("'", "''")
+    # Compaction's parts are read by the catalog's word, against `lake_compacted_parts` as it stands when the
+    # query binds the view (or as a snapshot copied it): a `compact-*` part only once it is listed live, the
+    # parts it replaced no longer once they are listed retired. So a reader sees one set or the other.
     # BY NAME with the typed empty table: every column of the schema is there, typed, even one that no part
     # written yet holds (a column added since), so views that name it bind on an older home too.
+    prefix = _sql_str(str(home) + "/")
     return (
         f"SELECT * FROM read_parquet('{escaped}', union_by_name = true, hive_partitioning = false)"
-        f" UNION ALL BY NAME {_empty_select(schema)}"
+        f" WHERE filename NOT IN (SELECT {prefix} || path FROM lake_compacted_parts WHERE state = 'retired')"
+        f" AND (NOT starts_with(parse_filename(filename), '{COMPACTED_PREFIX}')"
+        f" OR filename IN (SELECT {prefix} || path FROM lake_compacted_parts WHERE state = 'live'))"
+        f" UNION ALL BY NAME {empty_select(schema)}"
     )
 
 
@@ -395,7 +417,7 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-VIEWS_VERSION = 7  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
+VIEWS_VERSION = 8  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
 
 
 def _views_state(home: Path) -> str:
@@ -431,6 +453,10 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
     state = _views_state(home)
     if not force and _stored_view(con, "state") == state:
         return
+    # The views read catalog tables too (`lake_compacted_parts`): a file that a command without `open_catalog`
+    # (`tol sql`) meets first gets its migrations here.
+    if 5 in apply_migrations(con):
+        retire_stored_samples(con, home)
     for name, spec in LAKE_TABLES.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {_source_select(home, spec.pattern, spec.schema)}")
     raw_cols = ", ".join(f'"{f.name}"' for f in RAW_RECORDS)

@@ -1,0 +1,239 @@
+"""Lake compaction: many small parts of a lake table merged into few parts of bounded size.
+
+Fetch writes one part per work unit (1,024 images by default), so at 214 M images the image table would
+be 210 k files, and every query over a lake view lists and opens each one (DuckDB reads every part's
+footer: about 0.1 ms a part, 1 s at 10 M records, 25 s at 214 M). Compaction merges the small parts of
+each partition folder into parts of up to `target_rows` rows, sorted by `record_id` in row groups of
+65,536 (point lookups keep skipping row groups).
+
+Readers are never disturbed, through the catalog table `lake_compacted_parts`, which every lake view
+consults when a query binds it (or as a `tol sql` snapshot copied it):
+
+1. a merged part is written as `compact-<run>-<id>.parquet` (a temporary name, then a rename); the views
+   read a `compact-*` part only when the table lists it `live`, so nobody sees it yet;
+2. its row count is checked against its inputs;
+3. one catalog transaction swaps the sets: the merged part is listed `live`, its inputs `retired`.
+
+A query sees either the small parts or the merged one, never both and never neither. Retired files stay on
+disk for `grace_seconds`, so a query that bound the old parts before the swap still reads them; a later
+compaction (under the `compact` lock) deletes them, and any `compact-*` file that a killed compaction wrote
+but never listed. Writers are not held back: the parts a compaction merges are finished files, and parts
+written while it runs are simply not among them."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+
+from warehouse.catalog import COMPACTED_PREFIX, Catalog, duckdb_config, empty_select
+from warehouse.lake import export_part
+from warehouse.schemas import LAKE_TABLES
+
+log = logging.getLogger("tol.compact")
+
+LIVE, RETIRED = "live", "retired"  # the states of a `lake_compacted_parts` row
+
+
+@dataclass(frozen=True)
+class CompactionConfig:
+    """When a partition folder is compacted and into what.
+
+    A part with fewer than `small_part_rows` rows is small; a folder holding `min_small_parts` small parts or
+    more has them merged, in name order, into parts of at most `target_rows` rows. Large parts are left
+    alone, so a full merged part is never rewritten by a later compaction."""
+
+    tables: tuple[str, ...] = ()  # lake tables to compact; empty: every one
+    small_part_rows: int = 262_144
+    target_rows: int = 1_048_576
+    min_small_parts: int = 8
+    grace_seconds: float = 3600.0  # retired parts stay readable this long for queries already running
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tables if t not in LAKE_TABLES]
+        if unknown:
+            raise ValueError(f"no lake table {', '.join(unknown)}; known: {', '.join(LAKE_TABLES)}")
+        if self.small_part_rows < 1 or self.target_rows < self.small_part_rows:
+            raise ValueError("need 1 <= small_part_rows <= target_rows")
+        if self.min_small_parts < 2:
+            raise ValueError(f"min_small_parts must be >= 2, not {self.min_small_parts}")
+        if self.grace_seconds < 0:
+            raise ValueError(f"grace_seconds must be >= 0, not {self.grace_seconds}")
+
+
+@dataclass(frozen=True)
+class Part:
+    rel: str  # relative to the home, as `lake_compacted_parts.path` stores it
+    rows: int
+
+
+def _listed(catalog: Catalog) -> dict[str, tuple[str, datetime]]:
+    """Every part compaction wrote or retired: path -> (state, since)."""
+    with catalog.connect(read_only=True) as con:
+        rows = con.execute("SELECT path, state, since FROM lake_compacted_parts").fetchall()
+    return {path: (state, since) for path, state, since in rows}
+
+
+def sweep(catalog: Catalog, grace_seconds: float, now: datetime | None = None) -> int:
+    """Delete the retired parts hidden for longer than `grace_seconds` (the file first, then its row: a kill
+    in between leaves a listed row without a file, which the next sweep forgets); returns how many."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=grace_seconds)
+    gone = []
+    for rel, (state, since) in _listed(catalog).items():
+        if state == RETIRED and since <= cutoff:
+            (catalog.home / rel).unlink(missing_ok=True)
+            gone.append(rel)
+    if gone:
+        with catalog.connect() as con:
+            con.executemany("DELETE FROM lake_compacted_parts WHERE path = ?", [[p] for p in gone])
+    return len(gone)
+
+
+def _visible(catalog: Catalog, table: str, listed: dict[str, tuple[str, datetime]]) -> dict[Path, list[Part]]:
+    out: dict[Path, list[Part]] = defaultdict(list)
+    for path in sorted(catalog.home.glob(LAKE_TABLES[table].pattern)):
+        rel = path.relative_to(catalog.home).as_posix()
+        state = listed.get(rel, (None, None))[0]
+        if state == LIVE or (state is None and not path.name.startswith(COMPACTED_PREFIX)):
+            out[path.parent].append(Part(rel, pq.read_metadata(path).num_rows))
+    return out
+
+
+def visible_parts(catalog: Catalog, table: str) -> dict[Path, list[Part]]:
+    """The parts of `table` a query reads now, by partition folder, each with its row count (from its
+    footer)."""
+    return _visible(catalog, table, _listed(catalog))
+
+
+def remove_unlisted(catalog: Catalog, table: str) -> int:
+    """Delete the `compact-*` parts of `table` that no row lists (written by a compaction killed before its
+    swap); the caller holds the `compact` lock, so no compaction is writing one now."""
+    listed = _listed(catalog)
+    n = 0
+    for path in catalog.home.glob(LAKE_TABLES[table].pattern):
+        if path.name.startswith(COMPACTED_PREFIX) and path.relative_to(catalog.home).as_posix() not in listed:
+            log.info("removing %s: written by a compaction that did not finish", path)
+            path.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def plan_groups(parts: list[Part], cfg: CompactionConfig) -> list[list[Part]]:
+    """The merges of one folder: its small parts in name order, cut into runs of at most `target_rows` rows;
+    nothing when it holds fewer than `min_small_parts` small parts. A run of one part is no merge."""
+    small = [p for p in parts if p.rows < cfg.small_part_rows]
+    if len(small) < cfg.min_small_parts:
+        return []
+    groups: list[list[Part]] = [[]]
+    rows = 0
+    for part in small:
+        if groups[-1] and rows + part.rows > cfg.target_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(part)
+        rows += part.rows
+    return [g for g in groups if len(g) > 1]
+
+
+def _merge(catalog: Catalog, table: str, folder: Path, group: list[Part], name: str) -> str:
+    """Write `group` as the part `name` of `folder` (unread by any view until `_swap`); returns its path
+    relative to the home."""
+    spec = LAKE_TABLES[table]
+    partition = dict(seg.split("=", 1) for seg in folder.relative_to(catalog.lake / spec.folder).parts)
+    files = ", ".join("'" + str(catalog.home / p.rel).replace("'", "''") + "'" for p in group)
+    sql = (
+        f"SELECT * FROM read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
+        f" UNION ALL BY NAME {empty_select(spec.schema)}"
+    )
+    # Its own DuckDB, not a catalog connection: the merge reads only Parquet, and a catalog reader held for
+    # its length would keep every stage from committing.
+    con = duckdb.connect(config=duckdb_config(catalog.home))
+    try:
+        target = export_part(con, catalog.lake, table, sql, partition=partition, part=name)
+    finally:
+        con.close()
+    written, expected = pq.read_metadata(target).num_rows, sum(p.rows for p in group)
+    if written != expected:  # never swap in a part that lost or gained rows
+        target.unlink()
+        raise RuntimeError(f"compaction of {folder}: {written} rows written, {expected} expected")
+    return target.relative_to(catalog.home).as_posix()
+
+
+def _swap(catalog: Catalog, table: str, merged: str, group: list[Part]) -> None:
+    """List `merged` live and its inputs retired, in one transaction."""
+    now = datetime.now(UTC)
+    rows = sum(p.rows for p in group)
+    with catalog.connect() as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            # An input may be an earlier compaction's (small) part: it goes from live to retired.
+            con.executemany("DELETE FROM lake_compacted_parts WHERE path = ?", [[p.rel] for p in group])
+            con.executemany(
+                "INSERT INTO lake_compacted_parts (path, table_name, state, rows, since, replaced_by)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [[merged, table, LIVE, rows, now, None]]
+                + [[p.rel, table, RETIRED, p.rows, now, merged] for p in group],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def compaction_due(catalog: Catalog, cfg: CompactionConfig, now: datetime | None = None) -> bool:
+    """Whether `run_compaction(cfg)` would merge or delete anything; a look without the lock, so that a stage
+    ending (fetch) starts a `compact` run only when there is work for one."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=cfg.grace_seconds)
+    listed = _listed(catalog)
+    if any(state == RETIRED and since <= cutoff for state, since in listed.values()):
+        return True
+    for table in cfg.tables or tuple(LAKE_TABLES):
+        for path in catalog.home.glob(LAKE_TABLES[table].pattern):
+            rel = path.relative_to(catalog.home).as_posix()
+            if path.name.startswith(COMPACTED_PREFIX) and rel not in listed:
+                return True  # a killed compaction's part, to be removed
+        if any(plan_groups(parts, cfg) for parts in _visible(catalog, table, listed).values()):
+            return True
+    return False
+
+
+def run_compaction(catalog: Catalog, cfg: CompactionConfig | None = None) -> dict[str, Any]:
+    """Merge the small parts of the chosen lake tables (see the module's docstring) as one `compact` stage
+    run (n_in: parts merged, n_out: parts written), after deleting what earlier compactions retired more
+    than `grace_seconds` ago."""
+    from warehouse.stage_runs import StageRun
+
+    cfg = cfg or CompactionConfig()
+    with StageRun(catalog, "compact", config=cfg) as run:
+        removed = sweep(catalog, cfg.grace_seconds)
+        per_table: dict[str, dict[str, int]] = {}
+        for table in cfg.tables or tuple(LAKE_TABLES):
+            removed += remove_unlisted(catalog, table)
+            folders = visible_parts(catalog, table)
+            before = sum(len(v) for v in folders.values())
+            merged_parts = written = 0
+            for folder, parts in folders.items():
+                for group in plan_groups(parts, cfg):
+                    t0 = time.perf_counter()
+                    name = f"{COMPACTED_PREFIX}{run.run_id}-{uuid.uuid4().hex[:8]}"
+                    merged = _merge(catalog, table, folder, group, name)
+                    _swap(catalog, table, merged, group)
+                    merged_parts, written = merged_parts + len(group), written + 1
+                    log.info("%s: %d parts (%d rows) merged into %s in %.1f s", table, len(group),
+                             sum(p.rows for p in group), merged, time.perf_counter() - t0)  # fmt: skip
+            if merged_parts:
+                per_table[table] = {"parts_before": before, "parts_after": before - merged_parts + written}
+            run.n_in += merged_parts
+            run.n_out += written
+        if cfg.grace_seconds == 0:  # nobody is to be waited for: what was just retired goes now
+            removed += sweep(catalog, 0)
+        run.details = {"tables": per_table, "files_removed": removed}
+    return run.summary()
