@@ -23,6 +23,12 @@ UnitFn = Callable[[Unit], pa.Table]
 
 
 class Executor(Protocol):
+    def warm_up(self, modules: Sequence[str] = ()) -> None:
+        """Start what the executor needs (a Spark session, its workers importing `modules`: the unit
+        function's) in the background, so that it overlaps the driver's planning; `run_units` waits for it.
+        Optional: `run_units` starts it anyway."""
+        ...
+
     def run_units(self, fn: UnitFn, units: Sequence[Unit]) -> Iterator[tuple[int, pa.Table]]:
         """Yield (unit index, result table) as units complete, in any order. Closing the iterator early
         (a failure-rate stop, Ctrl-C) stops the units not started yet."""

@@ -39,6 +39,9 @@ class LocalExecutor:
     def __init__(self, workers: int = 2) -> None:
         self.workers = max(1, workers)
 
+    def warm_up(self, modules: Sequence[str] = ()) -> None:
+        """Nothing to start ahead: the pool spawns its workers in about a second."""
+
     def run_units(self, fn: UnitFn, units: Sequence[Unit]) -> Iterator[tuple[int, pa.Table]]:
         if self.workers == 1:
             for i, unit in enumerate(units):

@@ -12,11 +12,14 @@ path). Object stores (s3://, gs://) as the home are not supported yet."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
 
@@ -29,17 +32,49 @@ def _run_one(fn: UnitFn, unit: Unit) -> bytes:
     return table_to_ipc(fn(unit))
 
 
+def _import_all(modules: tuple[str, ...]) -> int:
+    """A warm-up task: the executor's Python worker imports the unit function's modules once."""
+    for name in modules:
+        importlib.import_module(name)
+    return os.getpid()
+
+
 class SparkExecutor:
     def __init__(self, master: str = "local[2]", app_name: str = "treeoflife") -> None:
         self.master = master
         self.app_name = app_name
+        self._started: Future | None = None
+
+    def warm_up(self, modules: Sequence[str] = ()) -> None:
+        """Create the session and run one task per slot, importing `modules`, in a background thread: the
+        JVM, the executors' registration and their Python workers (seconds on a standalone cluster)
+        overlap the driver's planning instead of following it."""
+        if self._started is None:
+            # Workers must run this interpreter (its venv holds pyarrow and our packages), not the system
+            # one; set here, in the calling thread, not in the starter beside the driver's other threads.
+            os.environ["PYSPARK_PYTHON"] = os.environ.get("PYSPARK_PYTHON") or sys.executable
+            self._started = Future()
+            # A daemon thread: a stage that fails before its units does not wait for the session at exit.
+            threading.Thread(
+                target=self._start, args=(tuple(modules),), name="spark-start", daemon=True
+            ).start()
+
+    def _start(self, modules: tuple[str, ...]) -> None:
+        try:
+            sc = self._session().sparkContext
+            slots = max(1, sc.defaultParallelism)
+            t0 = time.perf_counter()
+            sc.parallelize(range(slots), slots).map(lambda _: _import_all(modules)).collect()
+            log.info("spark: %d workers warm in %.1f s", slots, time.perf_counter() - t0)
+        except BaseException as exc:  # run_units raises it
+            self._started.set_exception(exc)
+        else:
+            self._started.set_result(sc)
 
     def _session(self):
         from pyspark.sql import SparkSession
 
-        # Workers must run this interpreter (its venv holds pyarrow and our packages), not the system one.
-        python = os.environ.get("PYSPARK_PYTHON") or sys.executable
-        os.environ["PYSPARK_PYTHON"] = python
+        python = os.environ["PYSPARK_PYTHON"]  # set by warm_up
         active = SparkSession.getActiveSession()
         if active is not None and active.sparkContext.master != self.master:
             log.info(
@@ -60,7 +95,8 @@ class SparkExecutor:
     def run_units(self, fn: UnitFn, units: Sequence[Unit]) -> Iterator[tuple[int, pa.Table]]:
         if not units:
             return
-        sc = self._session().sparkContext
+        self.warm_up()
+        sc = self._started.result()
         slots = max(1, sc.defaultParallelism)
         log.info("spark: %d units on %s (%d task slots)", len(units), self.master, slots)
 

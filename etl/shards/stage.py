@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from etl.executors import Unit
+from etl.executors import Executor, Unit, get_executor
 from etl.filter.rules import FilterRule
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, duckdb_config, fetch_first
@@ -372,6 +372,8 @@ def build_version(
             raise FileExistsError(
                 f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite"
             )
+        pool = get_executor(executor, workers, spark_master)
+        pool.warm_up([__name__])  # a Spark session starts while the selection is planned
         builds = catalog.shards / BUILDS
         builds.mkdir(parents=True, exist_ok=True)
         selection = builds / f".selection-{cfg.version}.parquet"  # the version's lock is held
@@ -402,7 +404,7 @@ def build_version(
             shards = _plan(selection, plan, cfg)
         finally:
             selection.unlink(missing_ok=True)
-        results = _write_shards(catalog, cfg, root, plan, shards, executor, workers, spark_master)
+        results = _write_shards(catalog, cfg, root, plan, shards, pool)
         manifest_shards = []
         for sh in shards:
             r = results[sh.name]
@@ -501,13 +503,9 @@ def _write_shards(
     root: Path,
     plan: Path,
     shards: list[ShardPlan],
-    executor: str,
-    workers: int,
-    spark_master: str | None,
+    pool: Executor,
 ) -> dict[str, dict[str, Any]]:
     """Run one work unit per shard; the result row of each, by shard name."""
-    from etl.executors import get_executor
-
     units: list[Unit] = [
         {
             "home": str(catalog.home),
@@ -523,7 +521,7 @@ def _write_shards(
     ]
     results: dict[str, dict[str, Any]] = {}
     step = max(1, len(units) // 10)
-    for _, table in get_executor(executor, workers, spark_master).run_units(write_shard_unit, units):
+    for _, table in pool.run_units(write_shard_unit, units):
         for r in table.to_pylist():
             results[r["shard"]] = r
         if len(results) % step == 0 or len(results) == len(units):
