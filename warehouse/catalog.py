@@ -139,15 +139,16 @@ def connect_with_retry(
     )
 
 
-DEFAULT_DUCKDB_MEMORY = "512MB"
+DEFAULT_DUCKDB_MEMORY = "256MB"
 
 
 def duckdb_config(home: Path) -> dict[str, str]:
-    """Every catalog connection's DuckDB settings: a memory limit (`TOL_DUCKDB_MEMORY`, default 512MB) with
+    """Every catalog connection's DuckDB settings: a memory limit (`TOL_DUCKDB_MEMORY`, default 256MB) with
     spilling to `work/duckdb-spill` under the home, so a sort or join over the whole corpus costs disk, not a
-    process that grows with the corpus (DuckDB's own default is 80% of the machine's memory). 512MB rather
-    than more: a stage's sorts and joins fill whatever cap they get before they spill, and the driver's peak
-    is that cap plus the interpreter (about 250 MB)."""
+    process that grows with the corpus (DuckDB's own default is 80% of the machine's memory). A stage's sorts
+    and joins fill whatever cap they get before they spill, so the driver's peak is about that cap plus the
+    interpreter (200-300 MB): at 1 M records, resolve peaked at 712 MB under 512MB and at 497 MB under 256MB,
+    for 3.1 s against 4.3 s. A driver with memory to spare sets more."""
     spill = home / "work" / "duckdb-spill"
     # DuckDB creates the spill folder itself, but not its parents: a home without `work/` could not spill.
     spill.parent.mkdir(parents=True, exist_ok=True)
