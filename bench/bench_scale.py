@@ -202,7 +202,7 @@ def run_size(
         "fetch": ["fetch", "--allow-local-root", str(images), *executor],
         "dedup": ["dedup"],
         "shard": ["shard", "--version", "scale", "--samples-per-shard", str(samples_per_shard), *executor],
-        "verify": ["versions", "verify", "scale"],
+        "verify": ["versions", "verify", "scale", *executor],
     }
     from etl.ingest.records import record_id
 
@@ -234,6 +234,15 @@ def run_size(
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     out["counts"] = {r["stage"]: [r["n_in"], r["n_out"]] for r in json.loads(counts)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--home", str(home), "sql", "--format", "json",
+         "SELECT state, count(*) AS n FROM lake_compacted_parts GROUP BY state"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    out["image_parts"] = {  # what a query over `images` opens, after fetch's compaction
+        "files": sum(1 for _ in (home / "lake" / "images").rglob("*.parquet")),
+        **{r["state"]: r["n"] for r in json.loads(listed)},
+    }
     out["home_bytes"] = sum(f.stat().st_size for f in home.rglob("*") if f.is_file())
     if not keep:
         shutil.rmtree(home)

@@ -464,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     from training.config import PRESETS
     from warehouse.compaction import CompactionConfig as Compaction  # its defaults are the options'
     from warehouse.contracts import CAPTION_TYPES, FILTER_SCORERS, SOURCES, TRAINING_TEXT_TYPES
+    from warehouse.schemas import LAKE_TABLES
 
     fmt = _DefaultsHelp  # every argument's help ends with its default
     p = argparse.ArgumentParser(
@@ -633,9 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rows. Queries running meanwhile are not disturbed: the replaced parts stay readable for --grace "
         "seconds and are deleted by a later compaction.",
     )
-    s.add_argument(
-        "--table", action="append", metavar="TABLE", help="a lake table, e.g. images_history (default: all)"
-    )
+    s.add_argument("--table", action="append", choices=LAKE_TABLES, help="a lake table (default: all)")
     s.add_argument(
         "--small-part-rows",
         type=int,
