@@ -113,6 +113,17 @@ def _tree_rss(root_pid: int) -> tuple[int, int]:
     return rss.get(root_pid, 0), sum(rss.get(p, 0) for p in tree)
 
 
+def _peak_rss(pid: int) -> int:
+    """The kernel's high-water mark of `pid`'s RSS (VmHWM), in bytes: the exact peak, which sampling misses."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _tol(home: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", "--home", str(home), "--log-level", "WARNING", *args]
 
@@ -159,10 +170,10 @@ def run_stage(home: Path, args: list[str], log: Path, probe: bool = False) -> di
     with open(log, "ab") as out, SqlProbe(home) if probe else contextlib.nullcontext() as sql_probe:
         proc = subprocess.Popen(_tol(home, *args), stdout=out, stderr=subprocess.STDOUT, env=env)
         driver = tree = 0
-        while proc.poll() is None:
+        while proc.poll() is None:  # the driver's peak from the kernel; the tree's (summed) sampled
             d, t = _tree_rss(proc.pid)
-            driver, tree = max(driver, d), max(tree, t)
-            time.sleep(0.25)
+            driver, tree = max(driver, d, _peak_rss(proc.pid)), max(tree, t)
+            time.sleep(0.1)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"tol {' '.join(args)} exited {proc.returncode}; see {log}")

@@ -167,7 +167,7 @@ def cmd_compact(args) -> None:
         min_small_parts=args.min_small_parts,
         grace_seconds=args.grace,
     )
-    _print(stages.compact(_catalog(args), cfg))
+    _print(stages.compact(_catalog(args), cfg, _executor(args)))
 
 
 def cmd_dedup(args) -> None:
@@ -656,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Compaction.grace_seconds,
         help="seconds replaced parts stay readable for running queries (0: delete them at once)",
     )
+    executor_args(s)
 
     s = command("dedup", "exact, near and eval-leak decisions", cmd_dedup)
     s.add_argument(

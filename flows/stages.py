@@ -87,15 +87,20 @@ def fetch(
     )
     images = CompactionConfig(tables=("images_history",))
     if compaction_due(catalog, images):
-        compact(catalog, images)
+        compact(catalog, images, ex)
     return summary
 
 
-def compact(catalog: Catalog, cfg: CompactionConfig | None = None) -> dict[str, Any]:
-    """Merge small lake parts into parts of bounded size (see `warehouse.compaction`)."""
-    from warehouse.compaction import run_compaction
+def compact(
+    catalog: Catalog, cfg: CompactionConfig | None = None, executor: ExecutorConfig | None = None
+) -> dict[str, Any]:
+    """Merge small lake parts into parts of bounded size, each merge a work unit (see `etl.compact`)."""
+    from etl.compact import run_compaction
 
-    return run_compaction(catalog, cfg or CompactionConfig())
+    ex = executor or ExecutorConfig()
+    return run_compaction(
+        catalog, cfg or CompactionConfig(), executor=ex.name, workers=ex.workers, spark_master=ex.spark_master
+    )
 
 
 def dedup(catalog: Catalog, cfg: DedupConfig | None = None, *, full: bool = False) -> dict[str, Any]:

@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from etl.compact import run_compaction
 from tests.tolcli import kill_group, sql, start, tol, wait_until
 from warehouse.catalog import COMPACTED_PREFIX, Catalog
 from warehouse.compaction import (
     CompactionConfig,
-    _merge,
     compaction_due,
+    merge_unit,
     plan_groups,
-    run_compaction,
     sweep,
     visible_parts,
 )
@@ -127,11 +127,11 @@ def test_a_snapshot_taken_before_the_swap_keeps_reading_the_old_parts(fetched):
 
 def test_a_killed_compaction_leaves_the_views_whole_and_its_part_is_removed(fetched):
     before = _read(fetched)
-    (folder, parts), *_ = visible_parts(fetched, "images_history").items()
+    (parts,) = visible_parts(fetched, "images_history").values()
     group = plan_groups(parts, SMALL)[0]
-    orphan = _merge(
-        fetched, "images_history", folder, group, f"{COMPACTED_PREFIX}killed-0"
-    )  # no swap: killed
+    unit = {"home": str(fetched.home), "table": "images_history", "parts": [p.rel for p in group],
+            "name": f"{COMPACTED_PREFIX}killed-0"}  # fmt: skip
+    orphan = merge_unit(unit).column("path")[0].as_py()  # written, never swapped in: killed before the swap
     assert (fetched.home / orphan).exists()
     assert _read(fetched) == before  # written but never listed: nobody reads it
     run_compaction(fetched, SMALL)

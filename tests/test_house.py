@@ -24,6 +24,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "etl.executors": set(),
     "etl.ingest": {"etl.http", "warehouse"},
     "etl.fetch": {"etl.http", "etl.executors", "warehouse"},
+    "etl.compact": {"etl.executors", "warehouse"},
     "etl.dedup": {"etl.fetch.images", "warehouse"},
     "etl.filter": {
         "etl.executors",

@@ -23,8 +23,6 @@ written while it runs are simply not among them."""
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.catalog import COMPACTED_PREFIX, Catalog, duckdb_config, empty_select
@@ -75,7 +74,7 @@ class Part:
     rows: int
 
 
-def _listed(catalog: Catalog) -> dict[str, tuple[str, datetime]]:
+def listed_parts(catalog: Catalog) -> dict[str, tuple[str, datetime]]:
     """Every part compaction wrote or retired: path -> (state, since)."""
     with catalog.connect(read_only=True) as con:
         rows = con.execute("SELECT path, state, since FROM lake_compacted_parts").fetchall()
@@ -87,7 +86,7 @@ def sweep(catalog: Catalog, grace_seconds: float, now: datetime | None = None) -
     in between leaves a listed row without a file, which the next sweep forgets); returns how many."""
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=grace_seconds)
     gone = []
-    for rel, (state, since) in _listed(catalog).items():
+    for rel, (state, since) in listed_parts(catalog).items():
         if state == RETIRED and since <= cutoff:
             (catalog.home / rel).unlink(missing_ok=True)
             gone.append(rel)
@@ -110,13 +109,13 @@ def _visible(catalog: Catalog, table: str, listed: dict[str, tuple[str, datetime
 def visible_parts(catalog: Catalog, table: str) -> dict[Path, list[Part]]:
     """The parts of `table` a query reads now, by partition folder, each with its row count (from its
     footer)."""
-    return _visible(catalog, table, _listed(catalog))
+    return _visible(catalog, table, listed_parts(catalog))
 
 
 def remove_unlisted(catalog: Catalog, table: str) -> int:
     """Delete the `compact-*` parts of `table` that no row lists (written by a compaction killed before its
     swap); the caller holds the `compact` lock, so no compaction is writing one now."""
-    listed = _listed(catalog)
+    listed = listed_parts(catalog)
     n = 0
     for path in catalog.home.glob(LAKE_TABLES[table].pattern):
         if path.name.startswith(COMPACTED_PREFIX) and path.relative_to(catalog.home).as_posix() not in listed:
@@ -143,31 +142,31 @@ def plan_groups(parts: list[Part], cfg: CompactionConfig) -> list[list[Part]]:
     return [g for g in groups if len(g) > 1]
 
 
-def _merge(catalog: Catalog, table: str, folder: Path, group: list[Part], name: str) -> str:
-    """Write `group` as the part `name` of `folder` (unread by any view until `_swap`); returns its path
-    relative to the home."""
+def merge_unit(unit: dict[str, Any]) -> pa.Table:
+    """One merge, a work unit run by an executor's worker: the parts `unit["parts"]` (paths relative to
+    `unit["home"]`) of the lake table `unit["table"]` written as the part `unit["name"]` of their folder, by
+    the worker's own DuckDB (not a catalog connection: the merge reads only Parquet). Nobody reads the part
+    until the driver's `swap`. Returns its path (relative to the home) and row count."""
+    home, table = Path(unit["home"]), unit["table"]
     spec = LAKE_TABLES[table]
-    partition = dict(seg.split("=", 1) for seg in folder.relative_to(catalog.lake / spec.folder).parts)
-    files = ", ".join("'" + str(catalog.home / p.rel).replace("'", "''") + "'" for p in group)
+    folder = (home / unit["parts"][0]).parent
+    partition = dict(seg.split("=", 1) for seg in folder.relative_to(home / "lake" / spec.folder).parts)
+    files = ", ".join("'" + str(home / p).replace("'", "''") + "'" for p in unit["parts"])
     sql = (
         f"SELECT * FROM read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
         f" UNION ALL BY NAME {empty_select(spec.schema)}"
     )
-    # Its own DuckDB, not a catalog connection: the merge reads only Parquet, and a catalog reader held for
-    # its length would keep every stage from committing.
-    con = duckdb.connect(config=duckdb_config(catalog.home))
+    con = duckdb.connect(config=duckdb_config(home))
     try:
-        target = export_part(con, catalog.lake, table, sql, partition=partition, part=name)
+        target = export_part(con, home / "lake", table, sql, partition=partition, part=unit["name"])
     finally:
         con.close()
-    written, expected = pq.read_metadata(target).num_rows, sum(p.rows for p in group)
-    if written != expected:  # never swap in a part that lost or gained rows
-        target.unlink()
-        raise RuntimeError(f"compaction of {folder}: {written} rows written, {expected} expected")
-    return target.relative_to(catalog.home).as_posix()
+    return pa.table(
+        {"path": [target.relative_to(home).as_posix()], "rows": [pq.read_metadata(target).num_rows]}
+    )
 
 
-def _swap(catalog: Catalog, table: str, merged: str, group: list[Part]) -> None:
+def swap(catalog: Catalog, table: str, merged: str, group: list[Part]) -> None:
     """List `merged` live and its inputs retired, in one transaction."""
     now = datetime.now(UTC)
     rows = sum(p.rows for p in group)
@@ -192,7 +191,7 @@ def compaction_due(catalog: Catalog, cfg: CompactionConfig, now: datetime | None
     """Whether `run_compaction(cfg)` would merge or delete anything; a look without the lock, so that a stage
     ending (fetch) starts a `compact` run only when there is work for one."""
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=cfg.grace_seconds)
-    listed = _listed(catalog)
+    listed = listed_parts(catalog)
     if any(state == RETIRED and since <= cutoff for state, since in listed.values()):
         return True
     for table in cfg.tables or tuple(LAKE_TABLES):
@@ -203,37 +202,3 @@ def compaction_due(catalog: Catalog, cfg: CompactionConfig, now: datetime | None
         if any(plan_groups(parts, cfg) for parts in _visible(catalog, table, listed).values()):
             return True
     return False
-
-
-def run_compaction(catalog: Catalog, cfg: CompactionConfig | None = None) -> dict[str, Any]:
-    """Merge the small parts of the chosen lake tables (see the module's docstring) as one `compact` stage
-    run (n_in: parts merged, n_out: parts written), after deleting what earlier compactions retired more
-    than `grace_seconds` ago."""
-    from warehouse.stage_runs import StageRun
-
-    cfg = cfg or CompactionConfig()
-    with StageRun(catalog, "compact", config=cfg) as run:
-        removed = sweep(catalog, cfg.grace_seconds)
-        per_table: dict[str, dict[str, int]] = {}
-        for table in cfg.tables or tuple(LAKE_TABLES):
-            removed += remove_unlisted(catalog, table)
-            folders = visible_parts(catalog, table)
-            before = sum(len(v) for v in folders.values())
-            merged_parts = written = 0
-            for folder, parts in folders.items():
-                for group in plan_groups(parts, cfg):
-                    t0 = time.perf_counter()
-                    name = f"{COMPACTED_PREFIX}{run.run_id}-{uuid.uuid4().hex[:8]}"
-                    merged = _merge(catalog, table, folder, group, name)
-                    _swap(catalog, table, merged, group)
-                    merged_parts, written = merged_parts + len(group), written + 1
-                    log.info("%s: %d parts (%d rows) merged into %s in %.1f s", table, len(group),
-                             sum(p.rows for p in group), merged, time.perf_counter() - t0)  # fmt: skip
-            if merged_parts:
-                per_table[table] = {"parts_before": before, "parts_after": before - merged_parts + written}
-            run.n_in += merged_parts
-            run.n_out += written
-        if cfg.grace_seconds == 0:  # nobody is to be waited for: what was just retired goes now
-            removed += sweep(catalog, 0)
-        run.details = {"tables": per_table, "files_removed": removed}
-    return run.summary()

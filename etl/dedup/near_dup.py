@@ -32,7 +32,7 @@ import numpy as np
 _SORT_COST = 2.7e-8  # per hash and per subset: key building and the blocked 16-bit radix sort
 _PAIR_COST = 8e-9  # per candidate pair: build, gather, xor, popcount, filter
 _MAX_SEGMENTS = 16
-_PAIR_CHUNK = 8_000_000  # candidate pairs verified per chunk: bounds memory under crowded keys
+_PAIR_CHUNK = 250_000  # candidate pairs verified per chunk: bounds memory under crowded keys
 _SHORT_RUN = 32
 _BLOCK = 32_768  # hashes per block in the self-join: a block and its keys stay in L2
 _MAX_RUN_ROWS = 1 << 20  # expected hashes per prefix value that a streamed search holds at once
