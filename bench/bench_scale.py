@@ -140,6 +140,9 @@ class SqlProbe:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if not (self.home / "catalog.duckdb").exists():  # the first ingest has not made it yet
+                self._stop.wait(0.2)
+                continue
             t0 = time.perf_counter()
             q = subprocess.run(_tol(self.home, "sql", "SELECT stage, status, n_out FROM stage_runs"),
                                capture_output=True, env={**os.environ, "TOL_CATALOG_WAIT": "600"})  # fmt: skip
