@@ -320,8 +320,6 @@ def run_fetch(
         require_pdq()  # fail before any download, not once per row
     settings = {"executor": executor, "workers": workers, **config.to_dict()}
     with StageRun(catalog, "fetch", config=settings) as run:
-        pool = get_executor(executor, workers, spark_master)
-        pool.warm_up([__name__])  # a Spark session starts while the inputs are written
         work = catalog.work_dir(run.run_id)
         for stale in work.parent.glob("fetch-*"):  # scratch of killed runs (the fetch lock is held now)
             remove_tree(stale, work.parent)
@@ -331,7 +329,9 @@ def run_fetch(
             units = _units(catalog, inputs, run.run_id, config.partition_rows)
             bar = tqdm(total=run.n_in, unit="img", desc="fetch", disable=not progress, mininterval=1.0)
             t0 = time.perf_counter()
-            results = pool.run_units(partial(fetch_unit, config=config), units)
+            results = get_executor(executor, workers, spark_master).run_units(
+                partial(fetch_unit, config=config), units
+            )
             try:
                 for idx, table in results:
                     for status, n in zip(
