@@ -228,3 +228,26 @@ def test_a_killed_tol_compact_reruns_to_the_uninterrupted_result(catalog, tmp_pa
         assert sorted(p.rows for p in parts) == [200] * 30
         assert not sql(home, "SELECT run_id FROM stage_runs WHERE status = 'running'")
     assert killed >= 1, f"no kill landed while tol compact ran ({seconds:.1f} s uninterrupted)"
+
+
+@pytest.mark.slow
+def test_two_tol_compacts_at_once_with_tol_sql_beside_them(fetched):
+    """Two compactions of one home at once (the second waits for the `compact` lock, then finds nothing to
+    merge) while `tol sql` reads the image table: every command succeeds, every answer is the same."""
+    home = fetched.home
+    query = "SELECT count(*) AS n, count(DISTINCT record_id) AS d, sum(bytes) AS b FROM images_history"
+    want = sql(home, query)
+    args = ["compact", "--small-part-rows", "200", "--target-rows", "200", "--min-small-parts", "2"]
+    procs = [start(home, *args) for _ in range(2)]
+    answers = []
+    while any(p.poll() is None for p in procs):
+        answers.append(sql(home, query))  # fails the test on a non-zero exit
+    for proc in procs:
+        out, _ = proc.communicate()
+        assert proc.returncode == 0, out
+    assert answers and all(a == want for a in answers)
+    assert sql(home, query) == want
+    runs = sql(home, "SELECT status, n_in FROM stage_runs WHERE stage = 'compact' ORDER BY started_at")
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+    # At most 200 rows a part: only the ten parts of 100 rows pair up (a 150-row part fits with none), once.
+    assert sorted(r["n_in"] for r in runs) == [0, 10]

@@ -78,6 +78,10 @@ def test_two_fetches_at_once_fetch_each_image_once(homes, tmp_path):
     assert dup["n"] == dup["d"] > 0
     runs = sql(home, "SELECT status, n_in FROM stage_runs WHERE stage = 'fetch' ORDER BY started_at")
     assert [r["status"] for r in runs] == ["succeeded", "succeeded"] and runs[1]["n_in"] == 0
+    # The first fetch's parts (32 rows each) were compacted after it, while the second ran or waited.
+    compacts = sql(home, "SELECT status, n_in FROM stage_runs WHERE stage = 'compact'")
+    assert compacts and {c["status"] for c in compacts} == {"succeeded"}
+    assert sum(c["n_in"] for c in compacts) >= 8
 
 
 def test_two_ingests_of_one_source_at_once_duplicate_nothing(homes, tmp_path):

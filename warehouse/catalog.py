@@ -333,8 +333,7 @@ def open_catalog(home: str | Path) -> Catalog:
     con = connect_with_retry(catalog.db_path)
     try:
         with schema_lock(catalog.db_path):
-            if 5 in apply_migrations(con):
-                retire_stored_samples(con, home)
+            migrate(con, home)
             register_lake_views(con, home)
             mark_interrupted(con, home)  # runs whose process died, whatever command comes next
     finally:
@@ -359,6 +358,13 @@ def schema_lock(db_path: Path) -> threading.Lock:
         return _SCHEMA_LOCKS.setdefault(key, threading.Lock())
 
 
+def migrate(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    """Apply pending migrations, and what one needs done beside its SQL (5: retire the stored samples that
+    build plans now hold)."""
+    if 5 in apply_migrations(con):
+        retire_stored_samples(con, home)
+
+
 def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[int]:
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR,"
@@ -381,9 +387,20 @@ def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[int]:
     return done
 
 
-def empty_select(schema: pa.Schema) -> str:
+def _empty_select(schema: pa.Schema) -> str:
     cols = ", ".join(f'CAST(NULL AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema)
     return f"SELECT {cols} WHERE false"
+
+
+def parts_select(files: str, schema: pa.Schema, where: str = "") -> str:
+    """The rows of the Parquet parts `files` (a SQL glob string or list of them) with every column of `schema`.
+
+    BY NAME with the typed empty table: every column of the schema is there, typed, even one that no part
+    written yet holds (a column added since), so views that name it bind on an older home too."""
+    return (
+        f"SELECT * FROM read_parquet({files}, union_by_name = true, hive_partitioning = false){where}"
+        f" UNION ALL BY NAME {_empty_select(schema)}"
+    )
 
 
 def _has_parts(home: Path, pattern: str) -> bool:
@@ -395,22 +412,19 @@ COMPACTED_PREFIX = "compact-"  # the names of the parts compaction writes (and o
 
 
 def _source_select(home: Path, pattern: str, schema: pa.Schema) -> str:
-    full = str(home / pattern)
     if not _has_parts(home, pattern):
-        return empty_select(schema)
-    escaped = full.replace("'", "''")
+        return _empty_select(schema)
     # Compaction's parts are read by the catalog's word, against `lake_compacted_parts` as it stands when the
     # query binds the view (or as a snapshot copied it): a `compact-*` part only once it is listed live, the
     # parts it replaced no longer once they are listed retired. So a reader sees one set or the other.
-    # BY NAME with the typed empty table: every column of the schema is there, typed, even one that no part
-    # written yet holds (a column added since), so views that name it bind on an older home too.
+    # (`warehouse.compaction.visible_parts` is the same rule, for the parts a compaction merges.)
     prefix = _sql_str(str(home) + "/")
-    return (
-        f"SELECT * FROM read_parquet('{escaped}', union_by_name = true, hive_partitioning = false)"
+    return parts_select(
+        _sql_str(str(home / pattern)),
+        schema,
         f" WHERE filename NOT IN (SELECT {prefix} || path FROM lake_compacted_parts WHERE state = 'retired')"
         f" AND (NOT starts_with(parse_filename(filename), '{COMPACTED_PREFIX}')"
-        f" OR filename IN (SELECT {prefix} || path FROM lake_compacted_parts WHERE state = 'live'))"
-        f" UNION ALL BY NAME {empty_select(schema)}"
+        f" OR filename IN (SELECT {prefix} || path FROM lake_compacted_parts WHERE state = 'live'))",
     )
 
 
@@ -456,8 +470,7 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
         return
     # The views read catalog tables too (`lake_compacted_parts`): a file that a command without `open_catalog`
     # (`tol sql`) meets first gets its migrations here.
-    if 5 in apply_migrations(con):
-        retire_stored_samples(con, home)
+    migrate(con, home)
     for name, spec in LAKE_TABLES.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {_source_select(home, spec.pattern, spec.schema)}")
     raw_cols = ", ".join(f'"{f.name}"' for f in RAW_RECORDS)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +34,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.catalog import COMPACTED_PREFIX, Catalog, duckdb_config, empty_select
+from warehouse.catalog import COMPACTED_PREFIX, Catalog, duckdb_config, parts_select
 from warehouse.lake import export_part
 from warehouse.schemas import LAKE_TABLES
 
@@ -81,15 +82,27 @@ def listed_parts(catalog: Catalog) -> dict[str, tuple[str, datetime]]:
     return {path: (state, since) for path, state, since in rows}
 
 
+def _expired(
+    listed: dict[str, tuple[str, datetime]], grace_seconds: float, now: datetime | None
+) -> list[str]:
+    """The retired parts hidden for longer than `grace_seconds`."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=grace_seconds)
+    return [rel for rel, (state, since) in listed.items() if state == RETIRED and since <= cutoff]
+
+
+def _unlisted(catalog: Catalog, table: str, listed: dict[str, tuple[str, datetime]]) -> Iterator[Path]:
+    """The `compact-*` parts of `table` that no row lists: written by a compaction killed before its swap."""
+    for path in catalog.home.glob(LAKE_TABLES[table].pattern):
+        if path.name.startswith(COMPACTED_PREFIX) and path.relative_to(catalog.home).as_posix() not in listed:
+            yield path
+
+
 def sweep(catalog: Catalog, grace_seconds: float, now: datetime | None = None) -> int:
     """Delete the retired parts hidden for longer than `grace_seconds` (the file first, then its row: a kill
     in between leaves a listed row without a file, which the next sweep forgets); returns how many."""
-    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=grace_seconds)
-    gone = []
-    for rel, (state, since) in listed_parts(catalog).items():
-        if state == RETIRED and since <= cutoff:
-            (catalog.home / rel).unlink(missing_ok=True)
-            gone.append(rel)
+    gone = _expired(listed_parts(catalog), grace_seconds, now)
+    for rel in gone:
+        (catalog.home / rel).unlink(missing_ok=True)
     if gone:
         with catalog.connect() as con:
             con.executemany("DELETE FROM lake_compacted_parts WHERE path = ?", [[p] for p in gone])
@@ -97,6 +110,7 @@ def sweep(catalog: Catalog, grace_seconds: float, now: datetime | None = None) -
 
 
 def _visible(catalog: Catalog, table: str, listed: dict[str, tuple[str, datetime]]) -> dict[Path, list[Part]]:
+    # The views' rule (`warehouse.catalog._source_select`): listed live, or not a compaction's and not retired.
     out: dict[Path, list[Part]] = defaultdict(list)
     for path in sorted(catalog.home.glob(LAKE_TABLES[table].pattern)):
         rel = path.relative_to(catalog.home).as_posix()
@@ -115,13 +129,11 @@ def visible_parts(catalog: Catalog, table: str) -> dict[Path, list[Part]]:
 def remove_unlisted(catalog: Catalog, table: str) -> int:
     """Delete the `compact-*` parts of `table` that no row lists (written by a compaction killed before its
     swap); the caller holds the `compact` lock, so no compaction is writing one now."""
-    listed = listed_parts(catalog)
     n = 0
-    for path in catalog.home.glob(LAKE_TABLES[table].pattern):
-        if path.name.startswith(COMPACTED_PREFIX) and path.relative_to(catalog.home).as_posix() not in listed:
-            log.info("removing %s: written by a compaction that did not finish", path)
-            path.unlink(missing_ok=True)
-            n += 1
+    for path in _unlisted(catalog, table, listed_parts(catalog)):
+        log.info("removing %s: written by a compaction that did not finish", path)
+        path.unlink(missing_ok=True)
+        n += 1
     return n
 
 
@@ -152,10 +164,7 @@ def merge_unit(unit: dict[str, Any]) -> pa.Table:
     folder = (home / unit["parts"][0]).parent
     partition = dict(seg.split("=", 1) for seg in folder.relative_to(home / "lake" / spec.folder).parts)
     files = ", ".join("'" + str(home / p).replace("'", "''") + "'" for p in unit["parts"])
-    sql = (
-        f"SELECT * FROM read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
-        f" UNION ALL BY NAME {empty_select(spec.schema)}"
-    )
+    sql = parts_select(f"[{files}]", spec.schema)
     con = duckdb.connect(config=duckdb_config(home))
     try:
         target = export_part(con, home / "lake", table, sql, partition=partition, part=unit["name"])
@@ -190,15 +199,12 @@ def swap(catalog: Catalog, table: str, merged: str, group: list[Part]) -> None:
 def compaction_due(catalog: Catalog, cfg: CompactionConfig, now: datetime | None = None) -> bool:
     """Whether `run_compaction(cfg)` would merge or delete anything; a look without the lock, so that a stage
     ending (fetch) starts a `compact` run only when there is work for one."""
-    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=cfg.grace_seconds)
     listed = listed_parts(catalog)
-    if any(state == RETIRED and since <= cutoff for state, since in listed.values()):
+    if _expired(listed, cfg.grace_seconds, now):
         return True
     for table in cfg.tables or tuple(LAKE_TABLES):
-        for path in catalog.home.glob(LAKE_TABLES[table].pattern):
-            rel = path.relative_to(catalog.home).as_posix()
-            if path.name.startswith(COMPACTED_PREFIX) and rel not in listed:
-                return True  # a killed compaction's part, to be removed
+        if next(_unlisted(catalog, table, listed), None) is not None:
+            return True
         if any(plan_groups(parts, cfg) for parts in _visible(catalog, table, listed).values()):
             return True
     return False
