@@ -10,7 +10,14 @@ from typing import Any
 
 import yaml
 
-from warehouse.contracts import TRAINING_TEXT_TYPES, check_name
+from warehouse.contracts import (
+    MAX_STEPS,
+    MAX_THREADS,
+    MAX_WORKERS,
+    TRAINING_TEXT_TYPES,
+    check_bound,
+    check_name,
+)
 
 # A ~9 M-parameter ViT that trains on the sample world in minutes on 2 CPU cores.
 TINY_VIT_CFG: dict[str, Any] = {
@@ -76,6 +83,9 @@ class TrainConfig:
             raise ValueError("normalization must be 'openai' or 'imagenet'")
         if self.batch_size < 2 or self.steps < 1 or self.accum_steps < 1:
             raise ValueError("batch_size must be >= 2, steps and accum_steps >= 1")
+        check_bound("steps", self.steps, MAX_STEPS, 1)
+        check_bound("threads", self.threads, MAX_THREADS)
+        check_bound("workers", self.workers, MAX_WORKERS)
         if self.replay_batch_size and not self.replay_path:
             raise ValueError(
                 "replay_batch_size > 0 needs replay_path=FOLDER (or replay_batch_size=0 for plain CLIP)"

@@ -7,18 +7,82 @@ process id and the clock, which makes two runs with the same seed see different 
 from __future__ import annotations
 
 import glob
+import io
+import logging
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 import webdataset as wds
+from PIL import Image
 
 from warehouse.contracts import TRAINING_TEXT_TYPES
 
+log = logging.getLogger("tol.train")
+
+# A shard's members are data from whoever wrote the tar (a replay set is often someone else's web images):
+# only the image and the captions the loaders read are decoded, by the two decoders below. webdataset's
+# default handlers would unpickle `.pyd`/`.pickle` members and `torch.load` `.pth` ones, running their code.
+IMAGE_MEMBER = "jpg"
+MAX_CONSECUTIVE_BAD_SHARDS = 8
+
+
+class UnreadableShardsError(RuntimeError):
+    """Training stopped: its shards could not be read (deleted, overwritten or corrupt) several times running."""
+
+
+def _decode_image(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+def _decoder(texts: tuple[str, ...]) -> Callable[[dict], dict]:
+    """Keep `jpg` (decoded to RGB) and the named `.txt` members (UTF-8); every other member is dropped
+    undecoded, whatever its extension says."""
+
+    def decode(sample: dict) -> dict:
+        missing = [k for k in (IMAGE_MEMBER, *texts) if k not in sample]
+        if missing:
+            raise ValueError(f"sample {sample.get('__key__')!r} has no {', '.join(missing)} member")
+        out = {k: sample[k] for k in ("__key__", "__url__", "__index__") if k in sample}
+        out[IMAGE_MEMBER] = _decode_image(sample[IMAGE_MEMBER])
+        for key in texts:
+            out[key] = bytes(sample[key]).decode("utf-8")
+        return out
+
+    return decode
+
+
+class ShardReadGuard:
+    """webdataset's handler for shard-level errors, with a bound: training skips an unreadable shard (with a
+    warning), but after `limit` shards in a row gave no sample it stops with `UnreadableShardsError` instead
+    of drawing shards for ever while holding its lock. A sample read resets the count."""
+
+    def __init__(self, limit: int = MAX_CONSECUTIVE_BAD_SHARDS) -> None:
+        self.limit, self.bad = limit, 0
+
+    def handler(self, exn: Exception) -> bool:
+        self.bad += 1
+        log.warning("unreadable shard (%d in a row): %s", self.bad, exn)
+        if self.bad >= self.limit:
+            raise UnreadableShardsError(
+                f"{self.bad} shards in a row could not be read (last: {exn}); were the version's shards "
+                "deleted or overwritten while training? (`tol versions verify` checks them)"
+            ) from exn
+        return True
+
+    def reset(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            self.bad = 0
+            yield sample
+
 
 def _bio_sample(preprocess: Callable) -> Callable:
+    decode = _decoder(tuple(f"{t}.txt" for t in TRAINING_TEXT_TYPES))
+
     def make(sample: dict) -> tuple:
+        sample = decode(sample)
         caps = [sample[f"{t}.txt"] for t in TRAINING_TEXT_TYPES]
         return (preprocess(sample["jpg"]), *caps)
 
@@ -34,7 +98,13 @@ def _seeded(fn: Callable, seed: int) -> Callable:
         for sample in samples:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed * 1_000_003 + sample["__index__"])
-                out = fn(sample)
+                try:
+                    out = fn(sample)
+                except (OSError, ValueError) as exc:  # an undecodable image or caption: skipped, said
+                    log.warning(
+                        "sample %s of %s skipped: %s", sample.get("__key__"), sample.get("__url__"), exc
+                    )
+                    continue
             yield out
 
     return stage
@@ -69,13 +139,15 @@ def _pipeline(
     r, r + world, ... Without `resampled`, one ordered pass over the shards (for counting and evaluation)."""
     source = [SeededShardSampler(urls, seed)] if resampled else [wds.SimpleShardList(urls)]
     cut = [wds.slice(skip + rank, None, world)] if skip or world > 1 else []
+    guard = ShardReadGuard(min(MAX_CONSECUTIVE_BAD_SHARDS, max(2, 2 * len(urls))))
+    # No decoding here: each stage decodes only the members it reads (see `_decoder`).
     return wds.DataPipeline(
         *source,
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.tarfile_to_samples(handler=guard.handler),
+        guard.reset,
         *([wds.shuffle(1000, rng=random.Random(seed))] if resampled else []),
         _index,
         *cut,
-        wds.decode("pilrgb", handler=wds.warn_and_continue),
         *stages,
     )
 
@@ -114,6 +186,16 @@ def bio_loader(
         yield images, {t: list(c) for t, c in zip(TRAINING_TEXT_TYPES, caps, strict=True)}
 
 
+def _replay_sample(preprocess: Callable) -> Callable:
+    decode = _decoder(("txt",))
+
+    def make(sample: dict) -> tuple:
+        sample = decode(sample)
+        return preprocess(sample[IMAGE_MEMBER]), sample["txt"]
+
+    return make
+
+
 def replay_loader(
     path: str,
     preprocess: Callable,
@@ -131,7 +213,7 @@ def replay_loader(
         urls,
         seed + 1,
         skip,
-        _seeded(lambda sample: (preprocess(sample["jpg"]), str(sample["txt"])), seed + 1),
+        _seeded(_replay_sample(preprocess), seed + 1),
         wds.batched(batch_size, partial=False),
         rank=rank,
         world=world,

@@ -126,6 +126,62 @@ def train(
         return _train(catalog, cfg, dist, run_id, stage, progress, on_progress)
 
 
+class RunExistsError(RuntimeError):
+    """A run id that already has a run, given without `resume`: training it again would replace its record,
+    metrics, checkpoint and export."""
+
+
+def _status(catalog: Catalog, run_id: str) -> str | None:
+    with catalog.connect(read_only=True) as con:
+        row = con.execute("SELECT status FROM training_runs WHERE run_id = ?", [run_id]).fetchone()
+    return row[0] if row else None
+
+
+def finished_summary(catalog: Catalog, run_id: str) -> dict[str, Any]:
+    """What `train` returned for a run that succeeded, read back from `training_runs`."""
+    with catalog.connect(read_only=True) as con:
+        export, steps, metrics = con.execute(
+            "SELECT export_path, steps, metrics FROM training_runs WHERE run_id = ?", [run_id]
+        ).fetchone()
+    return {"run_id": run_id, "export_path": export, "steps": steps, **json.loads(metrics or "{}")}
+
+
+def refuse_overwrite(catalog: Catalog, run_id: str, cfg: TrainConfig) -> None:
+    """A new run (no `resume`) under an id that has a catalog row or files is refused, whatever its status."""
+    if cfg.resume:
+        return
+    status = _status(catalog, run_id)
+    run_dir = catalog.runs / run_id
+    if status is not None or (run_dir.exists() and any(run_dir.iterdir())):
+        raise RunExistsError(
+            f"run {run_id} exists ({status or 'files only'}): pass resume=latest to continue it, or choose "
+            "another run id; training it afresh would replace its metrics, checkpoint and export"
+        )
+
+
+def checkpoint_path(run_dir: Path, resume: str) -> Path:
+    """`latest`, or a checkpoint file of this run (under its `checkpoints/`); any other path is refused."""
+    folder = (run_dir / "checkpoints").resolve()
+    if resume == "latest":
+        return folder / "latest.pt"
+    path = Path(resume)
+    path = (path if path.is_absolute() else folder / path).resolve()
+    if path.parent != folder or path.suffix != ".pt":
+        raise ValueError(
+            f"resume takes `latest` or a .pt checkpoint of this run under {folder}, not {resume!r}"
+        )
+    return path
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint as plain data: tensors, numbers, strings and containers (`weights_only=True`), never an
+    object whose unpickling runs code. Ours hold nothing else (the RNG states are a tensor and a tuple)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError or RuntimeError for a file that is not plain data
+        raise ValueError(f"{path} is not a plain-data checkpoint (refused, not unpickled): {exc}") from exc
+
+
 def _trim_metrics(path: Path, step: int) -> None:
     """Keep the metric lines of steps up to `step` (the checkpoint resumed from), so a resumed run does not
     log the steps it repeats twice; rewritten atomically."""
@@ -147,6 +203,8 @@ def _train(
     on_progress: ProgressFn | None,
 ) -> dict[str, Any]:
     run_dir = catalog.runs / run_id
+    if dist.main:
+        refuse_overwrite(catalog, run_id, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -169,7 +227,7 @@ def _train(
     )
     step = 0
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
-    path = ckpt_path if cfg.resume == "latest" else Path(cfg.resume or "")
+    path = checkpoint_path(run_dir, cfg.resume) if cfg.resume else ckpt_path
     if cfg.resume == "latest" and not path.exists():
         # Never checkpointed (new, or killed before its first checkpoint): the latest state is the start, so
         # `resume=latest` is a command a scheduler can repeat. Said, not silent.
@@ -178,7 +236,13 @@ def _train(
     elif cfg.resume:
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = load_checkpoint(path, device)
+        done = state["step"] >= cfg.steps and _status(catalog, run_id) == "succeeded" if dist.main else None
+        if broadcast(done, dist):  # every rank stops together; only rank 0 reads the catalog
+            # The same command again after the run finished (a scheduler's repeat, a rerun after a kill
+            # that came after the last write): nothing to do, and nothing it wrote is touched.
+            log.info("run %s already trained its %d steps; nothing to resume", run_id, state["step"])
+            return finished_summary(catalog, run_id) if dist.main else {"run_id": run_id}
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
