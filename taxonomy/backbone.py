@@ -15,6 +15,7 @@ from pathlib import Path
 from duckdb.sqltypes import VARCHAR
 
 from taxonomy.names import canonical_name
+from warehouse.archives import extract_zip
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import HIGHER_RANKS
 from warehouse.stage_runs import StageRun
@@ -41,7 +42,7 @@ def _extract(path: Path, workdir: Path) -> Path:
         return into
     tmp = workdir / f".{into.name}.{uuid.uuid4().hex}.tmp"
     with zipfile.ZipFile(path) as zf:
-        zf.extractall(tmp)  # zipfile drops absolute and '..' parts of member names
+        extract_zip(zf, tmp)  # each member streamed and capped; a '..' name is refused
     try:
         tmp.rename(into)
     except OSError:  # another process finished the same extraction first

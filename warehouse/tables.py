@@ -12,6 +12,15 @@ def sql_path(path: Path | str) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+def quote_ident(name: str) -> str:
+    """A column name from someone's file as a SQL identifier: double-quoted, inner quotes doubled, so a
+    header like `x" FROM t; COPY ...` is one odd column name and never SQL. Control characters (NUL, line
+    breaks) have no business in a header and are refused."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"column name {name!r} holds control characters; refused")
+    return '"' + name.replace('"', '""') + '"'
+
+
 def conformed_select(
     con: duckdb.DuckDBPyConnection,
     relation: str,
@@ -33,6 +42,6 @@ def conformed_select(
     missing = [c for c in required if c not in present]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns)}")
-    select = [f'"{col}" AS "{bare}"' for col, bare in names.items()]
-    select += [f'NULL::VARCHAR AS "{c}"' for c in optional if c not in present]
+    select = [f"{quote_ident(col)} AS {quote_ident(bare)}" for col, bare in names.items()]
+    select += [f"NULL::VARCHAR AS {quote_ident(c)}" for c in optional if c not in present]
     return f"SELECT {', '.join(select)} FROM {relation}"

@@ -18,6 +18,9 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from warehouse.archives import read_member_bytes
+from warehouse.contracts import MAX_PIXELS, check_bound
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Pillow allocates image memory in 16 MB blocks, below glibc's largest mmap threshold (32 MB), so they come
 # from per-thread malloc arenas that keep freed memory: 8 threads decoding 81 Mpx photos one after another held
@@ -40,15 +43,19 @@ def image_member(sample: dict) -> str | None:
     return next((m for m in sample if not m.startswith("__") and is_image_name("x." + m)), None)
 
 
-def tar_images(path: str | Path) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of every regular image file in a tar, streamed. Member names are only labels:
-    nothing is ever written to disk under them (absolute or `..` names cannot escape anywhere)."""
+MAX_IMAGE_MEMBER_BYTES = (
+    64 * 2**20
+)  # an image file in someone's tar: far above a photograph, far below a bomb
+
+
+def tar_images(path: str | Path, max_bytes: int = MAX_IMAGE_MEMBER_BYTES) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of every regular image file in a tar, streamed; a member over `max_bytes`
+    (declared or read) is refused with an `ArchiveError`. Member names are only labels: nothing is ever
+    written to disk under them (absolute or `..` names cannot escape anywhere)."""
     with tarfile.open(path, mode="r|*") as tar:
         for member in tar:
             if member.isfile() and is_image_name(member.name):
-                fh = tar.extractfile(member)
-                if fh is not None:
-                    yield member.name, fh.read()
+                yield member.name, read_member_bytes(tar, member, max_bytes)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,10 @@ class ImageConfig:
     # photos would otherwise hold about 6 GB. An image larger than this still runs, alone.
     max_pixels_in_flight: int = 100_000_000
     pdq: bool = False  # also a 256-bit PDQ hash (the paper's leak hash); needs the `pdq` extra (pdqhash)
+
+    def __post_init__(self) -> None:
+        check_bound("max_pixels", self.max_pixels, MAX_PIXELS, 1)
+        check_bound("max_pixels_in_flight", self.max_pixels_in_flight, MAX_PIXELS, 1)
 
 
 @dataclass

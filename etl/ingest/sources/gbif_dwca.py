@@ -23,6 +23,7 @@ import pyarrow as pa
 from etl.ingest.records import RECORD_NAMESPACE, normalize_license, payload_hash, record_id
 from etl.ingest.sources import IngestConfig, Page
 from etl.ingest.sources.gbif import CITIZEN_SCIENCE_PUBLISHERS, MUSEUM_BASES
+from warehouse.archives import MAX_MEMBER_BYTES, extract_zip_member
 from warehouse.contracts import HIGHER_RANKS
 from warehouse.schemas import RAW_RECORDS
 from warehouse.tables import conformed_select, sql_path
@@ -53,9 +54,11 @@ def _not_a_dwca(path: Path, names: list[str]) -> str:
     return f"{path}: no occurrence.txt, so not a GBIF Darwin Core Archive (it holds: {shown or 'nothing'})"
 
 
-def archive_files(path: Path, workdir: Path) -> tuple[Path, Path | None, str]:
+def archive_files(
+    path: Path, workdir: Path, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> tuple[Path, Path | None, str]:
     """(occurrence.txt, multimedia.txt or None, archive checksum); a zip is extracted to `workdir` (streamed
-    to disk member by member)."""
+    to disk member by member, each refused past `max_member_bytes`)."""
     digest = hashlib.sha1()
     if path.is_file():
         with open(path, "rb") as fh:
@@ -69,7 +72,7 @@ def archive_files(path: Path, workdir: Path) -> tuple[Path, Path | None, str]:
                     raise ValueError(_not_a_dwca(path, names))
                 for name in ("occurrence.txt", "multimedia.txt"):
                     if name in names:
-                        zf.extract(name, target)
+                        extract_zip_member(zf, name, target, max_member_bytes)
             (target / ".extracted").touch()
         folder = target
     else:
@@ -215,7 +218,7 @@ def malformed_rows(con: duckdb.DuckDBPyConnection) -> pa.Table:
 
 
 def pages(cfg: IngestConfig, checkpoint: dict[str, Any], workdir: Path) -> Iterator[Page]:
-    occurrence, multimedia, checksum = archive_files(Path(cfg.path), workdir)
+    occurrence, multimedia, checksum = archive_files(Path(cfg.path), workdir, cfg.max_member_bytes)
     if checkpoint.get("archive") == checksum and checkpoint.get("done"):
         return  # this very archive was ingested completely: nothing can be new
     # A killed run is resumed by reading the archive again: batches come in no fixed order (parallel joins),
