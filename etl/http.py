@@ -6,22 +6,27 @@ records, the address guard and the whole-request deadline."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import json
+import os
 import random
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import requests
 import urllib3.connection
 import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
+
+from warehouse.contracts import redact
 
 USER_AGENT = "treeoflife-curation/0.1 (+https://github.com/; biodiversity research crawler)"
 RETRYABLE_STATUS = frozenset({420, 429, 500, 502, 503, 504})  # GBIF answers 420 when clients should slow down
@@ -140,6 +145,14 @@ class HttpConfig:
     host_rate: float = 5.0  # starting requests/s per host; adapts (HostThrottle)
     host_rate_min: float = 0.2
     host_rate_max: float = 50.0
+    # Bounds on what a server can make us hold or wait for (ingest's API pages; fetch has its own): a body
+    # over `max_body_bytes` and a request, headers and body, longer than `deadline` seconds end as errors.
+    max_body_bytes: int = 256 * 2**20
+    deadline: float = 600.0
+    max_redirects: int = 5
+    allow_private_hosts: bool = (
+        False  # an operator's setting (a mirror on the LAN, the loopback sample world)
+    )
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.per_host < 1 or not 0 < self.host_rate_min <= self.host_rate_max:
@@ -200,67 +213,131 @@ def retrying(
 
 class PoliteClient:
     """A requests session with the retry policy above and a per-host adaptive rate; one per process
-    (the API pages of ingest)."""
+    (the API pages of ingest).
+
+    Every connection goes through the address guard (`GuardedAdapter`: a private address is refused unless
+    `allow_private_hosts`), redirects are followed by hand (each hop guarded, credentials never sent past
+    the first host), the environment's proxies are ignored (a proxy would connect on our behalf, past the
+    guard), and each request is bounded in size (`max_body_bytes`) and time (`deadline`)."""
 
     def __init__(
         self, config: HttpConfig | None = None, seed: int | None = None, auth: tuple[str, str] | None = None
     ) -> None:
         self.config = config or HttpConfig()
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = self.config.user_agent
+        self.session = guarded_session(
+            AddressPolicy(allow_private=self.config.allow_private_hosts), self.config.user_agent
+        )
         self.auth = auth
         self.throttle = self.config.throttle()
         self._rng = random.Random(seed)
         self.retries = 0
+        self.requests = 0
+        self.max_requests: int | None = None  # a run's bound on pages (`IngestConfig.max_pages`)
 
     def _count_retry(self) -> None:
         self.retries += 1
 
-    def _attempt(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
-        host = urlparse(url).hostname or ""
-        with self.throttle.slot(host) as scheduled:
+    def _attempt(self, method: str, url: str, kwargs: dict[str, Any], sink: Any | None) -> requests.Response:
+        auth = kwargs.pop("auth", self.auth)
+        first_host = urlparse(url).hostname or ""
+        with Deadline(self.config.deadline) as deadline:
             try:
-                response = self.session.request(
-                    method,
-                    url,
-                    **{
-                        "auth": self.auth,
-                        "timeout": (self.config.connect_timeout, self.config.read_timeout),
-                        **kwargs,
-                    },
-                )
-            except requests.RequestException as exc:
-                raise request_error(exc, url) from exc
-        if response.status_code >= 400:
-            raise status_error(response, url, host, scheduled)
-        self.throttle.success(host)
-        return response
+                for _ in range(self.config.max_redirects + 1):
+                    host = check_http_url(url)
+                    with self.throttle.slot(host) as scheduled:
+                        try:
+                            response = self.session.request(
+                                method,
+                                url,
+                                **{
+                                    "timeout": (self.config.connect_timeout, self.config.read_timeout),
+                                    **kwargs,
+                                    "auth": auth if host == first_host else None,
+                                    "stream": True,
+                                    "allow_redirects": False,
+                                },
+                            )
+                        except AddressRefusedError as exc:
+                            raise HttpError(exc.kind, str(exc)) from exc
+                        except requests.RequestException as exc:
+                            raise request_error(exc, url) from exc
+                        with response:
+                            if response.is_redirect:
+                                url = urljoin(url, response.headers["Location"])
+                                if response.status_code in (301, 302, 303) and method != "HEAD":
+                                    method, kwargs = "GET", {k: v for k, v in kwargs.items() if k != "json"}
+                                continue
+                            if response.status_code >= 400:
+                                raise status_error(response, url, host, scheduled)
+                            try:
+                                read_capped(response, self.config.max_body_bytes, sink)
+                            except requests.RequestException as exc:
+                                raise request_error(exc, url) from exc
+                            if deadline.expired:
+                                raise HttpError("timeout", "deadline passed during the body")
+                        self.throttle.success(host)
+                        return response
+                raise HttpError("too_many_redirects", f"more than {self.config.max_redirects} redirects")
+            except HttpError as exc:
+                if deadline.expired and exc.kind in ("timeout", "connection_error"):
+                    raise HttpError(
+                        "timeout", f"no complete response within the {self.config.deadline:g} s deadline"
+                    ) from exc
+                raise
 
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One request with retries: 420/429/5xx and network errors are retried; other 4xx raise at once."""
-        return retrying(
-            lambda: self._attempt(method, url, kwargs),
-            self.config,
-            self.throttle,
-            self._rng,
-            self._count_retry,
-        )
+    def request(self, method: str, url: str, *, sink: Any | None = None, **kwargs: Any) -> requests.Response:
+        """One request with retries: 420/429/5xx and network errors are retried; other 4xx raise at once.
+        The body is read here, at most `max_body_bytes`: into `response.content`, or written to `sink` (a
+        binary file, rewound before each attempt) when one is given."""
+
+        self.requests += 1
+        if self.max_requests is not None and self.requests > self.max_requests:
+            raise HttpError(
+                "too_many_pages", f"more than {self.max_requests} requests in one run (max_pages); stopped"
+            )
+
+        def attempt() -> requests.Response:
+            if sink is not None:
+                sink.seek(0)
+                sink.truncate()
+            return self._attempt(method, url, dict(kwargs), sink)
+
+        return retrying(attempt, self.config, self.throttle, self._rng, self._count_retry)
 
     def get(self, url: str, params: dict[str, Any] | None = None) -> requests.Response:
         return self.request("GET", url, params=params)
 
+    def download(self, url: str, dest: Path, max_bytes: int | None = None) -> Path:
+        """Stream `url` to `dest` atomically (a `.part` file renamed when whole), at most `max_bytes`."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        client = self if max_bytes is None else self._with(max_body_bytes=max_bytes)
+        try:
+            with open(tmp, "wb") as fh:
+                client.request("GET", url, sink=fh)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def _with(self, **changes: Any) -> PoliteClient:
+        other = copy.copy(self)
+        other.config = replace(self.config, **changes)
+        return other
+
     def get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
-        """GET and decode JSON; an HTML or truncated body is retried, then raised as `bad_json`."""
+        """GET and decode JSON; an HTML or truncated body is retried, then raised as `bad_json` (the error
+        names the content type and size, never the body: it may hold anything)."""
 
         def attempt() -> Any:
             response = self.get(url, params)
             try:
                 return response.json()
             except (json.JSONDecodeError, requests.JSONDecodeError, ValueError):
-                ctype = response.headers.get("Content-Type", "?")
-                snippet = response.text[:80].replace("\n", " ")
+                ctype = response.headers.get("Content-Type", "?")[:80]
                 raise HttpError(
-                    "bad_json", f"expected JSON from {response.url}, got {ctype}: {snippet!r}"
+                    "bad_json",
+                    f"expected JSON from {redact(response.url)}, got {ctype!r} ({len(response.content)} bytes)",
                 ) from None
 
         for n in range(self.config.max_retries + 1):
@@ -272,6 +349,36 @@ class PoliteClient:
                 self.retries += 1
                 time.sleep(backoff(self.config, n, None, self._rng))
         raise AssertionError("unreachable")
+
+
+def check_http_url(url: str) -> str:
+    """The URL's host; refuses schemes other than http(s) and URLs without a host."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        raise HttpError("unsupported_url_scheme", f"scheme {parsed.scheme!r} not allowed")
+    host = parsed.hostname or ""
+    if not host:
+        raise HttpError("bad_url", "URL has no host")
+    return host
+
+
+def read_capped(response: requests.Response, max_bytes: int, sink: Any | None = None) -> None:
+    """Read a streamed response's body, refusing it past `max_bytes` (declared or received): into
+    `response._content` (what `.content`, `.text` and `.json()` read), or written to `sink`."""
+    declared = response.headers.get("Content-Length") or ""
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise HttpError("too_large", f"Content-Length {declared} > {max_bytes}")
+    chunks, size = [], 0
+    for chunk in response.iter_content(1 << 16):
+        size += len(chunk)
+        if size > max_bytes:
+            raise HttpError("too_large", f"body over {max_bytes} bytes")
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            chunks.append(chunk)
+    response._content = b"".join(chunks)
+    response._content_consumed = True
 
 
 # --- Address guard and deadline -------------------------------------------------------------------------
@@ -402,7 +509,11 @@ class GuardedAdapter(HTTPAdapter):
 
 
 def guarded_session(policy: AddressPolicy, user_agent: str = USER_AGENT) -> requests.Session:
+    """A session whose every connection is guarded. `trust_env` is off: with HTTP(S)_PROXY set, requests
+    would connect to the proxy (which the guard passes) and the proxy to the target (which it never sees),
+    and a netrc file's credentials would be sent to whatever host a record names."""
     session = requests.Session()
+    session.trust_env = False
     session.headers["User-Agent"] = user_agent
     adapter = GuardedAdapter(policy)
     session.mount("http://", adapter)

@@ -132,3 +132,30 @@ def reason_key(reason: str) -> str:
 def check_reason(reason: str) -> str:
     reason_key(reason)
     return reason
+
+
+# Upper bounds on counts a run form (or a recipe, or a flag) may ask for: far above this machine's needs,
+# far below what would exhaust a host (a form that asks for 10**9 threads or training steps is refused).
+MAX_WORKERS = 512
+MAX_THREADS = 256
+MAX_PIXELS = 2**30  # a 32k x 32k image; Pillow's own bomb limit is 89 M
+MAX_STEPS = 100_000_000
+
+
+def check_bound(what: str, value: int, upper: int, lower: int = 0) -> int:
+    """`value` within [lower, upper], else a ValueError naming the setting."""
+    if not lower <= value <= upper:
+        raise ValueError(f"{what} must be between {lower} and {upper}, not {value}")
+    return value
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:[a-z_]*(?:key|token|secret|password|passwd|pwd|auth|sig))=)[^&#\s]*"
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials a URL can carry masked: `user:password@` and secret-looking query values
+    (`api_key=`, `token=`, `password=`, ...). For names, tags, artifacts and error messages."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", str(text)))

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from warehouse.catalog import Catalog, schema_lock
-from warehouse.contracts import check_reason
+from warehouse.contracts import check_reason, redact
 from warehouse.lake import new_run_id
 from warehouse.locks import StageLock, mark_interrupted
 
@@ -122,7 +122,7 @@ class StageRun:
         status = "succeeded" if exc is None else "failed"
         if isinstance(exc, KeyboardInterrupt):
             status = "interrupted"
-        message = self.message if exc is None else f"{exc_type.__name__}: {exc}"
+        message = self.message if exc is None else f"{exc_type.__name__}: {redact(str(exc))}"
         try:
             self._finish(status, message)
         finally:

@@ -29,12 +29,15 @@ from etl.http import (
     HostThrottle,
     HttpConfig,
     HttpError,
+    check_http_url,
     guarded_session,
+    read_capped,
     request_error,
     retrying,
     status_error,
 )
 from warehouse.catalog import Catalog
+from warehouse.contracts import MAX_THREADS, check_bound
 from warehouse.lake import read_rows, remove_tree
 from warehouse.schemas import IMAGES
 from warehouse.writers import write_images_part
@@ -75,6 +78,7 @@ class FetchConfig:
     def __post_init__(self) -> None:
         if self.partition_rows < 1 or self.threads < 1 or self.max_attempts < 1:
             raise ValueError("partition_rows, threads and max_attempts must be >= 1")
+        check_bound("threads", self.threads, MAX_THREADS, 1)
         if not 0 <= self.max_internal_error_rate <= 1:
             raise ValueError(f"max_internal_error_rate must be in [0, 1], not {self.max_internal_error_rate}")
 
@@ -118,13 +122,7 @@ def _session(config: FetchConfig) -> requests.Session:
 def check_url(url: str) -> str:
     """The URL's host; refuses schemes other than http(s) and URLs without a host. Addresses are checked
     when connecting (every hop, the address actually used): see `etl.http.AddressPolicy`."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https"):
-        raise HttpError("unsupported_url_scheme", f"scheme {parsed.scheme!r} not allowed")
-    host = parsed.hostname or ""
-    if not host:
-        raise HttpError("bad_url", "URL has no host")
-    return host
+    return check_http_url(url)
 
 
 def read_local(url: str, config: FetchConfig) -> bytes:
@@ -188,16 +186,8 @@ def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
 
 
 def _read_body(resp: requests.Response, config: FetchConfig) -> bytes:
-    declared = int(resp.headers.get("Content-Length") or 0)
-    if declared > config.max_bytes:
-        raise HttpError("too_large", f"Content-Length {declared} > {config.max_bytes}")
-    chunks, size = [], 0
-    for chunk in resp.iter_content(1 << 16):
-        size += len(chunk)
-        if size > config.max_bytes:
-            raise HttpError("too_large", f"body over {config.max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    read_capped(resp, config.max_bytes)
+    return resp.content
 
 
 def fetch_one(row: dict[str, Any], config: FetchConfig) -> dict[str, Any]:

@@ -68,7 +68,8 @@ def run_ingest(
     catalog: Catalog, cfg: IngestConfig, client: PoliteClient | None = None, progress: bool = False
 ) -> dict[str, Any]:
     connector = get_connector(cfg.source)
-    client = client or PoliteClient()
+    client = client or PoliteClient(cfg.client_config())
+    client.requests, client.max_requests = 0, cfg.max_pages
     if cfg.work_dir is None:
         cfg = replace(cfg, work_dir=str(catalog.home / "cache" / "ingest"))
     with StageRun(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from etl.http import PoliteClient
+from etl.http import HttpConfig, PoliteClient, redact
 from warehouse.contracts import SOURCES
 
 
@@ -26,6 +28,14 @@ class IngestConfig:
     download: bool = False  # GBIF: request an asynchronous DwC-A download (GBIF_USER, GBIF_PWD, GBIF_EMAIL)
     download_poll_seconds: float = 30.0
     download_timeout_seconds: float = 6 * 3600.0
+    # Bounds on what a source can make one run read: API pages requested, and a downloaded archive's size
+    # (GBIF's DwC-A, EOL's manifest) and any one of its members' (declared or streamed).
+    max_pages: int = 100_000
+    max_archive_bytes: int = 64 * 2**30
+    max_member_bytes: int = 16 * 2**30
+    allow_private_hosts: bool = (
+        False  # operator-only: a mirror on a private network, the loopback sample world
+    )
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -34,6 +44,22 @@ class IngestConfig:
             raise ValueError(f"limit must be >= 1 (or absent for no limit), not {self.limit}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, not {self.page_size}")
+        if min(self.max_pages, self.max_archive_bytes, self.max_member_bytes) < 1:
+            raise ValueError("max_pages, max_archive_bytes and max_member_bytes must be >= 1")
+        if self.api_url is not None:
+            parts = urlsplit(self.api_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"api_url must be an http(s) URL with a host, not {redact(self.api_url)!r}")
+            if parts.username or parts.password:
+                # A URL is copied into names, tags, logs and the catalog: credentials go in the environment.
+                raise ValueError(
+                    f"api_url {redact(self.api_url)!r} carries credentials; give them through the environment "
+                    "(GBIF_USER, GBIF_PWD), never in a URL"
+                )
+
+    def client_config(self) -> HttpConfig:
+        """The HTTP settings this pull's client uses: the API defaults, with the operator's private-host rule."""
+        return HttpConfig(allow_private_hosts=self.allow_private_hosts)
 
     def query_key(self) -> str:
         parts = [
@@ -41,6 +67,13 @@ class IngestConfig:
             *(f"{k}={v}" for k, v in sorted(self.params.items())),
         ]
         return "|".join(parts)
+
+
+def scratch(cfg: IngestConfig) -> Path:
+    """The pull's scratch folder for downloaded files (under the home's cache unless the stage set another)."""
+    folder = Path(cfg.work_dir or ".") / cfg.source
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @dataclass

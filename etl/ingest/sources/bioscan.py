@@ -4,7 +4,6 @@ Kingdom Animalia is implied; placeholder and code-like species are set aside, ne
 from __future__ import annotations
 
 import csv
-import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 from etl.http import PoliteClient
 from etl.ingest.records import clean, record_id
-from etl.ingest.sources import IngestConfig, Page
+from etl.ingest.sources import IngestConfig, Page, scratch
 
 METADATA_PATH = "bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv"
 IMAGE_PACKAGE = "cropped_256"
@@ -67,9 +66,13 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
             "under --param image_root=URL) or --api-url (a mirror serving the dataset's paths)"
         )
     base = cfg.api_url.rstrip("/")
-    text = client.get(f"{base}/{METADATA_PATH}").text
+    # Streamed to disk within the archive cap, then read as a stream, as a local file is.
+    local = client.download(
+        f"{base}/{METADATA_PATH}", scratch(cfg) / "bioscan-metadata.csv", cfg.max_archive_bytes
+    )
     image_root = cfg.params.get("image_root") or f"{base}/bioscan5m/images/{IMAGE_PACKAGE}"
-    yield from _rows(csv.DictReader(io.StringIO(text)), cfg, checkpoint, image_root)
+    with open(local, encoding="utf-8", errors="replace", newline="") as fh:
+        yield from _rows(csv.DictReader(fh), cfg, checkpoint, image_root)
 
 
 def _rows(

@@ -16,7 +16,8 @@ from typing import Any
 
 from etl.http import HttpError, PoliteClient
 from etl.ingest.records import clean, normalize_license, record_id
-from etl.ingest.sources import IngestConfig, Page
+from etl.ingest.sources import IngestConfig, Page, scratch
+from warehouse.archives import read_member
 
 DEFAULT_API = "https://eol.org"
 KINGDOM_NAMES = {
@@ -48,14 +49,14 @@ def _manifest_files(client: PoliteClient, cfg: IngestConfig) -> list[tuple[str, 
         files = sorted(folder.glob("media_manifest_*.csv"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
         return [(p.name, p.read_text(encoding="utf-8", errors="replace")) for p in files]
     base = (cfg.api_url or DEFAULT_API).rstrip("/")
-    data = client.get(f"{base}/data/media_manifest.tgz").content
+    archive = client.download(
+        f"{base}/data/media_manifest.tgz", scratch(cfg) / "media_manifest.tgz", cfg.max_archive_bytes
+    )
     out = []
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for member in tar.getmembers():
+    with tarfile.open(archive, mode="r:gz") as tar:
+        for member in tar:
             if member.isfile() and member.name.endswith(".csv"):
-                fh = tar.extractfile(member)
-                assert fh is not None
-                out.append((Path(member.name).name, fh.read().decode("utf-8", errors="replace")))
+                out.append((Path(member.name).name, read_member(tar, member, cfg.max_member_bytes)))
     out.sort(key=lambda item: int(re.findall(r"\d+", item[0])[-1]))
     return out
 
@@ -64,7 +65,7 @@ def _taxon_tab(client: PoliteClient, cfg: IngestConfig) -> dict[str, dict[str, s
     if cfg.path:
         text = (Path(cfg.path) / "taxon.tab").read_text(encoding="utf-8", errors="replace")
     else:
-        text = client.get(f"{(cfg.api_url or DEFAULT_API).rstrip('/')}/data/taxon.tab").text
+        text = client.get(f"{(cfg.api_url or DEFAULT_API).rstrip('/')}/data/taxon.tab").text  # body capped
     reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     return {row["eolID"]: row for row in reader if row.get("eolID")}
 

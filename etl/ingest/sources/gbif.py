@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from etl.http import HttpError, PoliteClient
+from etl.http import HttpError, PoliteClient, redact
 from etl.ingest.records import clean, normalize_license, record_id
 from etl.ingest.sources import IngestConfig, Page
-from warehouse.contracts import HIGHER_RANKS
+from warehouse.contracts import HIGHER_RANKS, check_name
 
 DEFAULT_API = "https://api.gbif.org"
 MAX_LIMIT = 300
@@ -187,6 +188,39 @@ def gbif_credentials() -> tuple[str, str, str]:
     return user, password, email
 
 
+# Where the GBIF account may be sent: GBIF's own API, and the bases an operator lists (a test server, a
+# proxy of their own) in TOL_GBIF_CREDENTIAL_URLS, comma-separated. Never wherever a recipe's api_url says.
+CREDENTIAL_URLS_ENV = "TOL_GBIF_CREDENTIAL_URLS"
+DOWNLOAD_KEY = re.compile(r"[0-9]{7}-[0-9]{15}")  # GBIF's download keys: 0001234-250101120000000
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+def credential_base(base: str) -> str:
+    """`base`, if the GBIF account may be sent there; else a clear refusal."""
+    allowed = [
+        DEFAULT_API,
+        *(u.strip() for u in os.environ.get(CREDENTIAL_URLS_ENV, "").split(",") if u.strip()),
+    ]
+    if _origin(base) not in {_origin(u) for u in allowed}:
+        raise HttpError(
+            "credentials_refused",
+            f"GBIF credentials are sent only to {DEFAULT_API} or a base listed in {CREDENTIAL_URLS_ENV}, "
+            f"not to {redact(base)}",
+        )
+    return base
+
+
+def check_download_key(key: str) -> str:
+    """A download key as GBIF forms them; anything else (it becomes a file name) is refused."""
+    if not DOWNLOAD_KEY.fullmatch(key):
+        raise HttpError("bad_payload", f"GBIF answered a download key of unexpected form: {key[:40]!r}")
+    return check_name("download key", key)
+
+
 def download_pages(
     client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any], work: Path
 ) -> Iterator[Page]:
@@ -196,7 +230,7 @@ def download_pages(
     instead of requesting another; a finished one requests a fresh download (new data) next time."""
     from etl.ingest.sources import gbif_dwca
 
-    base = (cfg.api_url or DEFAULT_API).rstrip("/")
+    base = credential_base((cfg.api_url or DEFAULT_API).rstrip("/"))
     user, password, email = gbif_credentials()
     key = checkpoint.get("download_key") if not checkpoint.get("done") else None
     if not key:
@@ -211,12 +245,13 @@ def download_pages(
         response = client.request(
             "POST", f"{base}/v1/occurrence/download/request", json=body, auth=(user, password)
         )
-        key = response.text.strip()
+        key = check_download_key(response.text.strip())
         yield Page([], {"download_key": key})
+    key = check_download_key(str(key))
     link = _wait_for_download(client, base, key, cfg)
     archive = work / "gbif-downloads" / f"{key}.zip"
     if not archive.exists():
-        _save_stream(client, link, archive)
+        client.download(link, archive, cfg.max_archive_bytes)  # no credentials: the link is public
     dwca_cfg = replace(cfg, path=str(archive), download=False)
     for page in gbif_dwca.pages(
         dwca_cfg, {k: v for k, v in checkpoint.items() if k != "download_key"}, work / "dwca"
@@ -237,13 +272,3 @@ def _wait_for_download(client: PoliteClient, base: str, key: str, cfg: IngestCon
         if time.monotonic() > deadline:
             raise HttpError("download_timeout", f"GBIF download {key} still {status or 'unknown'}; run again")
         time.sleep(cfg.download_poll_seconds)
-
-
-def _save_stream(client: PoliteClient, url: str, dest: Path) -> None:
-    """Stream a (possibly multi-GB) archive to disk, atomically."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".part")
-    with client.request("GET", url, stream=True) as response, open(tmp, "wb") as fh:
-        for chunk in response.iter_content(1 << 20):
-            fh.write(chunk)
-    os.replace(tmp, dest)
