@@ -266,6 +266,12 @@ PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
+def task_path(path: str, home: str | Path, data_root: str | Path | None) -> str:
+    """A registry path with its two placeholders, `{home}` and `{data_root}`, replaced literally. Never
+    `str.format`: a registry is a file others write, and format fields reach attributes and globals."""
+    return path.replace("{home}", str(home)).replace("{data_root}", str(data_root or ""))
+
+
 def run_task(
     catalog: Catalog,
     model_spec: str,
@@ -286,7 +292,7 @@ def run_task(
     out_dir = catalog.home / "eval" / label
     with StageRun(catalog, "evaluate", config={"model": spec, "run_id": run_id, **asdict(task)}) as stage:
         data = ADAPTERS[task.adapter](
-            task.path.format(home=catalog.home, data_root=data_root or ""),
+            task_path(task.path, catalog.home, data_root),
             task.text_type,
             cache_dir=catalog.home / "cache" / "datasets",
         )

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -216,10 +215,14 @@ class Catalog:
         params: list | None = None,
         row_group_rows: int = 8192,
         tables: dict[str, pa.Table] | None = None,
+        *,
+        sandbox: bool = False,
     ) -> int:
         """Write the result of `sql` (over the catalog, and `tables` registered by name) to a Parquet file
         atomically; DuckDB streams it, no rows pass through Python. Returns the row count. Small row groups
-        let a worker read its range without the rest."""
+        let a worker read its range without the rest. With `sandbox` (for SQL holding a user's text, such as
+        `shard --where`), the connection can read only the home's data folders and write only the target's
+        folder (`lock_down`)."""
         import pyarrow.parquet as pq
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +232,8 @@ class Catalog:
         with self.connect(read_only=True) as con:
             for name, table in (tables or {}).items():
                 con.register(name, table)
+            if sandbox:
+                lock_down(con, self.home, writable=(tmp.parent,))
             con.execute(f"COPY ({sql}) TO '{target}' ({options})", params or [])
         os.replace(tmp, path)
         return pq.read_metadata(path).num_rows
@@ -310,18 +315,28 @@ class Catalog:
             return con.sql(sql, params=params or None).to_arrow_table()
 
 
+def lock_down(con: duckdb.DuckDBPyConnection, home: Path, writable: tuple[Path, ...] = ()) -> None:
+    """Make `con` safe for SQL that a user typed: DuckDB's file access is limited to the home's lake and
+    shard plans (what the views read), its spill folder and `writable`; no other file, no ATTACH, no
+    extension, no COPY elsewhere; and the configuration is locked, so the query cannot turn any of it back
+    on. The connection is not reusable for ordinary work afterwards (its settings are frozen)."""
+    home = Path(home)
+    folders = [home / "lake", home / "shards", home / "work" / "duckdb-spill", *writable]
+    listed = ", ".join(_sql_str(str(Path(f).resolve()) + "/") for f in folders)
+    con.execute(f"SET allowed_directories = [{listed}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
 _READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
 
 def read_only_statement(sql: str) -> bool:
-    """Whether every statement of `sql` only reads: SELECT (DESCRIBE, SHOW, SUMMARIZE), EXPLAIN, PRAGMA, or an
-    export `COPY (query) TO ...`."""
+    """Whether every statement of `sql` is of a reading kind: SELECT (DESCRIBE, SHOW, SUMMARIZE), EXPLAIN or
+    PRAGMA. A first, friendly check only: what makes `tol sql` read-only is the connection it runs on (an
+    in-memory snapshot, locked down by `lock_down`), not this list."""
     statements = duckdb.extract_statements(sql)
-    return bool(statements) and all(
-        st.type in _READ_STATEMENTS
-        or (st.type == duckdb.StatementType.COPY and re.match(r"\s*copy\s*\(", st.query, re.I))
-        for st in statements
-    )
+    return bool(statements) and all(st.type in _READ_STATEMENTS for st in statements)
 
 
 def open_catalog(home: str | Path) -> Catalog:
@@ -531,6 +546,17 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
         """CREATE OR REPLACE VIEW filter_scores AS
         SELECT * FROM filter_scores_history
         QUALIFY row_number() OVER (PARTITION BY record_id, scorer ORDER BY scored_at DESC, run_id DESC) = 1"""
+    )
+    # The scores a filter run stands for: per image and scorer the newest score written by that run or a
+    # succeeded filter run that started before it (runs score only what is not scored yet, so a pinned run's
+    # scores are spread over its predecessors); scores written later, by newer runs, are not seen.
+    con.execute(
+        """CREATE OR REPLACE MACRO filter_scores_as_of(for_run) AS TABLE
+        SELECT h.* FROM filter_scores_history h
+        WHERE h.run_id = for_run OR h.run_id IN (
+            SELECT r.run_id FROM stage_runs r, (SELECT started_at FROM stage_runs WHERE run_id = for_run) a
+            WHERE r.stage = 'filter' AND r.status = 'succeeded' AND r.started_at < a.started_at)
+        QUALIFY row_number() OVER (PARTITION BY h.record_id, h.scorer ORDER BY h.scored_at DESC, h.run_id DESC) = 1"""
     )
     reasons = ", ".join(
         "(" + ", ".join(_sql_str(v) for v in (key, r.stage, r.meaning)) + ")"

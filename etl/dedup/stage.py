@@ -55,6 +55,9 @@ class DedupConfig:
     pdq_min_quality: int = 50
     # Benchmarks listed by EOL page id: {name: file of page ids, one per line or a CSV column `page_id`}.
     eval_eol_pages: dict[str, str] = field(default_factory=dict)
+    # A re-hash of an evaluation set that no longer holds every image its stored hashes do (a folder half
+    # copied, a mount missing) is refused unless this is set: leaks of the dropped images would go unseen.
+    replace_eval: bool = False
 
     def __post_init__(self) -> None:
         if self.pdq_leak_k is not None and not 0 <= self.pdq_leak_k <= 15:
@@ -106,7 +109,13 @@ def eval_images(path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def hash_eval_set(
-    catalog: Catalog, name: str, path: str | Path, run_id: str, *, pdq: bool = False
+    catalog: Catalog,
+    name: str,
+    path: str | Path,
+    run_id: str,
+    *,
+    pdq: bool = False,
+    replace_eval: bool = False,
 ) -> pa.Table:
     """Hash an evaluation set (see `eval_images`) the same way fetched images are hashed (PDQ too with
     `pdq`); stored per set, so later runs check against it without the folder."""
@@ -128,8 +137,27 @@ def hash_eval_set(
         ):
             rows[k].append(v)
     table = pa.Table.from_pydict(rows, schema=EVAL_HASHES)
+    if not table.num_rows:
+        raise ValueError(
+            f"evaluation set {name}: {path} holds no images; refused (an empty or unmounted folder would "
+            "replace the set's stored hashes with nothing, and its leaks would be kept for training)"
+        )
+    dropped = _dropped_eval_images(catalog, name, set(rows["path"]))
+    if dropped and not replace_eval:
+        shown = ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else "")
+        raise ValueError(
+            f"evaluation set {name}: {len(dropped)} of its stored images are not under {path} ({shown}); "
+            "refused: pass --replace-eval to replace the set with what the folder holds now"
+        )
     catalog.write_part("eval_hashes", table, partition={"set": name}, part="hashes")
     return table
+
+
+def _dropped_eval_images(catalog: Catalog, name: str, paths: set[str]) -> list[str]:
+    """The stored images of set `name` that `paths` no longer holds, sorted."""
+    with catalog.connect(read_only=True) as con:
+        stored = con.execute("SELECT DISTINCT path FROM eval_hashes WHERE eval_set = ?", [name]).fetchall()
+    return sorted(p for (p,) in stored if p not in paths)
 
 
 def read_ids(path: str | Path, column: str = "page_id") -> list[str]:
@@ -263,7 +291,14 @@ def run_dedup(catalog: Catalog, config: DedupConfig | None = None, *, full: bool
         if config.pdq_leak_k is not None:
             require_pdq()  # a clear error before any work, not a leak check that silently did nothing
         for name, path in config.eval_sets.items():
-            hash_eval_set(catalog, name, path, run.run_id, pdq=config.pdq_leak_k is not None)
+            hash_eval_set(
+                catalog,
+                name,
+                path,
+                run.run_id,
+                pdq=config.pdq_leak_k is not None,
+                replace_eval=config.replace_eval,
+            )
         for name, path in config.eval_eol_pages.items():
             store_eol_pages(catalog, name, path, run.run_id)
         # On a snapshot: the catalog is held only while its small tables are copied, not for the search;

@@ -36,6 +36,7 @@ from taxonomy.captions import captions
 from warehouse.catalog import Catalog, duckdb_config, fetch_first
 from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
 from warehouse.lake import read_image_blobs, read_rows, remove_tree, write_bytes_atomic, write_parquet_atomic
+from warehouse.locks import is_held, train_lock
 from warehouse.schemas import BUILD_PLAN
 from warehouse.stage_runs import CODE_VERSION, StageRun
 from warehouse.versions import BUILDS, link_version
@@ -79,6 +80,8 @@ class ShardConfig:
             raise ValueError(f"one filter rule per scorer: {', '.join(scorers)} (merge the conditions)")
         if self.where is not None and not self.where.strip():
             raise ValueError("--where is empty: leave it out to select every kept sample")
+        if self.where is not None:
+            check_where(self.where)
         if self.txt_caption not in CAPTION_TYPES:
             raise ValueError(f"txt_caption must be one of {CAPTION_TYPES}")
         if self.samples_per_shard < 1 or not 0 <= self.val_fraction < 1:
@@ -96,11 +99,67 @@ def _hash_sql(column: str, seed: int) -> str:
     return f"('0x' || substr(sha1('{int(seed)}:' || {column}), 1, 16))::UBIGINT"
 
 
-def _filtered_by_sql(rules: tuple[FilterRule, ...]) -> str:
-    """Per record, the scorers whose rule removes it, in the rules' order (empty list: kept)."""
+def _filtered_by_sql(rules: tuple[FilterRule, ...], scores: str) -> str:
+    """Per record, the scorers whose rule removes it, in the rules' order (empty list: kept), judged on
+    `scores` (the pinned filter run's, `filter_scores_as_of(?)`)."""
     order = " ".join(f"WHEN '{r.scorer}' THEN {i}" for i, r in enumerate(rules))
     return f"""SELECT record_id, list(scorer ORDER BY CASE scorer {order} END) AS filtered_by
-               FROM filter_scores WHERE {" OR ".join(r.sql() for r in rules)} GROUP BY record_id"""
+               FROM {scores} WHERE {" OR ".join(r.sql() for r in rules)} GROUP BY record_id"""
+
+
+class VersionInUseError(RuntimeError):
+    """`--overwrite` of a version that a live training run is reading."""
+
+
+def refuse_if_training(catalog: Catalog, version: str) -> None:
+    """Refuse to overwrite `version` while a training run reads it: its lock is held (a killed run's is not,
+    so a stale `running` row does not block)."""
+    with catalog.connect(read_only=True) as con:
+        rows = con.execute(
+            "SELECT run_id FROM training_runs WHERE version = ? AND status = 'running'", [version]
+        ).fetchall()
+    live = [r for (r,) in rows if is_held(catalog.home, train_lock(r))]
+    if live:
+        raise VersionInUseError(
+            f"version {version!r} is being trained on by run(s) {', '.join(live)}: overwriting it would "
+            "change its shards under them; wait for them to end (or stop them), or build another version"
+        )
+
+
+def check_where(where: str) -> str:
+    """`--where` must be one boolean expression over the selection's columns: it is parsed inside a SELECT,
+    and anything that closes it (a `)`, a `;`, a comment swallowing the rest) is refused. The selection then
+    runs on a locked-down connection (`Catalog.export_parquet(sandbox=True)`): no file but the lake."""
+    probe = f"SELECT 1 FROM t WHERE ({where})"
+    try:
+        statements = duckdb.extract_statements(probe)
+    except duckdb.Error as exc:
+        raise ValueError(f"--where is not a SQL expression: {' '.join(str(exc).split())[:200]}") from None
+    if (
+        len(statements) != 1
+        or statements[0].type != duckdb.StatementType.SELECT
+        or any(tok in where for tok in (";", "--", "/*"))
+        or not _balanced(where)
+    ):
+        raise ValueError(f"--where must be one expression over the selection's columns, not {where[:200]!r}")
+    return where
+
+
+def _balanced(text: str) -> bool:
+    """Whether the parentheses outside string literals and quoted names balance, never closing early."""
+    depth, quote = 0, None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0 and quote is None
 
 
 def _selection_sql(cfg: ShardConfig) -> str:
@@ -109,8 +168,12 @@ def _selection_sql(cfg: ShardConfig) -> str:
     is the filter stage's label (NULL before any filter run); `filtered_by` the scorers whose rule of the
     version removes the sample (empty when none does): those rows are counted, then left out."""
     where = f"AND ({cfg.where})" if cfg.where else ""
+    # With rules, every score read is the pinned filter run's (params 3 and 4); without, the current labels.
+    scores = "filter_scores_as_of(?)" if cfg.filters else "filter_scores"
     filtered_col = ", coalesce(fb.filtered_by, []::VARCHAR[]) AS filtered_by" if cfg.filters else ""
-    filtered_join = f"LEFT JOIN ({_filtered_by_sql(cfg.filters)}) fb USING (record_id)" if cfg.filters else ""
+    filtered_join = (
+        f"LEFT JOIN ({_filtered_by_sql(cfg.filters, scores)}) fb USING (record_id)" if cfg.filters else ""
+    )
     val = f"CAST('{float(cfg.val_fraction)!r}' AS DOUBLE)"
     return f"""
     SELECT *,
@@ -128,7 +191,7 @@ def _selection_sql(cfg: ShardConfig) -> str:
       JOIN resolutions_as_of(?) s USING (record_id)
       JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version
       JOIN image_locations l USING (record_id)
-      LEFT JOIN (SELECT record_id, label FROM filter_scores WHERE scorer = 'image_type') it USING (record_id)
+      LEFT JOIN (SELECT record_id, label FROM {scores} WHERE scorer = 'image_type') it USING (record_id)
       {filtered_join}
       WHERE d.kept AND s.taxon_id IS NOT NULL
     ) WHERE true {where}
@@ -252,7 +315,7 @@ def write_shard_unit(unit: Unit) -> pa.Table:
         return pa.Table.from_pylist([row], schema=SHARD_RESULT)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = read_rows(unit["plan"], unit["start"], unit["n"]).to_pylist()
-    if [r["shard"] for r in rows[:1] + rows[-1:]] != [shard] * min(2, len(rows)):
+    if not rows or {rows[0]["shard"], rows[-1]["shard"]} != {shard}:  # one row is its first and its last
         raise RuntimeError(f"plan rows {unit['start']}+{unit['n']} are not shard {shard}")
     sidecar, digest, size = _write_shard(path, _samples(unit, rows))
     write_parquet_atomic(pa.Table.from_pylist(sidecar, schema=SIDECAR), sidecar_path)
@@ -372,6 +435,8 @@ def build_version(
             raise FileExistsError(
                 f"dataset version {cfg.version!r} exists and is immutable; pass --overwrite"
             )
+        if current is not None:
+            refuse_if_training(catalog, cfg.version)
         pool = get_executor(executor, workers, spark_master)
         pool.warm_up([__name__])  # a Spark session starts while the selection is planned
         builds = catalog.shards / BUILDS
@@ -379,7 +444,14 @@ def build_version(
         selection = builds / f".selection-{cfg.version}.parquet"  # the version's lock is held
         try:
             run.n_in = catalog.export_parquet(
-                _selection_sql(cfg), selection, params=[inputs.dedup_run, inputs.resolve_run]
+                _selection_sql(cfg),
+                selection,
+                params=[
+                    inputs.dedup_run,
+                    inputs.resolve_run,
+                    *([inputs.filter_run] * 2 if cfg.filters else []),
+                ],
+                sandbox=True,
             )
             filters = _apply_filters(selection, cfg, inputs, run)
             n_samples = run.n_in - filters["removed_total"]
