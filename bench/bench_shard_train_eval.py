@@ -35,7 +35,7 @@ def main() -> None:
         cat = open_catalog(Path(tmp) / "home")
         with serve_sample_world(world.root) as srv:
             for s in SOURCES:
-                stages.ingest(cat, IngestConfig(s, api_url=srv.base_url))
+                stages.ingest(cat, IngestConfig(s, api_url=srv.base_url, allow_private_hosts=True))
             stages.load_backbone(cat, world.backbone)
             stages.resolve(cat)
             stages.fetch(cat, FetchConfig(allow_private_hosts=True))

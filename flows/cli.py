@@ -101,6 +101,7 @@ def cmd_ingest(args) -> None:
         limit=args.limit,
         page_size=args.page_size,
         download=args.download,
+        allow_private_hosts=args.allow_private_hosts,
     )
     _print(stages.ingest(_catalog(args), cfg, progress=True))
 
@@ -184,6 +185,7 @@ def cmd_dedup(args) -> None:
         eval_sets=evals,
         pdq_leak_k=args.pdq_leak_k,
         eval_eol_pages=_kv(args.eval_eol_pages, "--eval-eol-pages"),
+        replace_eval=args.replace_eval,
     )
     _print(stages.dedup(_catalog(args), cfg, full=args.full))
 
@@ -331,7 +333,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_sql(args) -> None:
-    from warehouse.catalog import Catalog, read_only_statement
+    from warehouse.catalog import Catalog, lock_down, read_only_statement
 
     if args.write:
         catalog = _catalog(args)
@@ -346,6 +348,8 @@ def cmd_sql(args) -> None:
             "tol sql is read-only: the query changes something; pass --write to change the catalog"
         )
     with catalog.connect() if args.write else catalog.snapshot() as con:
+        if not args.write:
+            lock_down(con, catalog.home)  # reads the lake's parts; no other file, no ATTACH, no settings
         rel = con.sql(args.query)
         if rel is None:
             return
@@ -408,9 +412,17 @@ def cmd_recipe(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from flows.serve import serve
+    from flows.serve import check_bind, serve
 
-    serve(args.home, args.port, _recipe(args) if args.recipe else None, args.training_slots)
+    check_bind(args.host)  # before the recipe is read or anything starts
+    serve(
+        args.home,
+        args.port,
+        _recipe(args) if args.recipe else None,
+        args.training_slots,
+        host=args.host,
+        allow_private_hosts=args.allow_private_hosts,
+    )
 
 
 def cmd_deploy(args) -> None:
@@ -537,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", choices=SOURCES, help="the source to pull")
     s.add_argument("--api-url", help="service or mirror base URL (default: the real service)")
     s.add_argument("--path", help="a local file or folder instead of the API")
+    s.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        help="let the API be on a private or loopback address (a LAN mirror; refused by default)",
+    )
     s.add_argument(
         "--param", action="append", metavar="KEY=VALUE", help="query filter passed through (repeatable)"
     )
@@ -666,6 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--eval", action="append", metavar="NAME=PATH", help="an evaluation set to protect (repeatable)"
+    )
+    s.add_argument(
+        "--replace-eval",
+        action="store_true",
+        help="let an --eval set's new hashes drop images its stored hashes hold (default: refused)",
     )
     s.add_argument("--near-k", type=int, default=6, help="pHash Hamming distance of a near duplicate (0-15)")
     s.add_argument(
@@ -872,6 +894,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--port", type=int, default=4200, help="the server's port (the UI is http://127.0.0.1:PORT)"
+    )
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to bind; beyond loopback only with PREFECT_SERVER_API_AUTH_STRING set (README: Trust model)",
+    )
+    s.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        help="operator setting: let ingest and fetch runs reach private addresses (a LAN mirror)",
     )
     recipe_args(s)
 

@@ -34,9 +34,10 @@ from evaluation.tasks import compare
 from flows import stages
 from flows.recipe import SourcePull
 from flows.stages import ExecutorConfig
+from flows.trust import form_configs, operator_home
 from training.config import PRESETS
 from warehouse.catalog import Catalog, CatalogBusyError, open_catalog
-from warehouse.contracts import check_name
+from warehouse.contracts import MAX_WORKERS, check_bound, check_name, redact
 from warehouse.locks import StageBusyError
 from warehouse.stage_runs import driven_by
 from warehouse.versions import list_versions
@@ -96,7 +97,7 @@ def ensure_global_limit(name: str, slots: int) -> None:
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(
-    home: str = "tol-data",
+    home: str | None = None,
     pulls: list[SourcePull] | None = None,
     per_host_limit: int = 1,
     recipe_sha256: str | None = None,
@@ -106,12 +107,14 @@ def ingest_flow(
     the others have finished; the `ingest-summary` artifact says which failed and why.
 
     Args:
-        home: the catalog home folder.
+        home: the catalog home folder (operator-only: under a deployment, the one it was served with).
         pulls: what to pull, one entry per source and query (a recipe's `sources`).
         per_host_limit: pulls that may talk to one host at once (a Prefect tag limit `host:<host>`,
             created when missing; change it with `prefect concurrency-limit`).
         recipe_sha256: the recipe that drives this run (set by `tol recipe run` and the recipe's deployment).
     """
+    home = operator_home(home)
+    pulls = form_configs(pulls=pulls or [])["pulls"]
     with stage_logs_to_prefect(), driven_by(recipe_sha256):
         if not pulls:
             raise ValueError(
@@ -180,8 +183,8 @@ def _state_error(state: Any) -> str:
     try:
         state.result(raise_on_failure=True)
     except BaseException as exc:
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-    return state.message or state.name
+        return f"{type(exc).__name__}: {' '.join(redact(str(exc)).split())[:300]}"
+    return redact(state.message or state.name)
 
 
 def retry_when_busy(task: Any, task_run: Any, state: Any) -> bool:
@@ -239,7 +242,7 @@ def shard_task(
 
 @flow(name="curate", log_prints=True)
 def curate_flow(
-    home: str = "tol-data",
+    home: str | None = None,
     backbone_path: str | None = None,
     fetch: FetchConfig = FetchConfig(),
     dedup: DedupConfig = DedupConfig(),
@@ -253,7 +256,7 @@ def curate_flow(
     latest when it starts.
 
     Args:
-        home: the catalog home folder.
+        home: the catalog home folder (operator-only: under a deployment, the one it was served with).
         backbone_path: a DwC-A checklist (zip or folder) to load first; default the latest loaded backbone.
         fetch: download politeness, image rules and hashing (FetchConfig).
         dedup: near-duplicate and leak thresholds, evaluation sets to protect (DedupConfig).
@@ -262,6 +265,11 @@ def curate_flow(
         executor: where fetch and shard run: local processes or Spark.
         recipe_sha256: the recipe that drives this run.
     """
+    home = operator_home(home)
+    forms = form_configs(fetch=fetch, dedup=dedup, filter=filter, shard=shard, executor=executor)
+    fetch, dedup, filter, shard, executor = (
+        forms[k] for k in ("fetch", "dedup", "filter", "shard", "executor")
+    )
     with stage_logs_to_prefect(), driven_by(recipe_sha256):
         # The configs were checked (names included) when Prefect built them from the parameters: before any
         # stage runs, not half-way through the flow.
@@ -345,7 +353,7 @@ def train_config(catalog: Catalog, preset: str, version: str, values: dict[str, 
 
 @flow(name="train", log_prints=True)
 def train_flow(
-    home: str = "tol-data",
+    home: str | None = None,
     dataset_version: str = LATEST,
     preset: PresetName = "cpu-tiny",
     model: str | None = None,
@@ -367,7 +375,7 @@ def train_flow(
     subflow's `evaluate-summary` table (this run beside the previous one).
 
     Args:
-        home: the catalog home folder.
+        home: the catalog home folder (operator-only: under a deployment, the one it was served with).
         dataset_version: the version to train on; `latest` takes the newest built.
         preset: the base config (cpu-tiny: a small ViT for CPUs; gpu-paper: the paper's ViT-L/14 recipe).
         model: an open_clip architecture name instead of the preset's model.
@@ -385,6 +393,9 @@ def train_flow(
     """
     from prefect.concurrency.sync import concurrency
 
+    home = operator_home(home)
+    check_bound("devices", devices, MAX_WORKERS, 1)
+    check_bound("training_slots", training_slots, MAX_WORKERS, 1)
     with stage_logs_to_prefect(), driven_by(recipe_sha256):
         if dataset_version not in ("", LATEST):
             check_name("version", dataset_version)  # before the home is opened (and perhaps created)
@@ -502,7 +513,7 @@ def evaluate_task(home: str, model: str, tasks: list[str], registry: str | None)
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
-    home: str = "tol-data",
+    home: str | None = None,
     model: str = "",
     tasks: list[str] | None = None,
     registry: str | None = None,
@@ -513,13 +524,14 @@ def evaluate_flow(
     training run, by default the previous run evaluated on these tasks).
 
     Args:
-        home: the catalog home folder.
+        home: the catalog home folder (operator-only: under a deployment, the one it was served with).
         model: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME.
         tasks: registered task names (evaluation/tasks.yaml); default the sample world's four.
         registry: an extra task registry YAML file.
         compare_with: a run id or model whose stored results stand beside this one's.
         recipe_sha256: the recipe that drives this run.
     """
+    home = operator_home(home)
     with stage_logs_to_prefect(), driven_by(recipe_sha256):
         catalog = open_catalog(home)
         chosen = stages.registered_tasks(tasks or SAMPLE_TASKS, registry)
@@ -582,7 +594,7 @@ RecipeStep = Literal["ingest", "curate", "train"]
 
 @flow(name="recipe", log_prints=True)
 def recipe_flow(
-    home: str = "tol-data",
+    home: str | None = None,
     recipe_path: str = "",
     variables: dict[str, str] | None = None,
     until: RecipeStep = "train",
@@ -593,7 +605,7 @@ def recipe_flow(
     carries the hash (`stage_runs.recipe_sha256`).
 
     Args:
-        home: the catalog home folder.
+        home: the catalog home folder (operator-only: under a deployment, the one it was served with).
         recipe_path: the recipe YAML file.
         variables: values for the recipe's `${NAME}` variables (the environment fills the others).
         until: the last step to run: ingest, curate, or train (which includes the evaluation).
@@ -602,6 +614,7 @@ def recipe_flow(
     from flows.recipe import load_recipe
     from warehouse import writers
 
+    home = operator_home(home)
     recipe = load_recipe(recipe_path, variables)
     spec, sha = recipe.spec, recipe.sha256
     writers.record_recipe(open_catalog(home), sha, spec.name, recipe.path, recipe.text)

@@ -26,6 +26,7 @@ from flows.stages import CurateConfig
 from warehouse.contracts import check_name
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class RecipeError(ValueError):
@@ -65,11 +66,14 @@ class SourcePull:
 
     @property
     def host(self) -> str:
-        """The host this pull talks to (its concurrency tag); `local` for files."""
+        """The host this pull talks to (its concurrency tag, in task names): host[:port] alone, never a URL's
+        user or password; `local` for files."""
         if self.ingest.path and not self.ingest.api_url:
             return "local"
-        url = self.ingest.api_url or default_api(self.ingest.source)
-        return urlsplit(url or "").netloc or "local"
+        parts = urlsplit(self.ingest.api_url or default_api(self.ingest.source) or "")
+        if not parts.hostname:
+            return "local"
+        return parts.hostname + (f":{parts.port}" if parts.port else "")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class RecipeSpec:
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     schedule: Schedule | None = None
+    variables: tuple[str, ...] = ()  # the `${NAME}` variables the recipe may use (none other is filled)
 
     def __post_init__(self) -> None:
         check_name("recipe", self.name)
@@ -129,7 +134,9 @@ def load_recipe(path: str | Path, variables: Mapping[str, str] | None = None) ->
     if not path.is_file():
         raise RecipeError([f"{path}: no such recipe file"])
     raw = path.read_text(encoding="utf-8")
-    text = _fill(raw, str(path), {**os.environ, **(variables or {})})
+    declared = _declared(raw, str(path))
+    given = {**{k: v for k, v in os.environ.items() if k in declared}, **(variables or {})}
+    text = _fill(raw, str(path), given, declared)
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -153,17 +160,39 @@ def load_recipe(path: str | Path, variables: Mapping[str, str] | None = None) ->
         raise RecipeError(problems)
     spec = _validate(data, root, str(path))
     _check_train(spec, root, str(path))
-    return Recipe(spec, str(path), text, hashlib.sha256(text.encode()).hexdigest())
+    # Stored and hashed as written: the values of its variables (paths, perhaps secrets) are not kept.
+    return Recipe(spec, str(path), raw, hashlib.sha256(raw.encode()).hexdigest())
 
 
-def _fill(text: str, path: str, variables: Mapping[str, str]) -> str:
+def _declared(raw: str, path: str) -> frozenset[str]:
+    """The names under the recipe's top-level `variables:` (read before anything is filled)."""
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return frozenset()  # reported with its line once the text is parsed properly
+    names = data.get("variables") if isinstance(data, dict) else None
+    if names is None:
+        return frozenset()
+    if not isinstance(names, list) or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names):
+        raise RecipeError([f"{path}: variables: a list of names (letters, digits, _), e.g. [DATA_ROOT]"])
+    return frozenset(names)
+
+
+def _fill(text: str, path: str, variables: Mapping[str, str], declared: frozenset[str]) -> str:
     problems = []
 
     def sub(m: re.Match) -> str:
-        if m.group(1) in variables:
-            return variables[m.group(1)]
+        name = m.group(1)
         line = text.count("\n", 0, m.start()) + 1
-        problems.append(f"{path}:{line}: ${{{m.group(1)}}} is not set (pass --var {m.group(1)}=VALUE)")
+        if name not in declared:
+            problems.append(
+                f"{path}:{line}: ${{{name}}} is not declared: list it under `variables:` (only declared "
+                "variables are filled)"
+            )
+        elif name in variables:
+            return variables[name]
+        else:
+            problems.append(f"{path}:{line}: ${{{name}}} is not set (pass --var {name}=VALUE)")
         return m.group(0)
 
     out = _VAR.sub(sub, text)

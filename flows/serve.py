@@ -17,16 +17,51 @@ from typing import Any
 import requests
 
 from flows.recipe import Recipe
+from flows.trust import OperatorSettings, strip_parameters, strip_schema
 
 log = logging.getLogger("tol.serve")
 
 DEPLOYMENTS = ("scheduled-ingest", "curate", "train", "evaluate")
 
 
+def operator_settings(
+    home: str, recipe: Recipe | None, allow_private_hosts: bool = False
+) -> OperatorSettings:
+    """The operator-only settings of served or deployed flows: the home, and what the recipe (the operator's
+    file) says of private hosts, local roots and the Spark cluster. Runs get them through the environment."""
+    spark = allow_private = local_roots = None
+    if recipe is not None:
+        c = recipe.spec.curate
+        spark = c.executor.spark_master
+        allow_private = c.fetch.allow_private_hosts or any(
+            p.ingest.allow_private_hosts for p in recipe.spec.sources
+        )
+        local_roots = c.fetch.local_roots
+    return OperatorSettings(
+        home=str(Path(home).resolve()),
+        spark_master=spark,
+        allow_private_hosts=bool(allow_private_hosts or allow_private),
+        local_roots=tuple(local_roots or ()),
+    )
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_bind(host: str) -> None:
+    """Serving beyond loopback needs Prefect's basic auth (`PREFECT_SERVER_API_AUTH_STRING`): the API starts
+    flow runs on this machine, so whoever reaches it is an operator."""
+    if host not in LOOPBACK and not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        raise PermissionError(
+            f"tol serve --host {host}: serving beyond loopback needs PREFECT_SERVER_API_AUTH_STRING "
+            "(user:password, Prefect's basic auth); anyone who reaches the API can start runs"
+        )
+
+
 def _parameters(home: str, recipe: Recipe | None, training_slots: int) -> dict[str, dict[str, Any]]:
-    """Each deployment's default parameters: what Quick run uses. A recipe fills them all."""
-    base = {"home": home}
-    params = {name: dict(base) for name in DEPLOYMENTS}
+    """Each deployment's default parameters: what Quick run uses. A recipe fills them all, except the
+    operator-only settings (`flows.trust`), which runs take from the environment instead."""
+    params: dict[str, dict[str, Any]] = {name: {} for name in DEPLOYMENTS}
     params["train"].update(training_slots=training_slots)
     if recipe is None:
         return params
@@ -39,7 +74,16 @@ def _parameters(home: str, recipe: Recipe | None, training_slots: int) -> dict[s
     params["train"].update(recipe.train_parameters(), **sha)
     if spec.evaluate.tasks:
         params["evaluate"].update(tasks=list(spec.evaluate.tasks), registry=spec.evaluate.registry)
-    return params
+    return {name: strip_parameters(p) for name, p in params.items()}
+
+
+def _strip_form(deployment: Any) -> None:
+    """Remove the operator-only fields from a deployment's form (its parameter schema)."""
+    schema = deployment._parameter_openapi_schema
+    doc = {"properties": schema.properties, "required": list(schema.required or [])}
+    strip_schema(doc)
+    schema.required = doc["required"]
+    strip_schema(getattr(schema, "definitions", None) or {})
 
 
 def build_deployments(
@@ -82,30 +126,49 @@ def build_deployments(
     planned = [recipe.spec.curate.shard.version] if recipe and recipe.spec.curate.shard else []
     choices = list(dict.fromkeys([LATEST, *planned, *built]))
     train._parameter_openapi_schema.properties["dataset_version"]["enum"] = choices
-    return [
+    deployments = [
         ingest,
         curate_flow.to_deployment(name="curate", parameters=params["curate"], **kind),
         train,
         evaluate_flow.to_deployment(name="evaluate", parameters=params["evaluate"], **kind),
     ]
+    for d in deployments:
+        _strip_form(d)
+    return deployments
 
 
-def serve(home: str, port: int = 4200, recipe: Recipe | None = None, training_slots: int = 1) -> None:
-    """Start the server, wait for its health check, then serve the deployments until interrupted."""
+def serve(
+    home: str,
+    port: int = 4200,
+    recipe: Recipe | None = None,
+    training_slots: int = 1,
+    *,
+    host: str = "127.0.0.1",
+    allow_private_hosts: bool = False,
+) -> None:
+    """Start the server, wait for its health check, then serve the deployments until interrupted. The
+    server binds `host` (loopback unless PREFECT_SERVER_API_AUTH_STRING is set: `check_bind`)."""
+    check_bind(host)
     home_path = Path(home).resolve()
+    settings = operator_settings(str(home_path), recipe, allow_private_hosts)
     env = {
         **os.environ,
         "PREFECT_HOME": str(home_path / "prefect"),
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_HOST": host,
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
         env=env,
     )
     api = f"http://127.0.0.1:{port}/api"
+    if os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        # This process's own clients (and the runs it starts) authenticate like any other client.
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", os.environ["PREFECT_SERVER_API_AUTH_STRING"])
+    # Flow runs started by this process inherit the environment: the operator-only settings travel there.
+    os.environ.update(settings.to_env())
     try:
         _wait_healthy(api, server)
         # The flow runs this process starts inherit the environment; this process's own Prefect settings
@@ -131,9 +194,11 @@ def serve(home: str, port: int = 4200, recipe: Recipe | None = None, training_sl
 
 
 def _wait_healthy(api: str, server: subprocess.Popen, seconds: int = 120) -> None:
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    credentials = tuple(auth.split(":", 1)) if auth and ":" in auth else None
     for _ in range(seconds):
         try:
-            if requests.get(f"{api}/health", timeout=2).ok:
+            if requests.get(f"{api}/health", timeout=2, auth=credentials).ok:
                 return
         except requests.RequestException:
             pass
@@ -174,6 +239,13 @@ def deploy(
     if recipe is not None:
         _record_recipe(home, recipe)
     deployments = build_deployments(home, recipe, training_slots, by_module=True)
+    env = operator_settings(home, recipe).to_env()
+    for d in deployments:
+        # The workers' flow runs read the operator-only settings from this environment (`flows.trust`).
+        d.job_variables = {
+            **(d.job_variables or {}),
+            "env": {**(d.job_variables or {}).get("env", {}), **env},
+        }
     prefect_deploy(
         *deployments,
         work_pool_name=pool,

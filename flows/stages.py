@@ -21,6 +21,7 @@ from etl.ingest.sources import IngestConfig
 from etl.shards.stage import ShardConfig
 from warehouse.catalog import Catalog
 from warehouse.compaction import CompactionConfig, compaction_due
+from warehouse.contracts import MAX_WORKERS, check_bound
 
 log = logging.getLogger("tol.stages")
 
@@ -37,8 +38,7 @@ class ExecutorConfig:
     def __post_init__(self) -> None:
         if self.name not in EXECUTORS:
             raise ValueError(f"unknown executor {self.name!r}; choose one of: {', '.join(EXECUTORS)}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, not {self.workers}")
+        check_bound("workers", self.workers, MAX_WORKERS, 1)
 
 
 def ingest(catalog: Catalog, cfg: IngestConfig, *, progress: bool = False) -> dict[str, Any]:
