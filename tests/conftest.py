@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +57,7 @@ def curated(world, tmp_path_factory):
     cat = open_catalog(tmp_path_factory.mktemp("curated") / "home")
     with serve_sample_world(world.root) as srv:
         for source in SOURCES:
-            stages.ingest(cat, IngestConfig(source, api_url=srv.base_url))
+            stages.ingest(cat, IngestConfig(source, api_url=srv.base_url, allow_private_hosts=True))
         stages.load_backbone(cat, world.backbone)
         stages.resolve(cat)
         stages.fetch(cat, FetchConfig(allow_private_hosts=True), ExecutorConfig(workers=1))
@@ -96,3 +97,24 @@ def log_lines(name: str, level: int = logging.INFO) -> Iterator[list[str]]:
     finally:
         logger.removeHandler(keep)
         logger.setLevel(before)
+
+
+@pytest.fixture()
+def home_copy(curated, tmp_path):
+    """A private copy of the curated home, for tests that change it."""
+    shutil.copytree(curated.home, tmp_path / "home", symlinks=True)
+    return open_catalog(tmp_path / "home")
+
+
+@pytest.fixture()
+def public_test_host(monkeypatch):
+    """`public.test` resolves to 127.0.0.2, which the guard is told is public; 127.0.0.1 stays private."""
+    import etl.http
+
+    real_resolve, real_public = etl.http.resolve_host, etl.http.is_public_address
+    monkeypatch.setattr(
+        etl.http,
+        "resolve_host",
+        lambda host, port: ["127.0.0.2"] if host == "public.test" else real_resolve(host, port),
+    )
+    monkeypatch.setattr(etl.http, "is_public_address", lambda ip: ip == "127.0.0.2" or real_public(ip))

@@ -67,6 +67,7 @@ def test_ingest_since_is_a_gbif_filter(tmp_path, server, capsys):
         "gbif",
         "--api-url",
         server.base_url,
+        "--allow-private-hosts",
         "--limit",
         "5",
         "--since",

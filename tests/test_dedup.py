@@ -320,7 +320,7 @@ def test_pdq_leak_check_at_10_and_eol_pages_listed_by_id(world, server, tmp_path
 
     cat = open_catalog(tmp_path / "home")
     for source in ("gbif", "eol"):
-        stages.ingest(cat, IngestConfig(source, api_url=server.base_url))
+        stages.ingest(cat, IngestConfig(source, api_url=server.base_url, allow_private_hosts=True))
     stages.load_backbone(cat, world.backbone)
     stages.resolve(cat)
     stages.fetch(
@@ -363,7 +363,7 @@ def test_pdq_leak_check_at_10_and_eol_pages_listed_by_id(world, server, tmp_path
     assert on_pages and all(by_id[r] == "eval_leak:rare" for r in on_pages)
     # Without PDQ hashes the check refuses to run rather than check nothing.
     cat2 = open_catalog(tmp_path / "home2")
-    stages.ingest(cat2, IngestConfig("eol", api_url=server.base_url))
+    stages.ingest(cat2, IngestConfig("eol", api_url=server.base_url, allow_private_hosts=True))
     stages.load_backbone(cat2, world.backbone)
     stages.resolve(cat2)
     stages.fetch(cat2, FetchConfig(allow_private_hosts=True), ExecutorConfig(workers=1))

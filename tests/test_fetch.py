@@ -246,7 +246,7 @@ def test_killed_fetch_resumes_without_loss_or_duplicates(catalog, server, monkey
     from etl.ingest.sources import IngestConfig
     from etl.ingest.stage import run_ingest
 
-    run_ingest(catalog, IngestConfig("bioscan", api_url=server.base_url))
+    run_ingest(catalog, IngestConfig("bioscan", api_url=server.base_url, allow_private_hosts=True))
     real = fetch_mod.run_fetch.__globals__["fetch_partition"]
     calls = {"n": 0}
 
@@ -314,7 +314,7 @@ def test_retry_failed_refetches_only_transient_failures(catalog, world):
     from sample_world import serve_sample_world
 
     with serve_sample_world(world.root, faults={"/bioscan5m/images": [503] * 9}) as srv:
-        run_ingest(catalog, IngestConfig("bioscan", api_url=srv.base_url))
+        run_ingest(catalog, IngestConfig("bioscan", api_url=srv.base_url, allow_private_hosts=True))
         cfg = FetchConfig(allow_private_hosts=True, http=replace(IMAGE_HOSTS, max_retries=0))
         first = run_fetch(catalog, cfg, workers=1, progress=False)
         assert first["dropped"].get("http_503") == 9

@@ -62,7 +62,9 @@ def test_deployments_without_a_recipe_have_no_schedule_and_quick_run_defaults(pr
     )
     assert all(field.get("description") for field in ui_fields.values()), ui_fields
     train = deployments["train"]
-    assert train.parameters == {"home": str(tmp_path.resolve()), "training_slots": 1}
+    # The home is operator-only (README: Trust model): runs read it from TOL_HOME, not from the form.
+    assert train.parameters == {"training_slots": 1}
+    assert "home" not in train._parameter_openapi_schema.properties
     assert train_flow.validate_parameters(train.parameters)  # Quick run's parameters are valid as they are
 
 
@@ -102,10 +104,19 @@ def test_ingest_with_a_dead_source_finishes_the_others_then_fails(prefect_harnes
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket is closed
     pulls = [
-        SourcePull("gbif-world", IngestConfig("gbif", api_url=server.base_url)),
-        SourcePull("eol-dead", IngestConfig("eol", api_url=dead), retries=1, retry_delay_seconds=0),
-        SourcePull("bioscan-world", IngestConfig("bioscan", api_url=server.base_url)),
-        SourcePull("fathomnet-world", IngestConfig("fathomnet", api_url=server.base_url)),
+        SourcePull("gbif-world", IngestConfig("gbif", api_url=server.base_url, allow_private_hosts=True)),
+        SourcePull(
+            "eol-dead",
+            IngestConfig("eol", api_url=dead, allow_private_hosts=True),
+            retries=1,
+            retry_delay_seconds=0,
+        ),
+        SourcePull(
+            "bioscan-world", IngestConfig("bioscan", api_url=server.base_url, allow_private_hosts=True)
+        ),
+        SourcePull(
+            "fathomnet-world", IngestConfig("fathomnet", api_url=server.base_url, allow_private_hosts=True)
+        ),
     ]
     home = str(tmp_path / "home")
     state = ingest_flow(home, pulls=pulls, return_state=True)

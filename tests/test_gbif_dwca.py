@@ -190,9 +190,12 @@ class _FakeGbif:
 def test_asynchronous_download_is_requested_polled_fetched_and_read(catalog, tmp_path, monkeypatch):
     write_dwca(tmp_path / "dl.zip")
     fake = _FakeGbif((tmp_path / "dl.zip").read_bytes())
-    cfg = IngestConfig("gbif", api_url=fake.base, params={"taxonKey": "212", "country": "NO,SE"}, download=True,
+    cfg = IngestConfig("gbif", api_url=fake.base, allow_private_hosts=True, params={"taxonKey": "212", "country": "NO,SE"}, download=True,
                        download_poll_seconds=0.05)  # fmt: skip
     try:
+        with pytest.raises(Exception, match="credentials are sent only to"):
+            run_ingest(catalog, cfg)  # a base the operator did not list: the account is not sent there
+        monkeypatch.setenv("TOL_GBIF_CREDENTIAL_URLS", fake.base)
         with pytest.raises(Exception, match="GBIF_USER"):
             run_ingest(catalog, cfg)  # no credentials: a clear error before any request
         monkeypatch.setenv("GBIF_USER", "alice")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tarfile
 import threading
 import time
@@ -82,13 +81,6 @@ def _handler(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> type[BaseH
             self.wfile.write(body)
 
     return Handler
-
-
-@pytest.fixture()
-def home_copy(curated, tmp_path):
-    """A private copy of the curated home, for tests that change it."""
-    shutil.copytree(curated.home, tmp_path / "home", symlinks=True)
-    return open_catalog(tmp_path / "home")
 
 
 # 1. A version name is a path -----------------------------------------------------------------------------
@@ -231,18 +223,6 @@ def test_12_empty_backbone_is_refused(tmp_path):
 )
 def test_3_public_addresses(ip, public):
     assert etl.http.is_public_address(ip) is public
-
-
-@pytest.fixture()
-def public_test_host(monkeypatch):
-    """`public.test` resolves to 127.0.0.2, which the guard is told is public; 127.0.0.1 stays private."""
-    real_resolve, real_public = etl.http.resolve_host, etl.http.is_public_address
-    monkeypatch.setattr(
-        etl.http,
-        "resolve_host",
-        lambda host, port: ["127.0.0.2"] if host == "public.test" else real_resolve(host, port),
-    )
-    monkeypatch.setattr(etl.http, "is_public_address", lambda ip: ip == "127.0.0.2" or real_public(ip))
 
 
 def test_3_redirect_to_a_private_address_is_refused(public_test_host):

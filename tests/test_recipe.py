@@ -46,7 +46,9 @@ def test_the_shipped_recipe_validates_and_plans_without_pulling():
     assert spec.curate.shard.version == "sample-v1"
     assert spec.curate.dedup.eval_sets == {"heldout": "/data/world/eval"}
     assert spec.schedule.timezone == "Europe/Paris"
-    assert len(recipe.sha256) == 64 and "/data/world/backbone" in recipe.text
+    # Stored as written: the variables' values (paths here, secrets elsewhere) are not in the stored text.
+    assert len(recipe.sha256) == 64 and "${SAMPLE_WORLD}/backbone" in recipe.text
+    assert "/data/world" not in recipe.text
     params = recipe.train_parameters()
     assert params["dataset_version"] == "sample-v1" and params["overrides"]["replay_batch_size"] == 8
     lines = "\n".join(plan(recipe))  # port 9 answers nothing: a plan that pulled would fail
@@ -92,7 +94,14 @@ def test_a_good_recipe_and_its_plan(tmp_path):
         (("steps: 10", "stepz: 10"), r"r.yaml:11: train: unknown config key 'stepz'"),
         (("preset: cpu-tiny", "preset: tpu-huge"), r"r.yaml:11: train: unknown preset 'tpu-huge'"),
         (("evaluate:", "evaluation:"), r"r.yaml:12: evaluation: unknown key; known: curate, evaluate"),
-        (("name: birds", "name: ${CORPUS}"), r"r.yaml:1: ${CORPUS} is not set (pass --var CORPUS=VALUE)"),
+        (
+            ("name: birds", "name: ${CORPUS}"),
+            r"r.yaml:1: ${CORPUS} is not declared: list it under `variables:`",
+        ),
+        (
+            ("name: birds", "variables: [CORPUS]\nname: ${CORPUS}"),
+            r"r.yaml:2: ${CORPUS} is not set (pass --var CORPUS=VALUE)",
+        ),
         (("sources:", "sources: ["), r"r.yaml:4: not valid YAML"),
     ],
 )

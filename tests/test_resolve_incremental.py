@@ -20,7 +20,7 @@ def _as_of(catalog, run_id: str) -> dict[str, tuple]:
 
 
 def test_a_rerun_carries_every_answer_and_a_change_is_answered_alone(catalog, server, world):
-    stages.ingest(catalog, IngestConfig("gbif", api_url=server.base_url))
+    stages.ingest(catalog, IngestConfig("gbif", api_url=server.base_url, allow_private_hosts=True))
     stages.load_backbone(catalog, world.backbone)
     first = stages.resolve(catalog)
     assert first["details"]["base_run"] is None and first["n_in"] > 20

@@ -10,7 +10,7 @@ from etl.ingest.sources.fathomnet import box_rows, strip_subgenus
 from etl.ingest.sources.gbif import occurrence_rows
 from etl.ingest.stage import run_ingest
 
-FAST = HttpConfig(backoff_base=0.01, max_retries=3)
+FAST = HttpConfig(backoff_base=0.01, max_retries=3, allow_private_hosts=True)  # loopback servers
 
 
 def _count(catalog, source):
@@ -22,13 +22,17 @@ def _count(catalog, source):
 
 def test_gbif_pages_through_search_api_and_reingest_adds_nothing(catalog, server, world):
     first = run_ingest(
-        catalog, IngestConfig("gbif", api_url=server.base_url, page_size=100), PoliteClient(FAST)
+        catalog,
+        IngestConfig("gbif", api_url=server.base_url, allow_private_hosts=True, page_size=100),
+        PoliteClient(FAST),
     )
     pages = [r for r in server.requests if r.startswith("/v1/occurrence/search")]
     assert len(pages) >= 3 and all("limit=100" in p for p in pages)
     assert first["n_out"] > 0 and first["dropped"]["no_media_url"] == world.planted["no_media_url"]
     assert first["dropped"]["iiif_manifest_unresolved"] == world.planted["iiif"]
-    again = run_ingest(catalog, IngestConfig("gbif", api_url=server.base_url, page_size=100))
+    again = run_ingest(
+        catalog, IngestConfig("gbif", api_url=server.base_url, allow_private_hosts=True, page_size=100)
+    )
     assert again["n_out"] == 0 and again["unchanged"] == first["n_in"]
     n, distinct = _count(catalog, "gbif")
     assert n == distinct == first["n_out"]
@@ -39,12 +43,14 @@ def test_gbif_503_html_page_is_retried(catalog, world):
 
     with serve_sample_world(world.root, faults={"/v1/occurrence/search": [503, 429]}) as srv:
         client = PoliteClient(FAST)
-        out = run_ingest(catalog, IngestConfig("gbif", api_url=srv.base_url), client)
+        out = run_ingest(
+            catalog, IngestConfig("gbif", api_url=srv.base_url, allow_private_hosts=True), client
+        )
     assert out["errors"] == {"http_retries": 2} and out["n_out"] > 0
 
 
 def test_html_where_json_expected_is_a_clear_error(server):
-    client = PoliteClient(HttpConfig(backoff_base=0.01, max_retries=1))
+    client = PoliteClient(HttpConfig(backoff_base=0.01, max_retries=1, allow_private_hosts=True))
     with pytest.raises(HttpError) as err:
         client.get_json(f"{server.base_url}/bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv")
     assert err.value.kind == "bad_json" and "expected JSON" in str(err.value)
@@ -69,7 +75,7 @@ def _dies_after(pages: int):
 def test_killed_ingest_resumes_without_loss_or_duplicates(catalog, server, monkeypatch):
     monkeypatch.setattr(ingest_mod, "get_connector", _dies_after(2))
     monkeypatch.setattr(ingest_mod, "PART_ROWS", 1)  # a part (and a checkpoint) per page, to resume from
-    cfg = IngestConfig("gbif", api_url=server.base_url, page_size=50)
+    cfg = IngestConfig("gbif", api_url=server.base_url, allow_private_hosts=True, page_size=50)
     with pytest.raises(KeyboardInterrupt):
         run_ingest(catalog, cfg)
     partial = _count(catalog, "gbif")[0]
@@ -93,7 +99,7 @@ def test_ingest_writes_parts_of_bounded_size_and_a_kill_before_one_loses_nothing
 ):
     from warehouse.catalog import open_catalog
 
-    cfg = IngestConfig("gbif", api_url=server.base_url, page_size=50)
+    cfg = IngestConfig("gbif", api_url=server.base_url, allow_private_hosts=True, page_size=50)
     stored, parts = {}, {}
     for name, bound in (("per-page", 1), ("bounded", ingest_mod.PART_ROWS)):
         monkeypatch.setattr(ingest_mod, "PART_ROWS", bound)
@@ -144,7 +150,7 @@ def test_gbif_record_mess_is_recorded_not_dropped():
 
 
 def test_eol_manifest_header_only_in_first_file(catalog, server, world):
-    out = run_ingest(catalog, IngestConfig("eol", api_url=server.base_url))
+    out = run_ingest(catalog, IngestConfig("eol", api_url=server.base_url, allow_private_hosts=True))
     assert out["n_out"] == world.planted["eol_media"]  # no header row from file 2 became a record
     with catalog.connect() as con:
         ids = [r[0] for r in con.execute("SELECT source_id FROM raw_records WHERE source = 'eol'").fetchall()]
@@ -156,7 +162,7 @@ def test_eol_manifest_header_only_in_first_file(catalog, server, world):
 
 
 def test_bioscan_placeholders_and_image_tree(catalog, server):
-    run_ingest(catalog, IngestConfig("bioscan", api_url=server.base_url))
+    run_ingest(catalog, IngestConfig("bioscan", api_url=server.base_url, allow_private_hosts=True))
     with catalog.connect() as con:
         rows = con.execute("""SELECT media_url, verbatim_species, verbatim_kingdom, license, payload
                               FROM raw_records WHERE source = 'bioscan'""").fetchall()
@@ -185,7 +191,9 @@ def test_bioscan_placeholder_rule(name, placeholder):
 
 
 def test_fathomnet_one_row_per_box_with_crop(catalog, server, world):
-    out = run_ingest(catalog, IngestConfig("fathomnet", api_url=server.base_url, page_size=4))
+    out = run_ingest(
+        catalog, IngestConfig("fathomnet", api_url=server.base_url, allow_private_hosts=True, page_size=4)
+    )
     assert out["n_out"] == world.planted["fathomnet_boxes"]
     assert strip_subgenus("Abraliopsis (Boreabraliopsis) felis") == "Abraliopsis felis"
     rows = box_rows(
@@ -366,8 +374,10 @@ def test_gbif_page_faults_end_in_a_clean_retry(catalog, script, min_wait):
 
     fake = _FlakyGbif(script)
     try:
-        client = PoliteClient(HttpConfig(backoff_base=0.05, max_retries=3), seed=0)
-        out = run_ingest(catalog, IngestConfig("gbif", api_url=fake.base), client=client)
+        client = PoliteClient(HttpConfig(backoff_base=0.05, max_retries=3, allow_private_hosts=True), seed=0)
+        out = run_ingest(
+            catalog, IngestConfig("gbif", api_url=fake.base, allow_private_hosts=True), client=client
+        )
     finally:
         fake.close()
     assert out["n_out"] == 1 and client.retries >= 1
@@ -378,7 +388,7 @@ def test_gbif_page_whose_results_is_not_a_list_is_a_clear_error(catalog):
     fake = _FlakyGbif([(200, b'{"results": {"oops": 1}, "endOfRecords": false}', {})])
     try:
         with pytest.raises(Exception, match="no results list"):
-            run_ingest(catalog, IngestConfig("gbif", api_url=fake.base))
+            run_ingest(catalog, IngestConfig("gbif", api_url=fake.base, allow_private_hosts=True))
     finally:
         fake.close()
     with catalog.connect() as con:

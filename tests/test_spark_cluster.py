@@ -54,7 +54,7 @@ def _fetched(catalog) -> list[dict]:
 def test_a_standalone_cluster_fetches_what_the_local_executor_fetches(server, tmp_path, cluster):
     homes = [open_catalog(tmp_path / name) for name in ("local", "spark")]
     for home in homes:
-        run_ingest(home, IngestConfig("bioscan", api_url=server.base_url))
+        run_ingest(home, IngestConfig("bioscan", api_url=server.base_url, allow_private_hosts=True))
     cfg = FetchConfig(allow_private_hosts=True, partition_rows=16)
     run_fetch(homes[0], cfg, workers=1, progress=False)
     summary = run_fetch(homes[1], cfg, executor="spark", spark_master=cluster, progress=False)

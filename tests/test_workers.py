@@ -18,11 +18,12 @@ pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 RECIPE = """\
 name: worker-test
+variables: [URL]
 sources:
   - name: gbif-world
-    ingest: {source: gbif, api_url: "${URL}"}
+    ingest: {source: gbif, api_url: "${URL}", allow_private_hosts: true}
   - name: eol-world
-    ingest: {source: eol, api_url: "${URL}"}
+    ingest: {source: eol, api_url: "${URL}", allow_private_hosts: true}
 """
 
 

@@ -109,7 +109,10 @@ class Pipeline:
     config: Path  # the training config file
 
     def commands(self) -> list[tuple[str, list[str]]]:
-        ingest = [(f"ingest-{s}", ["ingest", s, "--api-url", self.base_url]) for s in SOURCES]
+        ingest = [
+            (f"ingest-{s}", ["ingest", s, "--api-url", self.base_url, "--allow-private-hosts"])
+            for s in SOURCES
+        ]
         return [
             *ingest,
             ("load_backbone", ["taxonomy", "load-backbone", str(self.backbone)]),
