@@ -240,50 +240,43 @@ class PoliteClient:
     def _attempt(self, method: str, url: str, kwargs: dict[str, Any], sink: Any | None) -> requests.Response:
         auth = kwargs.pop("auth", self.auth)
         first_host = urlparse(url).hostname or ""
-        with Deadline(self.config.deadline) as deadline:
-            try:
-                for _ in range(self.config.max_redirects + 1):
-                    host = check_http_url(url)
-                    with self.throttle.slot(host) as scheduled:
+        with bounded_request(self.config.deadline) as deadline:
+            for _ in range(self.config.max_redirects + 1):
+                host = check_http_url(url)
+                with self.throttle.slot(host) as scheduled:
+                    try:
+                        response = self.session.request(
+                            method,
+                            url,
+                            **{
+                                "timeout": (self.config.connect_timeout, self.config.read_timeout),
+                                **kwargs,
+                                "auth": auth if host == first_host else None,
+                                "stream": True,
+                                "allow_redirects": False,
+                            },
+                        )
+                    except AddressRefusedError as exc:
+                        raise HttpError(exc.kind, str(exc)) from exc
+                    except requests.RequestException as exc:
+                        raise request_error(exc, url) from exc
+                    with response:
+                        if response.is_redirect:
+                            url = urljoin(url, response.headers["Location"])
+                            if response.status_code in (301, 302, 303) and method != "HEAD":
+                                method, kwargs = "GET", {k: v for k, v in kwargs.items() if k != "json"}
+                            continue
+                        if response.status_code >= 400:
+                            raise status_error(response, url, host, scheduled)
                         try:
-                            response = self.session.request(
-                                method,
-                                url,
-                                **{
-                                    "timeout": (self.config.connect_timeout, self.config.read_timeout),
-                                    **kwargs,
-                                    "auth": auth if host == first_host else None,
-                                    "stream": True,
-                                    "allow_redirects": False,
-                                },
-                            )
-                        except AddressRefusedError as exc:
-                            raise HttpError(exc.kind, str(exc)) from exc
+                            read_capped(response, self.config.max_body_bytes, sink)
                         except requests.RequestException as exc:
                             raise request_error(exc, url) from exc
-                        with response:
-                            if response.is_redirect:
-                                url = urljoin(url, response.headers["Location"])
-                                if response.status_code in (301, 302, 303) and method != "HEAD":
-                                    method, kwargs = "GET", {k: v for k, v in kwargs.items() if k != "json"}
-                                continue
-                            if response.status_code >= 400:
-                                raise status_error(response, url, host, scheduled)
-                            try:
-                                read_capped(response, self.config.max_body_bytes, sink)
-                            except requests.RequestException as exc:
-                                raise request_error(exc, url) from exc
-                            if deadline.expired:
-                                raise HttpError("timeout", "deadline passed during the body")
-                        self.throttle.success(host)
-                        return response
-                raise HttpError("too_many_redirects", f"more than {self.config.max_redirects} redirects")
-            except HttpError as exc:
-                if deadline.expired and exc.kind in ("timeout", "connection_error"):
-                    raise HttpError(
-                        "timeout", f"no complete response within the {self.config.deadline:g} s deadline"
-                    ) from exc
-                raise
+                        if deadline.expired:
+                            raise HttpError("timeout", "deadline passed during the body")
+                    self.throttle.success(host)
+                    return response
+            raise HttpError("too_many_redirects", f"more than {self.config.max_redirects} redirects")
 
     def request(self, method: str, url: str, *, sink: Any | None = None, **kwargs: Any) -> requests.Response:
         """One request with retries: 420/429/5xx and network errors are retried; other 4xx raise at once.
@@ -519,6 +512,19 @@ def guarded_session(policy: AddressPolicy, user_agent: str = USER_AGENT) -> requ
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+@contextlib.contextmanager
+def bounded_request(seconds: float) -> Iterator[Deadline]:
+    """A `Deadline` around one request (redirects included) whose cut shows as one clear error: a
+    `timeout` or `connection_error` after the deadline passed becomes `timeout` naming the deadline."""
+    with Deadline(seconds) as deadline:
+        try:
+            yield deadline
+        except HttpError as exc:
+            if deadline.expired and exc.kind in ("timeout", "connection_error"):
+                raise HttpError("timeout", f"no complete response within the {seconds:g} s deadline") from exc
+            raise
 
 
 class Deadline:

@@ -351,7 +351,8 @@ def test_10_proxies_from_the_environment_are_ignored(public_test_host, monkeypat
 
         def do_GET(self):  # a forward proxy: fetches whatever absolute URL it is asked for
             self.server.hits.append(self.path)
-            body = urllib.request.urlopen(self.path, timeout=5).read()
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # not through itself
+            body = direct.open(self.path, timeout=5).read()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

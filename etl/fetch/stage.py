@@ -25,10 +25,10 @@ from etl.http import (
     TRANSIENT_KINDS,
     AddressPolicy,
     AddressRefusedError,
-    Deadline,
     HostThrottle,
     HttpConfig,
     HttpError,
+    bounded_request,
     check_http_url,
     guarded_session,
     read_capped,
@@ -145,34 +145,27 @@ def _get(url: str, config: FetchConfig) -> tuple[bytes, int]:
     the whole of it within `config.deadline` seconds."""
     session, throttle = _session(config), _throttle(config)
     timeout = (config.http.connect_timeout, config.http.read_timeout)
-    with Deadline(config.deadline) as deadline:
-        try:
-            for _ in range(config.max_redirects + 1):
-                host = check_url(url)
-                with throttle.slot(host) as sent_at:
-                    try:
-                        with session.get(url, stream=True, allow_redirects=False, timeout=timeout) as resp:
-                            if resp.is_redirect:
-                                url = urljoin(url, resp.headers["Location"])
-                                continue
-                            if resp.status_code >= 400:
-                                raise status_error(resp, url, host, sent_at)
-                            body = _read_body(resp, config)
-                            if deadline.expired:  # cut short, though the framing let it look whole
-                                raise HttpError("timeout", "deadline passed during the body")
-                            throttle.success(host)
-                            return body, resp.status_code
-                    except AddressRefusedError as exc:
-                        raise HttpError(exc.kind, str(exc)) from exc
-                    except requests.RequestException as exc:
-                        raise request_error(exc, url) from exc
-            raise HttpError("too_many_redirects", f"more than {config.max_redirects} redirects")
-        except HttpError as exc:
-            if deadline.expired and exc.kind in ("timeout", "connection_error"):
-                raise HttpError(
-                    "timeout", f"no complete response within the {config.deadline:g} s deadline"
-                ) from exc
-            raise
+    with bounded_request(config.deadline) as deadline:
+        for _ in range(config.max_redirects + 1):
+            host = check_url(url)
+            with throttle.slot(host) as sent_at:
+                try:
+                    with session.get(url, stream=True, allow_redirects=False, timeout=timeout) as resp:
+                        if resp.is_redirect:
+                            url = urljoin(url, resp.headers["Location"])
+                            continue
+                        if resp.status_code >= 400:
+                            raise status_error(resp, url, host, sent_at)
+                        body = _read_body(resp, config)
+                        if deadline.expired:  # cut short, though the framing let it look whole
+                            raise HttpError("timeout", "deadline passed during the body")
+                        throttle.success(host)
+                        return body, resp.status_code
+                except AddressRefusedError as exc:
+                    raise HttpError(exc.kind, str(exc)) from exc
+                except requests.RequestException as exc:
+                    raise request_error(exc, url) from exc
+        raise HttpError("too_many_redirects", f"more than {config.max_redirects} redirects")
 
 
 _rng = random.Random()
