@@ -47,7 +47,7 @@ HOSTILE_INPUTS = [
     (14, "shards deleted under training; --overwrite of a version in training", "clear error, lock freed; refused", "test_14_training_on_vanished_shards_fails_instead_of_hanging"),
     (15, "--filter-run A with newer scores of run B", "A's scores decide", "test_15_filter_run_pins_the_scores"),
     (16, "a shard of exactly one sample", "built", "test_16_a_one_sample_shard_is_built"),
-    (17, "endless pages, a huge body", "too_many_pages / too_large", "test_17_ingest_bodies_and_pages_are_bounded"),
+    (17, "endless pages, a huge body, a huge COCO file", "too_many_pages / too_large", "test_17_ingest_bodies_and_pages_are_bounded"),
     (18, "zip/tar members over their cap, a '..' member", "ArchiveError, nothing written outside", "test_18_archive_members_are_capped"),
     (19, "recipe ${HOME}, credentials in api_url and error text", "undeclared refused; stored unexpanded; redacted", "test_19_recipes_expand_only_declared_variables_and_secrets_are_redacted"),
     (0, "tol serve --host 0.0.0.0 without an auth string", "refused", "test_00_serving_beyond_loopback_needs_auth"),
@@ -530,7 +530,7 @@ def test_16_a_one_sample_shard_is_built(home_copy):
 # 17. Ingest bounds -----------------------------------------------------------------------------------------
 
 
-def test_17_ingest_bodies_and_pages_are_bounded(catalog):
+def test_17_ingest_bodies_and_pages_are_bounded(catalog, tmp_path):
     page = json.dumps({"content": [{"uuid": f"u{i}", "url": f"http://x/{i}.jpg"} for i in range(4)]}).encode()
     big = json.dumps({"content": ["x" * 5000]}).encode()
 
@@ -555,6 +555,10 @@ def test_17_ingest_bodies_and_pages_are_bounded(catalog):
         with pytest.raises(HttpError) as err:
             client.get_json(base + "/big")
         assert err.value.kind == "too_large"
+    coco = tmp_path / "coco.json"  # a local COCO export is parsed whole: bounded before it is
+    coco.write_text(json.dumps({"images": [], "annotations": [], "pad": "x" * 5000}))
+    with pytest.raises(HttpError, match="max_document_bytes"):
+        run_ingest(catalog, IngestConfig("fathomnet", path=str(coco), max_document_bytes=1000))
 
 
 # 18. Archive members ---------------------------------------------------------------------------------------

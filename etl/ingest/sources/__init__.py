@@ -33,6 +33,7 @@ class IngestConfig:
     max_pages: int = 100_000
     max_archive_bytes: int = 64 * 2**30
     max_member_bytes: int = 16 * 2**30
+    max_document_bytes: int = 2**30  # a document parsed whole (a COCO export's JSON)
     allow_private_hosts: bool = (
         False  # operator-only: a mirror on a private network, the loopback sample world
     )
@@ -44,8 +45,8 @@ class IngestConfig:
             raise ValueError(f"limit must be >= 1 (or absent for no limit), not {self.limit}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, not {self.page_size}")
-        if min(self.max_pages, self.max_archive_bytes, self.max_member_bytes) < 1:
-            raise ValueError("max_pages, max_archive_bytes and max_member_bytes must be >= 1")
+        if min(self.max_pages, self.max_archive_bytes, self.max_member_bytes, self.max_document_bytes) < 1:
+            raise ValueError("max_pages and the byte caps must be >= 1")
         if self.api_url is not None:
             parts = urlsplit(self.api_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:

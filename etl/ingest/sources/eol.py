@@ -63,11 +63,13 @@ def _manifest_files(client: PoliteClient, cfg: IngestConfig) -> list[tuple[str, 
 
 def _taxon_tab(client: PoliteClient, cfg: IngestConfig) -> dict[str, dict[str, str]]:
     if cfg.path:
-        text = (Path(cfg.path) / "taxon.tab").read_text(encoding="utf-8", errors="replace")
-    else:
-        text = client.get(f"{(cfg.api_url or DEFAULT_API).rstrip('/')}/data/taxon.tab").text  # body capped
-    reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
-    return {row["eolID"]: row for row in reader if row.get("eolID")}
+        table = Path(cfg.path) / "taxon.tab"
+    else:  # streamed to disk within the archive cap, then read as a stream, as a local file is
+        url = f"{(cfg.api_url or DEFAULT_API).rstrip('/')}/data/taxon.tab"
+        table = client.download(url, scratch(cfg) / "taxon.tab", cfg.max_archive_bytes)
+    with open(table, encoding="utf-8", errors="replace", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return {row["eolID"]: row for row in reader if row.get("eolID")}
 
 
 def _kingdom(higher: str | None) -> str | None:

@@ -136,6 +136,11 @@ def coco_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -> Iterator[Page]:
     if cfg.path:
+        size = Path(cfg.path).stat().st_size
+        if size > cfg.max_document_bytes:  # JSON is read whole: bounded before it is
+            raise HttpError(
+                "too_large", f"{cfg.path}: {size} bytes, over max_document_bytes ({cfg.max_document_bytes})"
+            )
         doc = json.loads(Path(cfg.path).read_text(encoding="utf-8"))
         if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
             raise HttpError("bad_payload", f"{cfg.path}: not a COCO export (no annotations list)")
