@@ -331,23 +331,14 @@ def latest_version(catalog: Catalog) -> str:
 
 
 def train_config(catalog: Catalog, preset: str, version: str, values: dict[str, Any]) -> Any:
-    """The TrainConfig a train run uses: `version` (or the latest for `latest`), the preset, then `values`.
-    A preset that asks for replay with no replay set given trains without replay, and says so."""
-    from training.config import PRESETS, load_config
+    """The TrainConfig a train run uses: `version` (or the latest for `latest`), the preset, then `values`
+    (`training.config.load_config`: a preset's replay with no replay set trains without replay, and says so)."""
+    from training.config import load_config
 
     name = latest_version(catalog) if version in ("", LATEST) else check_name("version", version)
     known = [v["version"] for v in list_versions(catalog)]
     if name not in known:
         raise LookupError(f"dataset version {name!r} does not exist; built: {', '.join(known) or 'none'}")
-    merged = {**PRESETS.get(preset, {}), **values}
-    if merged.get("replay_batch_size") and not merged.get("replay_path"):
-        log.warning(
-            "replay off: preset %s asks for %s replay pairs per step but no replay_path is given "
-            "(set replay_path to a folder of replay shards, or replay_batch_size=0 to train without replay)",
-            preset,
-            merged["replay_batch_size"],
-        )
-        values = {**values, "replay_batch_size": 0}
     return load_config(preset=preset, overrides={**values, "dataset_version": name})
 
 

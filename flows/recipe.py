@@ -217,13 +217,10 @@ def _validate(data: dict[str, Any], root: yaml.Node, path: str) -> RecipeSpec:
 
 def _check_train(spec: RecipeSpec, root: yaml.Node, path: str) -> None:
     """The train section through the trainer's own loader (preset, then keys): what `tol train` would say."""
-    from training.config import PRESETS, load_config
+    from training.config import load_config
 
     train = dict(spec.train)
     preset = train.pop("preset", "cpu-tiny")
-    if not train.get("replay_path") and PRESETS.get(preset, {}).get("replay_batch_size"):
-        # The train flow trains without replay when no replay set is given (and says so): not a mistake.
-        train.setdefault("replay_batch_size", 0)
     try:
         load_config(preset=preset, overrides=train)
     except (ValueError, TypeError) as exc:

@@ -185,3 +185,34 @@ def test_progress_is_logged_and_reported_every_log_every_steps(curated, world):
     assert [m.split()[1] for m in progress] == ["2/4", "4/4"], lines
     assert all("loss" in m and "samples/s" in m and "ETA" in m for m in progress)
     assert any("replay 4 per step" in m for m in lines)  # what the run is, said once at its start
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("grad_checkpointing=ture", "grad_checkpointing takes true or false, not 'ture'"),
+        ("grad_checkpointing=1", "grad_checkpointing takes true or false"),
+        ("steps=ten", "steps takes an integer"),
+        ("lr=fast", "lr takes a number"),
+        ("steps=none", "steps is not optional"),
+        ("model_cfg=[1]", "model_cfg takes a JSON object"),
+    ],
+)
+def test_overrides_are_parsed_strictly(override, message):
+    from training.config import OverrideError, load_config
+
+    with pytest.raises(OverrideError, match=message):
+        load_config(preset="cpu-tiny", overrides=["replay_batch_size=0", override])
+
+
+def test_overrides_of_the_right_type_and_one_replay_rule(caplog):
+    from training.config import OverrideError, load_config
+
+    cfg = load_config(preset="cpu-tiny", overrides=["grad_checkpointing=TRUE", "steps=7", "pretrained=none"])
+    assert cfg.grad_checkpointing is True and cfg.steps == 7 and cfg.pretrained is None
+    # The preset's replay with no replay set: trained without replay, and said (CLI, flow, recipe alike).
+    assert cfg.replay_batch_size == 0 and "replay off" in caplog.text
+    with pytest.raises(ValueError, match="needs replay_path"):  # a replay size the user gave is not dropped
+        load_config(preset="cpu-tiny", overrides={"replay_batch_size": 8})
+    with pytest.raises(OverrideError, match="steps takes an integer, not True"):
+        load_config(preset="cpu-tiny", overrides={"steps": True})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ TINY_VIT_CFG: dict[str, Any] = {
 
 # auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: bf16 autocast on any device; fp32: no autocast.
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+
+
+log = logging.getLogger("tol.train")
 
 
 @dataclass(frozen=True)
@@ -130,18 +134,48 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _coerce(value: str, typ: Any) -> Any:
-    text = str(value)
+class OverrideError(ValueError):
+    """A `key=value` override whose value does not fit the key's type."""
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """`value` as the type of TrainConfig field `key`, strictly: a bool is `true` or `false` (a misspelt
+    `ture` is an error, not False), numbers must parse, `none`/`null` only where the field is optional."""
+    spec = str(typ)
+    base = spec.replace("| None", "").replace("None |", "").strip()
+    want = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(base, "a JSON object")
+    if not isinstance(value, str):
+        fits = {
+            "bool": isinstance(value, bool),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, int | float) and not isinstance(value, bool),
+        }.get(base, True)
+        if value is None and "None" not in spec:
+            fits = False
+        if not fits:
+            raise OverrideError(f"{key} takes {want}, not {value!r}")
+        return float(value) if base == "float" and value is not None else value
+    text = value.strip()
     if text.lower() in ("none", "null"):
-        return None
-    if typ in (bool, "bool"):
-        return text.lower() in ("1", "true", "yes", "on")
-    if typ in (int, "int"):
-        return int(text)
-    if typ in (float, "float"):
-        return float(text)
-    if "dict" in str(typ):
-        return json.loads(text)
+        if "None" in spec:
+            return None
+        raise OverrideError(f"{key} is not optional: give a {base}, not {text!r}")
+    try:
+        if base == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+        if "dict" in base:
+            parsed = json.loads(text)
+            if not isinstance(parsed, dict):
+                raise ValueError
+            return parsed
+    except ValueError:
+        raise OverrideError(f"{key} takes {want}, not {text!r}") from None
     return text
 
 
@@ -156,11 +190,13 @@ def load_config(
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         values.update(PRESETS[preset])
+    explicit: set[str] = set()  # keys given by the file or the overrides, not the preset
     if path:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
         values.update(loaded)
+        explicit |= set(loaded)
     types = {f.name: f.type for f in fields(TrainConfig)}
     if isinstance(overrides, dict):
         items = list(overrides.items())
@@ -173,13 +209,27 @@ def load_config(
     for key, value in items:
         if key not in types:
             raise ValueError(f"unknown config key {key!r}; known: {', '.join(sorted(types))}")
-        values[key] = value if not isinstance(value, str) else _coerce(value, types[key])
+        values[key] = _coerce(key, value, types[key])
+        explicit.add(key)
     unknown = set(values) - set(types)
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
-    for key, typ in types.items():
-        if key in values and isinstance(values[key], str) and typ in ("int", "float", "bool"):
-            values[key] = _coerce(values[key], typ)
+    for key, typ in types.items():  # a YAML file's values too, by the same rules
+        if key in values:
+            values[key] = _coerce(key, values[key], typ)
+    preset_replay = (
+        preset and "replay_batch_size" not in explicit and PRESETS[preset].get("replay_batch_size")
+    )
+    if preset_replay and not values.get("replay_path"):
+        # The preset's replay needs a replay set nobody gave: train without replay, and say so. A
+        # replay_batch_size the user gave without a replay_path stays an error (TrainConfig's check).
+        log.warning(
+            "replay off: preset %s asks for %s replay pairs per step but no replay_path is given (set "
+            "replay_path to a folder of replay shards, or replay_batch_size=0 to train without replay)",
+            preset,
+            values["replay_batch_size"],
+        )
+        values["replay_batch_size"] = 0
     return TrainConfig(**values)
 
 
