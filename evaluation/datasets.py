@@ -14,9 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl.fetch.images import IMAGE_SUFFIXES, image_member
 from taxonomy.captions import captions
-from warehouse.contracts import RANKS
+from warehouse.contracts import IMAGE_SUFFIXES, RANKS, image_member
 
 
 @dataclass

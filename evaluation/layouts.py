@@ -17,9 +17,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from etl.fetch.images import IMAGE_SUFFIXES
 from evaluation.datasets import LabelledImages, class_text
-from warehouse.contracts import RANKS
+from warehouse.contracts import IMAGE_SUFFIXES, RANKS
 
 
 class LayoutError(FileNotFoundError):

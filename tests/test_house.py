@@ -36,7 +36,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "etl.shards": {"etl.executors", "etl.filter.rules", "taxonomy.captions", "warehouse"},
     "taxonomy": {"warehouse"},
     "training": {"warehouse"},
-    "evaluation": {"etl.fetch.images", "taxonomy.captions", "warehouse"},
+    "evaluation": {"taxonomy.captions", "warehouse"},  # never etl: etl.filter imports evaluation
     "sample_world": {"warehouse.contracts"},
     "flows": {"*"},
 }
@@ -88,6 +88,27 @@ def test_each_room_imports_only_what_it_may():
             if not any(target == a or target.startswith(a + ".") for a in allowed):
                 wrong.append(f"{module} ({room}) imports {target}")
     assert wrong == []
+
+
+def _room_graph() -> dict[str, set[str]]:
+    """Which top rooms (etl, evaluation, ...) import which others, by the module-level and function-level
+    imports of their files alike."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        top = module.split(".")[0]
+        for name in _imports(path):
+            other = name.split(".")[0]
+            if other in OURS and other != top and other != "flows":
+                graph.setdefault(top, set()).add(other)
+    return graph
+
+
+def test_no_two_rooms_import_each_other():
+    graph = _room_graph()
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and a in graph.get(b, set()))
+    assert cycles == []
+    assert "etl" not in graph.get("evaluation", set()), "evaluation imports etl: the arrow runs etl -> evaluation"
 
 
 CATALOG_TABLES = [

@@ -159,3 +159,19 @@ def redact(text: str) -> str:
     """`text` with the credentials a URL can carry masked: `user:password@` and secret-looking query values
     (`api_key=`, `token=`, `password=`, ...). For names, tags, artifacts and error messages."""
     return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", str(text)))
+
+
+# Image files and members: what the fetch stage, evaluation sets, support sets and benchmark readers count as
+# an image (a fact they share, so it lives here and evaluation never imports etl for it).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file or member name ends in an image suffix (only the last one counts: `a.v2.jpg` is)."""
+    return "." in name and "." + name.rsplit(".", 1)[1].lower() in IMAGE_SUFFIXES
+
+
+def image_member(sample: dict) -> str | None:
+    """The image member of a WebDataset sample (`jpg`, `png`, ...), or None when it has none. WebDataset
+    splits a name at its first dot, so `a.v2.jpg` arrives as key `a`, member `v2.jpg`: that counts too."""
+    return next((m for m in sample if not m.startswith("__") and is_image_name("x." + m)), None)

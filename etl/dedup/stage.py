@@ -34,9 +34,9 @@ from etl.dedup.near_dup import (
     prefix_order_sql,
     stream_pairs,
 )
-from etl.fetch.images import ImageConfig, is_image_name, process_image, require_pdq, tar_images
+from etl.fetch.images import ImageConfig, process_image, require_pdq, tar_images
 from warehouse.catalog import Catalog, fetch_first
-from warehouse.contracts import SOURCES, check_name
+from warehouse.contracts import SOURCES, check_name, is_image_name
 from warehouse.lake import export_part
 from warehouse.schemas import EVAL_HASHES, EVAL_IDS
 from warehouse.stage_runs import StageRun

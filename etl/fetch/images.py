@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from warehouse.archives import read_member_bytes
-from warehouse.contracts import MAX_PIXELS, check_bound
+from warehouse.contracts import MAX_PIXELS, check_bound, is_image_name
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Pillow allocates image memory in 16 MB blocks, below glibc's largest mmap threshold (32 MB), so they come
@@ -27,20 +27,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # 2.7 GB. Blocks of 64 MB are mmapped and returned to the system when freed (587 MB for the same work under
 # the pixel budget, bench/bench_pixel_budget.py). Small images still get blocks of their own size.
 Image.core.set_block_size(64 << 20)
-
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
-
-
-def is_image_name(name: str) -> bool:
-    """Whether a file or member name ends in an image suffix (only the last one counts: `a.v2.jpg` is)."""
-    return "." in name and "." + name.rsplit(".", 1)[1].lower() in IMAGE_SUFFIXES
-
-
-def image_member(sample: dict) -> str | None:
-    """The image member of a WebDataset sample (`jpg`, `png`, ...), or None when it has none. WebDataset
-    splits a name at its first dot, so `a.v2.jpg` arrives as key `a`, member `v2.jpg`: that counts too."""
-    return next((m for m in sample if not m.startswith("__") and is_image_name("x." + m)), None)
 
 
 MAX_IMAGE_MEMBER_BYTES = (

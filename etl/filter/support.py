@@ -12,9 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from etl.fetch.images import is_image_name
 from warehouse.catalog import Catalog
-from warehouse.contracts import check_name
+from warehouse.contracts import check_name, is_image_name
 from warehouse.lake import part_path
 from warehouse.schemas import SUPPORT_CENTROIDS
 
