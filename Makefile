@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 HOME_DIR ?= tol-data
 
-.PHONY: help install peers demo test test-fast lint bench serve clean
+.PHONY: help install browser peers demo test test-fast lint bench serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,7 +24,16 @@ install: $(STAMP)  ## create the venv and install everything (cached by pyprojec
 demo: $(STAMP)  ## run every stage on the offline sample world under $(HOME_DIR)
 	$(BIN)/tol --home $(HOME_DIR) demo
 
-test: $(STAMP)  ## run the whole test suite
+# The browser test (tests/test_ui.py) drives Debian's Chromium through Playwright: installed when missing and
+# apt-get can (root, or sudo without a password); otherwise that test says what to install.
+browser:  ## install Debian's chromium for the browser test, when missing and possible
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; } \
+	  || echo "make: could not install chromium; tests/test_ui.py will say so"; }
+
+test: $(STAMP) browser  ## run the whole test suite (installs chromium first when it can)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)  ## tests without the slow, spark and prefect markers

@@ -103,6 +103,13 @@ class SparkExecutor:
             # retrying it behind the stage's back.
             .config("spark.task.maxFailures", "1")
         )
+        # Python workers import each unit function's module by name: give them the driver's import path
+        # (the folders on sys.path), so a function of a script's own module (a benchmark's helpers) is found.
+        driver_path = [p for p in sys.path if p and os.path.isdir(p)]
+        inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        builder = builder.config(
+            "spark.executorEnv.PYTHONPATH", os.pathsep.join(dict.fromkeys([*inherited, *driver_path]))
+        )
         java = java_options()
         if java:
             builder = builder.config("spark.driver.extraJavaOptions", java)
