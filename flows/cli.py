@@ -9,10 +9,11 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from flows.flags import config_flag, from_flags
 
 
 def _kv(items: list[str] | None, what: str) -> dict[str, str]:
@@ -66,7 +67,7 @@ def cmd_demo(args) -> None:
     from flows.report import demo_report
 
     started = _now()
-    summary = demo_flow(home=home, seed=args.seed, steps=args.steps)
+    summary = demo_flow(home=home, seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     print(demo_report(_catalog(args), summary, since=started))
 
 
@@ -79,7 +80,7 @@ def _now():
 def _executor(args):
     from flows.stages import ExecutorConfig
 
-    return ExecutorConfig(args.executor, args.workers, args.spark_master)
+    return from_flags(ExecutorConfig, args)
 
 
 def cmd_ingest(args) -> None:
@@ -93,16 +94,7 @@ def cmd_ingest(args) -> None:
                 "--since is supported for gbif (its lastInterpreted filter); other sources re-read all"
             )
         params["lastInterpreted"] = f"{date.fromisoformat(args.since).isoformat()},*"
-    cfg = IngestConfig(
-        args.source,
-        api_url=args.api_url,
-        path=args.path,
-        params=params,
-        limit=args.limit,
-        page_size=args.page_size,
-        download=args.download,
-        allow_private_hosts=args.allow_private_hosts,
-    )
+    cfg = from_flags(IngestConfig, args, source=args.source, params=params)
     _print(stages.ingest(_catalog(args), cfg, progress=True))
 
 
@@ -133,27 +125,10 @@ def cmd_resolve(args) -> None:
 
 
 def cmd_fetch(args) -> None:
-    from etl.fetch.images import ImageConfig
     from etl.fetch.stage import FetchConfig
-    from etl.http import IMAGE_HOSTS
     from flows import stages
 
-    cfg = FetchConfig(
-        image=ImageConfig(
-            min_side=args.min_side,
-            max_side=args.max_side,
-            pdq=args.pdq,
-            max_pixels_in_flight=args.max_pixels_in_flight,
-        ),
-        allow_private_hosts=args.allow_private_hosts,
-        deadline=args.deadline,
-        threads=args.threads,
-        http=replace(IMAGE_HOSTS, per_host=args.per_host, host_rate=args.host_rate),
-        local_roots=tuple(args.allow_local_root or ()),
-        partition_rows=args.partition_rows,
-        retry_failed=args.retry_failed,
-        max_internal_error_rate=args.max_internal_error_rate,
-    )
+    cfg = from_flags(FetchConfig, args)
     _print(stages.fetch(_catalog(args), cfg, _executor(args), progress=True))
 
 
@@ -161,13 +136,7 @@ def cmd_compact(args) -> None:
     from flows import stages
     from warehouse.compaction import CompactionConfig
 
-    cfg = CompactionConfig(
-        tables=tuple(args.table or ()),
-        small_part_rows=args.small_part_rows,
-        target_rows=args.target_rows,
-        min_small_parts=args.min_small_parts,
-        grace_seconds=args.grace,
-    )
+    cfg = from_flags(CompactionConfig, args)
     _print(stages.compact(_catalog(args), cfg, _executor(args)))
 
 
@@ -179,32 +148,17 @@ def cmd_dedup(args) -> None:
     for name, path in evals.items():
         if not Path(path).exists():
             raise FileNotFoundError(f"--eval {name}: {path} does not exist (a folder or a .tar shard)")
-    cfg = DedupConfig(
-        near_k=args.near_k,
-        leak_k=args.leak_k,
-        eval_sets=evals,
-        pdq_leak_k=args.pdq_leak_k,
-        eval_eol_pages=_kv(args.eval_eol_pages, "--eval-eol-pages"),
-        replace_eval=args.replace_eval,
+    cfg = from_flags(
+        DedupConfig, args, eval_sets=evals, eval_eol_pages=_kv(args.eval_eol_pages, "--eval-eol-pages")
     )
     _print(stages.dedup(_catalog(args), cfg, full=args.full))
 
 
 def cmd_filter_run(args) -> None:
-    from etl.filter.scorers import FaceConfig, MuseumConfig
     from etl.filter.stage import FilterConfig
     from flows import stages
 
-    cfg = FilterConfig(
-        scorers=tuple(args.scorer or ("image_type", "burst")),
-        image_type_rules=args.image_type_rules,
-        faces=FaceConfig(max_side=args.face_max_side),
-        museum=MuseumConfig(model=args.museum_model, support=args.support),
-        device=args.device,
-        batch_size=args.batch_size,
-        partition_rows=args.partition_rows,
-        rescore=args.rescore,
-    )
+    cfg = from_flags(FilterConfig, args)
     _print(stages.filter_images(_catalog(args), cfg, _executor(args), dedup_run=args.dedup_run))
 
 
@@ -221,17 +175,8 @@ def cmd_shard(args) -> None:
     from etl.shards.stage import ShardConfig
     from flows import stages
 
-    cfg = ShardConfig(
-        args.version,
-        where=args.where,
-        samples_per_shard=args.samples_per_shard,
-        max_shard_bytes=args.max_shard_bytes,
-        image_size=args.image_size,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        txt_caption=args.txt_caption,
-        filters=tuple(FilterRule.parse(f) for f in args.filter or ()),
-        overwrite=args.overwrite,
+    cfg = from_flags(
+        ShardConfig, args, version=args.version, filters=tuple(FilterRule.parse(f) for f in args.filter or ())
     )
     manifest = stages.shard(
         _catalog(args),
@@ -253,7 +198,8 @@ def cmd_versions(args) -> None:
     elif args.action == "verify":
         from etl.executors import get_executor
 
-        executor = get_executor(args.executor, args.workers, args.spark_master)
+        ex = _executor(args)
+        executor = get_executor(ex.name, ex.workers, ex.spark_master)
         problems = verify_version(catalog, args.name, executor)
         for p in problems:
             print(p)
@@ -472,9 +418,15 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from etl.dedup.stage import DedupConfig
     from etl.executors import EXECUTORS
+    from etl.fetch.stage import FetchConfig
+    from etl.filter.stage import FilterConfig
+    from etl.ingest.sources import IngestConfig
+    from etl.shards.stage import ShardConfig
+    from flows.stages import ExecutorConfig
     from training.config import PRESETS
-    from warehouse.compaction import CompactionConfig as Compaction  # its defaults are the options'
+    from warehouse.compaction import CompactionConfig as Compaction
     from warehouse.contracts import CAPTION_TYPES, FILTER_SCORERS, SOURCES, TRAINING_TEXT_TYPES
     from warehouse.schemas import LAKE_TABLES
 
@@ -500,15 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
         return s
 
     def executor_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--executor", choices=EXECUTORS, default="local", help="where the work units run")
-        s.add_argument("--workers", type=int, default=2, help="local worker processes (or Spark's local[N])")
-        s.add_argument("--spark-master", help="a Spark master URL, e.g. spark://host:7077 (default local[N])")
+        ex = ExecutorConfig
+        config_flag(s, "--executor", ex, "name", "where the work units run", choices=EXECUTORS)
+        config_flag(s, "--workers", ex, "workers", "local worker processes (or Spark's local[N])")
+        config_flag(
+            s,
+            "--spark-master",
+            ex,
+            "spark_master",
+            "a Spark master URL, e.g. spark://host:7077 (default local[N])",
+        )
 
     s = command(
         "demo", "run every stage on the offline sample world, from sample_world/recipe.yaml", cmd_demo
     )
     s.add_argument("--seed", type=int, default=0, help="the sample world's seed")
-    s.add_argument("--steps", type=int, default=300, help="training steps")
+    s.add_argument("--steps", type=int, help="training steps (default: demo_flow's, 300)")
 
     s = command(
         "recipe",
@@ -547,24 +506,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("ingest", "pull a source into raw_records", cmd_ingest)
     s.add_argument("source", choices=SOURCES, help="the source to pull")
-    s.add_argument("--api-url", help="service or mirror base URL (default: the real service)")
-    s.add_argument("--path", help="a local file or folder instead of the API")
-    s.add_argument(
-        "--allow-private-hosts",
-        action="store_true",
-        help="let the API be on a private or loopback address (a LAN mirror; refused by default)",
-    )
+    ic = IngestConfig
+    config_flag(s, "--api-url", ic, "api_url", "service or mirror base URL (default: the real service)")
+    config_flag(s, "--path", ic, "path", "a local file or folder instead of the API")
+    config_flag(
+        s, "--allow-private-hosts", ic, "allow_private_hosts",
+        "let the API be on a private or loopback address (a LAN mirror; refused by default)",
+    )  # fmt: skip
     s.add_argument(
         "--param", action="append", metavar="KEY=VALUE", help="query filter passed through (repeatable)"
     )
-    s.add_argument("--limit", type=int, help="stop after this many records (default: no limit)")
-    s.add_argument("--page-size", type=int, default=300, help="records per API page")
+    config_flag(s, "--limit", ic, "limit", "stop after this many records (default: no limit)", type=int)
+    config_flag(s, "--page-size", ic, "page_size", "records per API page")
+    config_flag(s, "--max-pages", ic, "max_pages", "stop (and fail) past this many API requests in one run")
     s.add_argument("--since", help="gbif: only records (re)interpreted since this date (YYYY-MM-DD)")
-    s.add_argument(
-        "--download",
-        action="store_true",
-        help="gbif: request an asynchronous DwC-A download for the query (GBIF_USER, GBIF_PWD, GBIF_EMAIL)",
-    )
+    config_flag(
+        s, "--download", ic, "download",
+        "gbif: request an asynchronous DwC-A download for the query (GBIF_USER, GBIF_PWD, GBIF_EMAIL)",
+    )  # fmt: skip
 
     s = command("taxonomy", "backbones and name resolution", cmd_taxonomy)
     tsub = s.add_subparsers(dest="taxonomy_cmd", required=True, metavar="ACTION")
@@ -599,49 +558,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("fetch", "download, resize and hash images", cmd_fetch)
     executor_args(s)
-    s.add_argument("--threads", type=int, default=8, help="download threads per worker")
-    s.add_argument("--per-host", type=int, default=4, help="concurrent requests per host, per worker")
-    s.add_argument(
-        "--host-rate", type=float, default=20.0, help="starting requests/s per host, per worker (adapts)"
+    fc = FetchConfig
+    config_flag(s, "--threads", fc, "threads", "download threads per worker")
+    config_flag(s, "--per-host", fc, "http.per_host", "concurrent requests per host, per worker")
+    config_flag(s, "--host-rate", fc, "http.host_rate", "starting requests/s per host, per worker (adapts)")
+    config_flag(
+        s, "--partition-rows", fc, "partition_rows", "rows per work unit, each written as one lake part"
     )
-    s.add_argument(
-        "--partition-rows", type=int, default=1024, help="rows per work unit, each written as one lake part"
+    config_flag(
+        s, "--allow-private-hosts", fc, "allow_private_hosts",
+        "allow loopback and private addresses (a local mirror); refused otherwise (SSRF guard)",
+    )  # fmt: skip
+    config_flag(
+        s, "--retry-failed", fc, "retry_failed", "retry transient failures (and internal errors) only"
     )
-    s.add_argument(
-        "--allow-private-hosts",
-        action="store_true",
-        help="allow loopback and private addresses (a local mirror); refused otherwise (SSRF guard)",
-    )
-    s.add_argument(
-        "--retry-failed", action="store_true", help="retry transient failures (and internal errors) only"
-    )
-    s.add_argument(
-        "--max-internal-error-rate",
-        type=float,
-        default=0.02,
-        help="stop and fail when more than this fraction of rows end as internal_error (a bug)",
-    )
-    s.add_argument("--min-side", type=int, default=224, help="drop images whose short side is smaller")
-    s.add_argument("--max-side", type=int, default=720, help="resize so the long side is at most this")
-    s.add_argument("--pdq", action="store_true", help="also a 256-bit PDQ hash (needs the `pdq` extra)")
-    s.add_argument(
+    config_flag(
+        s, "--max-internal-error-rate", fc, "max_internal_error_rate",
+        "stop and fail when more than this fraction of rows end as internal_error (a bug)",
+    )  # fmt: skip
+    config_flag(s, "--min-side", fc, "image.min_side", "drop images whose short side is smaller")
+    config_flag(s, "--max-side", fc, "image.max_side", "resize so the long side is at most this")
+    config_flag(s, "--pdq", fc, "image.pdq", "also a 256-bit PDQ hash (needs the `pdq` extra)")
+    config_flag(
+        s,
         "--deadline",
-        type=float,
-        default=60.0,
-        help="seconds for one whole download, headers and body: a trickling server ends here",
+        fc,
+        "deadline",
+        "seconds for one whole download, headers and body: a trickling server ends here",
     )
-    s.add_argument(
-        "--max-pixels-in-flight",
-        type=int,
-        default=100_000_000,
-        help="decoded pixels processed at once per worker process (a larger image runs alone)",
-    )
-    s.add_argument(
-        "--allow-local-root",
-        action="append",
-        metavar="DIR",
-        help="read file:// URLs under DIR (e.g. the BIOSCAN-5M image tree on disk); refused otherwise",
-    )
+    config_flag(
+        s, "--max-pixels-in-flight", fc, "image.max_pixels_in_flight",
+        "decoded pixels processed at once per worker process (a larger image runs alone)",
+    )  # fmt: skip
+    config_flag(
+        s, "--allow-local-root", fc, "local_roots",
+        "read file:// URLs under DIR (e.g. the BIOSCAN-5M image tree on disk); refused otherwise",
+        action="append", metavar="DIR",
+    )  # fmt: skip
 
     s = command(
         "compact",
@@ -651,27 +604,21 @@ def build_parser() -> argparse.ArgumentParser:
         "rows. Queries running meanwhile are not disturbed: the replaced parts stay readable for --grace "
         "seconds and are deleted by a later compaction.",
     )
-    s.add_argument("--table", action="append", choices=LAKE_TABLES, help="a lake table (default: all)")
-    s.add_argument(
-        "--small-part-rows",
-        type=int,
-        default=Compaction.small_part_rows,
-        help="a part with fewer rows is small",
+    cc = Compaction
+    config_flag(
+        s, "--table", cc, "tables", "a lake table (default: all)", action="append", choices=LAKE_TABLES
     )
-    s.add_argument(
-        "--target-rows", type=int, default=Compaction.target_rows, help="rows of a merged part, at most"
+    config_flag(s, "--small-part-rows", cc, "small_part_rows", "a part with fewer rows is small")
+    config_flag(s, "--target-rows", cc, "target_rows", "rows of a merged part, at most")
+    config_flag(
+        s, "--min-small-parts", cc, "min_small_parts", "compact a folder once it holds this many small parts"
     )
-    s.add_argument(
-        "--min-small-parts",
-        type=int,
-        default=Compaction.min_small_parts,
-        help="compact a folder once it holds this many small parts",
-    )
-    s.add_argument(
+    config_flag(
+        s,
         "--grace",
-        type=float,
-        default=Compaction.grace_seconds,
-        help="seconds replaced parts stay readable for running queries (0: delete them at once)",
+        cc,
+        "grace_seconds",
+        "seconds replaced parts stay readable for running queries (0: delete them at once)",
     )
     executor_args(s)
 
@@ -684,20 +631,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--eval", action="append", metavar="NAME=PATH", help="an evaluation set to protect (repeatable)"
     )
-    s.add_argument(
+    dc = DedupConfig
+    config_flag(
+        s,
         "--replace-eval",
-        action="store_true",
-        help="let an --eval set's new hashes drop images its stored hashes hold (default: refused)",
+        dc,
+        "replace_eval",
+        "let an --eval set's new hashes drop images its stored hashes hold",
     )
-    s.add_argument("--near-k", type=int, default=6, help="pHash Hamming distance of a near duplicate (0-15)")
-    s.add_argument(
-        "--leak-k", type=int, default=8, help="pHash Hamming distance of an evaluation leak (0-15)"
-    )
-    s.add_argument(
-        "--pdq-leak-k",
+    config_flag(s, "--near-k", dc, "near_k", "pHash Hamming distance of a near duplicate (0-15)")
+    config_flag(s, "--leak-k", dc, "leak_k", "pHash Hamming distance of an evaluation leak (0-15)")
+    config_flag(
+        s, "--pdq-leak-k", dc, "pdq_leak_k",
+        "also a PDQ leak check at this distance of 256 bits (the paper: 10; needs images fetched with --pdq)",
         type=int,
-        help="also a PDQ leak check at this distance of 256 bits (the paper: 10; needs images fetched with --pdq)",
-    )
+    )  # fmt: skip
     s.add_argument(
         "--eval-eol-pages",
         action="append",
@@ -715,29 +663,30 @@ def build_parser() -> argparse.ArgumentParser:
     text = "score the images the latest (or --dedup-run) dedup run kept"
     f = fsub.add_parser("run", help=text, description=text, formatter_class=fmt)
     f.set_defaults(fn=cmd_filter_run)
-    f.add_argument(
-        "--scorer",
-        action="append",
-        choices=FILTER_SCORERS,
-        help="a scorer to run (repeatable; default image_type and burst; image_type always runs)",
+    fl = FilterConfig
+    config_flag(
+        f, "--scorer", fl, "scorers", "a scorer to run (repeatable; default image_type and burst; image_type always runs)",
+        action="append", choices=FILTER_SCORERS,
+    )  # fmt: skip
+    config_flag(
+        f,
+        "--image-type-rules",
+        fl,
+        "image_type_rules",
+        "an image-type rules file (default: etl/filter/image_types.yaml)",
     )
-    f.add_argument(
-        "--image-type-rules", help="an image-type rules file (default: etl/filter/image_types.yaml)"
+    config_flag(f, "--face-max-side", fl, "faces.max_side", "faces: scale images to this long side first")
+    config_flag(
+        f, "--museum-model", fl, "museum.model",
+        "museum_category: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
+    )  # fmt: skip
+    config_flag(
+        f, "--support", fl, "museum.support", "museum_category: the support set", type=_name("support set")
     )
-    f.add_argument(
-        "--face-max-side", type=int, default=224, help="faces: scale images to this long side first"
-    )
-    f.add_argument(
-        "--museum-model",
-        help="museum_category: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
-    )
-    f.add_argument(
-        "--support", default="museum", type=_name("support set"), help="museum_category: the support set"
-    )
-    f.add_argument("--device", default="cpu", help="torch device of the image scorers (cpu, cuda, cuda:1)")
-    f.add_argument("--batch-size", type=int, default=16, help="images per scorer call")
-    f.add_argument("--partition-rows", type=int, default=256, help="images per work unit (one lake part)")
-    f.add_argument("--rescore", action="store_true", help="score again images that have a score already")
+    config_flag(f, "--device", fl, "device", "torch device of the image scorers (cpu, cuda, cuda:1)")
+    config_flag(f, "--batch-size", fl, "batch_size", "images per scorer call")
+    config_flag(f, "--partition-rows", fl, "partition_rows", "images per work unit (one lake part)")
+    config_flag(f, "--rescore", fl, "rescore", "score again images that have a score already")
     f.add_argument("--dedup-run", help="the dedup run whose kept images to score (default: the latest)")
     executor_args(f)
     text = "embed a support folder (one sub-folder of images per category) and store k centroids per category"
@@ -757,20 +706,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("shard", "write a dataset version as WebDataset shards", cmd_shard)
     s.add_argument("--version", required=True, type=_name("version"), help="the new version's name")
-    s.add_argument("--where", help="SQL filter over lineage/record columns, e.g. kingdom = 'Animalia'")
-    s.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per tar shard")
-    s.add_argument("--max-shard-bytes", type=int, default=1 << 30, help="a shard closes at this size")
-    s.add_argument("--image-size", type=int, help="squash-resize images to this size (default: as fetched)")
-    s.add_argument("--val-fraction", type=float, default=0.05, help="share of samples in the val split")
-    s.add_argument("--seed", type=int, default=0, help="seed of the split and of the sample order")
-    s.add_argument(
+    sc = ShardConfig
+    config_flag(
+        s, "--where", sc, "where", "SQL filter over lineage/record columns, e.g. kingdom = 'Animalia'"
+    )
+    config_flag(s, "--samples-per-shard", sc, "samples_per_shard", "samples per tar shard")
+    config_flag(s, "--max-shard-bytes", sc, "max_shard_bytes", "a shard closes at this size")
+    config_flag(
+        s,
+        "--image-size",
+        sc,
+        "image_size",
+        "squash-resize images to this size (default: as fetched)",
+        type=int,
+    )
+    config_flag(s, "--val-fraction", sc, "val_fraction", "share of samples in the val split")
+    config_flag(s, "--seed", sc, "seed", "seed of the split and of the sample order")
+    config_flag(
+        s,
         "--txt-caption",
-        default="taxon_com",
+        sc,
+        "txt_caption",
+        "caption type also written as plain `txt`",
         choices=CAPTION_TYPES,
-        help="caption type also written as plain `txt`",
     )
     executor_args(s)
-    s.add_argument("--overwrite", action="store_true", help="replace an existing version of this name")
+    config_flag(s, "--overwrite", sc, "overwrite", "replace an existing version of this name")
     s.add_argument("--dedup-run", help="the dedup run whose kept images to shard (default: the latest)")
     s.add_argument("--resolve-run", help="the resolve run whose names label them (default: the latest)")
     s.add_argument(

@@ -1,5 +1,6 @@
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,58 @@ def test_cli_logging_follows_stderr_when_it_is_replaced(monkeypatch):
     _logging("INFO")
     logging.getLogger("tol.unit").info("stage said this")
     assert second.getvalue().count("stage said this") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "cls", "required"),
+    [
+        (["fetch"], "etl.fetch.stage.FetchConfig", {}),
+        (["dedup"], "etl.dedup.stage.DedupConfig", {}),
+        (["compact"], "warehouse.compaction.CompactionConfig", {}),
+        (["filter", "run"], "etl.filter.stage.FilterConfig", {}),
+        (["shard", "--version", "v"], "etl.shards.stage.ShardConfig", {"version": "v"}),
+        (["ingest", "gbif"], "etl.ingest.sources.IngestConfig", {"source": "gbif"}),
+        (["fetch"], "flows.stages.ExecutorConfig", {}),
+    ],
+)
+def test_a_command_without_flags_runs_its_configs_defaults(argv, cls, required):
+    """A default is written once, in the config dataclass: no flag restates it."""
+    import importlib
+
+    from flows.cli import build_parser
+    from flows.flags import from_flags
+
+    module, name = cls.rsplit(".", 1)
+    config = getattr(importlib.import_module(module), name)
+    args = build_parser().parse_args(argv)
+    assert from_flags(config, args, **required) == config(**required)
+
+
+def test_every_config_flag_shows_its_fields_default():
+    from flows.cli import build_parser
+    from flows.flags import FLAGS, field_default
+
+    build_parser()
+    assert len(FLAGS) >= 40
+    for flag in FLAGS:
+        default = field_default(flag.cls, flag.path)
+        if default not in (None, False, (), []):
+            assert flag.help.endswith(f"(default: {default})"), flag
+
+
+def test_the_cli_restates_no_config_default():
+    """No `add_argument` in the CLI carries a default that is also a config field's (the old 25 did)."""
+    text = (Path(__file__).parents[1] / "flows" / "cli.py").read_text()
+    for restated in (
+        "default=6,",
+        "default=1024",
+        "default=224",
+        "default=720",
+        "default=0.05",
+        "default=10_000",
+        "default=60.0",
+        "default=100_000_000",
+        "default=0.02",
+        "default=300,",
+    ):
+        assert restated not in text, restated  # fmt: skip
