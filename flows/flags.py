@@ -38,8 +38,9 @@ def field_default(cls: type, path: str) -> Any:
         value = f.default_factory()
     else:
         raise AttributeError(f"{cls.__name__}.{head} has no default: give it as an argument, not a flag")
+    # A nested field's default is that of the outer default instance (FetchConfig.http is IMAGE_HOSTS).
     for part in rest.split(".") if rest else ():
-        value = getattr(value, part)  # the nested config's own default instance (FetchConfig.http: IMAGE_HOSTS)
+        value = getattr(value, part)
     return value
 
 

@@ -8,7 +8,6 @@ disambiguated by the record's higher ranks; when they cannot be, the resolver do
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +24,7 @@ from taxonomy.names import INCERTAE_SEDIS, canonical_name, normalize_kingdom, pa
 from warehouse.catalog import Catalog
 from warehouse.contracts import HIGHER_RANKS, RANKS
 from warehouse.schemas import RESOLUTIONS
-from warehouse.stage_runs import StageRun
+from warehouse.stage_runs import StageRun, succeeded_runs
 
 HIGHER = ("phylum", "class", "order", "family")
 FALLBACK_RANKS = ("genus", "family", "order", "class", "phylum", "kingdom")
@@ -362,14 +361,9 @@ USABLE = "SELECT * FROM raw_records WHERE drop_reason IS NULL"
 def _base_run(catalog: Catalog, config: dict) -> tuple[str, list[str]] | None:
     """The latest succeeded resolve run of the same configuration, and its chain (itself, then the runs it
     carried answers from): what an incremental run reuses."""
-    rows = catalog.query_arrow(
-        "SELECT run_id, config, details FROM stage_runs WHERE stage = 'resolve' AND status = 'succeeded'"
-        " ORDER BY ended_at DESC, run_id DESC"
-    ).to_pylist()
-    for row in rows:
-        if json.loads(row["config"] or "{}") == config:
-            chain = json.loads(row["details"] or "{}").get("chain") or [row["run_id"]]
-            return row["run_id"], chain
+    for run in succeeded_runs(catalog, "resolve"):
+        if run.config == config:
+            return run.run_id, run.chain
     return None
 
 

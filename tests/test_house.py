@@ -108,7 +108,9 @@ def test_no_two_rooms_import_each_other():
     graph = _room_graph()
     cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and a in graph.get(b, set()))
     assert cycles == []
-    assert "etl" not in graph.get("evaluation", set()), "evaluation imports etl: the arrow runs etl -> evaluation"
+    assert "etl" not in graph.get("evaluation", set()), (
+        "evaluation imports etl: the arrow runs etl -> evaluation"
+    )
 
 
 CATALOG_TABLES = [

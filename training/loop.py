@@ -132,14 +132,14 @@ class RunExistsError(RuntimeError):
 
 
 def _status(catalog: Catalog, run_id: str) -> str | None:
-    with catalog.connect(read_only=True) as con:
+    with catalog.connect() as con:
         row = con.execute("SELECT status FROM training_runs WHERE run_id = ?", [run_id]).fetchone()
     return row[0] if row else None
 
 
 def finished_summary(catalog: Catalog, run_id: str) -> dict[str, Any]:
     """What `train` returned for a run that succeeded, read back from `training_runs`."""
-    with catalog.connect(read_only=True) as con:
+    with catalog.connect() as con:
         export, steps, metrics = con.execute(
             "SELECT export_path, steps, metrics FROM training_runs WHERE run_id = ?", [run_id]
         ).fetchone()

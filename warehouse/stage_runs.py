@@ -170,20 +170,39 @@ _FIRST_STEP = {
 }
 
 
+@dataclass(frozen=True)
+class SucceededRun:
+    run_id: str
+    config: dict[str, Any]
+    details: dict[str, Any]
+
+    @property
+    def chain(self) -> list[str]:
+        """The runs this one stands for (itself, then those an incremental run carried rows from)."""
+        return self.details.get("chain") or [self.run_id]
+
+
+def succeeded_runs(catalog: Catalog, stage: str) -> list[SucceededRun]:
+    """The succeeded runs of `stage`, newest first: the one reading of "the latest run of X"."""
+    with catalog.connect() as con:
+        rows = con.execute(
+            "SELECT run_id, config, details FROM stage_runs WHERE stage = ? AND status = 'succeeded'"
+            " ORDER BY ended_at DESC, run_id DESC",
+            [stage],
+        ).fetchall()
+    return [SucceededRun(r, json.loads(c or "{}"), json.loads(d or "{}")) for r, c, d in rows]
+
+
 def succeeded_run(catalog: Catalog, stage: str, run_id: str | None = None) -> str:
     """`run_id` checked to be a succeeded run of `stage`, or (None) the latest succeeded one. This is how
     a stage's inputs are chosen: once, by the caller, then passed on and recorded."""
+    if run_id is None:
+        runs = succeeded_runs(catalog, stage)
+        if not runs:
+            how = _FIRST_STEP.get(stage, f"the {stage} stage")
+            raise LookupError(f"no successful {stage} run: run `{how}` first")
+        return runs[0].run_id
     with catalog.connect() as con:
-        if run_id is None:
-            rows = con.execute(
-                "SELECT run_id FROM stage_runs WHERE stage = ? AND status = 'succeeded'"
-                " ORDER BY ended_at DESC, run_id DESC LIMIT 1",
-                [stage],
-            ).fetchall()
-            if not rows:
-                how = _FIRST_STEP.get(stage, f"the {stage} stage")
-                raise LookupError(f"no successful {stage} run: run `{how}` first")
-            return rows[0][0]
         rows = con.execute("SELECT stage, status FROM stage_runs WHERE run_id = ?", [run_id]).fetchall()
     if not rows:
         raise LookupError(f"no stage run {run_id!r} in the catalog")

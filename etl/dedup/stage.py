@@ -15,7 +15,6 @@ bits, from blank or uniform images) are flagged and never clustered.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import SOURCES, check_name, is_image_name
 from warehouse.lake import export_part
 from warehouse.schemas import EVAL_HASHES, EVAL_IDS
-from warehouse.stage_runs import StageRun
+from warehouse.stage_runs import StageRun, succeeded_runs
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,7 @@ def hash_eval_set(
 
 def _dropped_eval_images(catalog: Catalog, name: str, paths: set[str]) -> list[str]:
     """The stored images of set `name` that `paths` no longer holds, sorted."""
-    with catalog.connect(read_only=True) as con:
+    with catalog.connect() as con:
         stored = con.execute("SELECT DISTINCT path FROM eval_hashes WHERE eval_set = ?", [name]).fetchall()
     return sorted(p for (p,) in stored if p not in paths)
 
@@ -268,13 +267,8 @@ def _priority_sql(config: DedupConfig) -> str:
 
 def _base_run(catalog: Catalog) -> tuple[str, list[str]] | None:
     """The latest succeeded dedup run and its chain (itself, then the runs whose decisions it carried)."""
-    rows = catalog.query_arrow(
-        "SELECT run_id, details FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'"
-        " ORDER BY ended_at DESC, run_id DESC LIMIT 1"
-    ).to_pylist()
-    if not rows:
-        return None
-    return rows[0]["run_id"], json.loads(rows[0]["details"] or "{}").get("chain") or [rows[0]["run_id"]]
+    runs = succeeded_runs(catalog, "dedup")
+    return (runs[0].run_id, runs[0].chain) if runs else None
 
 
 def run_dedup(catalog: Catalog, config: DedupConfig | None = None, *, full: bool = False) -> dict:

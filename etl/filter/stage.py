@@ -36,7 +36,7 @@ from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import FILTER_SCORERS
 from warehouse.lake import read_image_blobs, read_rows, write_part
 from warehouse.schemas import FILTER_SCORES
-from warehouse.stage_runs import StageRun
+from warehouse.stage_runs import StageRun, succeeded_runs
 
 log = logging.getLogger("tol.filter")
 
@@ -299,15 +299,9 @@ def run_filter(
 def latest_filter_run(catalog: Catalog, dedup_run: str, scorers: set[str]) -> str:
     """The latest succeeded filter run over `dedup_run` that ran every one of `scorers` (a version's rules
     need their scores for every sample they cover); a clear error when there is none."""
-    with catalog.connect() as con:
-        rows = con.execute(
-            """SELECT run_id, config FROM stage_runs WHERE stage = 'filter' AND status = 'succeeded'
-               ORDER BY ended_at DESC, run_id DESC"""
-        ).fetchall()
-    for run_id, config in rows:
-        c = json.loads(config or "{}")
-        if c.get("dedup_run") == dedup_run and scorers <= set(c.get("scorers") or ()):
-            return run_id
+    for run in succeeded_runs(catalog, "filter"):
+        if run.config.get("dedup_run") == dedup_run and scorers <= set(run.config.get("scorers") or ()):
+            return run.run_id
     need = " ".join(f"--scorer {s}" for s in sorted(scorers | {"image_type"}))
     raise LookupError(
         f"no filter run scored the images of dedup run {dedup_run} with {', '.join(sorted(scorers))}: "

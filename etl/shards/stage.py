@@ -114,7 +114,7 @@ class VersionInUseError(RuntimeError):
 def refuse_if_training(catalog: Catalog, version: str) -> None:
     """Refuse to overwrite `version` while a training run reads it: its lock is held (a killed run's is not,
     so a stale `running` row does not block)."""
-    with catalog.connect(read_only=True) as con:
+    with catalog.connect() as con:
         rows = con.execute(
             "SELECT run_id FROM training_runs WHERE version = ? AND status = 'running'", [version]
         ).fetchall()
