@@ -101,3 +101,27 @@ def test_a_home_without_a_work_folder_can_spill(catalog):
             "SELECT count(*) FROM (SELECT i, md5(i::VARCHAR) AS s FROM range(3000000) t(i) ORDER BY s)"
         ).fetchone()[0]
     assert n == 3_000_000
+
+
+def test_every_history_table_has_a_current_view_and_an_as_of_macro(curated):
+    from warehouse.views import HISTORY_VIEWS
+
+    runs = {
+        r["stage"]: r["run_id"]
+        for r in curated.query_arrow(
+            "SELECT stage, min(run_id) AS run_id FROM stage_runs WHERE status = 'succeeded' GROUP BY stage"
+        ).to_pylist()
+    }
+    for v in HISTORY_VIEWS:
+        n = curated.query_arrow(f"SELECT count(*) AS n FROM {v.view}").to_pylist()[0]["n"]
+        if v.stage not in runs:
+            continue
+        pinned = curated.query_arrow(
+            f"SELECT count(*) AS n FROM {v.view}_as_of(?)", [runs[v.stage]]
+        ).to_pylist()[0]["n"]
+        assert 0 < pinned <= n, v.view
+    # The first ingest run stands for its own source's records only; all four together are the view.
+    first = curated.query_arrow(
+        "SELECT count(DISTINCT source) AS n FROM raw_records_as_of(?)", [runs["ingest"]]
+    ).to_pylist()[0]["n"]
+    assert first == 1

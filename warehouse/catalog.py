@@ -21,7 +21,8 @@ import pyarrow as pa
 from warehouse.contracts import DROP_REASONS
 from warehouse.lake import PART_ROW_GROUP_ROWS, part_path, typed_select, write_part
 from warehouse.locks import mark_interrupted
-from warehouse.schemas import BUILD_PLAN, IMAGES, LAKE_TABLES, RAW_RECORDS, duckdb_type
+from warehouse.schemas import BUILD_PLAN, LAKE_TABLES, duckdb_type
+from warehouse.views import register_history_views
 
 # Each migration is applied once, in order, inside a transaction; never edit an applied one, append.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -447,7 +448,7 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-VIEWS_VERSION = 8  # bump when a view's SQL below changes (schemas and drop reasons are fingerprinted)
+VIEWS_VERSION = 9  # bump when a view's SQL (here or in warehouse/views.py) changes (schemas and drop reasons are fingerprinted)
 
 
 def _views_state(home: Path) -> str:
@@ -488,76 +489,8 @@ def register_lake_views(con: duckdb.DuckDBPyConnection, home: Path, *, force: bo
     migrate(con, home)
     for name, spec in LAKE_TABLES.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {_source_select(home, spec.pattern, spec.schema)}")
-    raw_cols = ", ".join(f'"{f.name}"' for f in RAW_RECORDS)
-    # Current state = latest row per key; history keeps every payload version for audit.
-    con.execute(
-        f"""CREATE OR REPLACE VIEW raw_records AS
-        SELECT {raw_cols} FROM raw_records_history
-        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY ingested_at DESC, run_id DESC) = 1"""
-    )
-    con.execute(
-        """CREATE OR REPLACE VIEW resolutions AS
-        SELECT * FROM resolutions_history
-        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY run_id DESC) = 1"""
-    )
-    # What a resolve run stands for: the newest answer per record over its chain (itself, then the runs an
-    # incremental run carried answers from, in `stage_runs.details.chain`); a full run's chain is itself.
-    con.execute(
-        """CREATE OR REPLACE MACRO resolutions_as_of(for_run) AS TABLE
-        SELECT h.* FROM resolutions_history h,
-             (SELECT CASE WHEN len(c) > 0 THEN c ELSE [run_id] END AS chain
-              FROM (SELECT run_id, json_extract_string(details, '$.chain[*]') AS c
-                    FROM stage_runs WHERE run_id = for_run)) k
-        WHERE list_contains(k.chain, h.run_id)
-        QUALIFY row_number() OVER (PARTITION BY h.record_id ORDER BY list_position(k.chain, h.run_id)) = 1"""
-    )
-    image_cols = ", ".join(f'"{f.name}"' for f in IMAGES)
-    con.execute(
-        f"""CREATE OR REPLACE VIEW images AS
-        SELECT {image_cols} FROM images_history
-        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
-    )
-    # Where each record's current image lies; `warehouse.lake.read_image_blobs` reads the bytes.
-    con.execute(
-        """CREATE OR REPLACE VIEW image_locations AS
-        SELECT record_id, blob, blob_offset, bytes FROM images_history WHERE status = 'ok'
-        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY fetched_at DESC, run_id DESC) = 1"""
-    )
-    # Dedup the same way: a run writes only the decisions that differ from its base run's, and a row with
-    # `kept` NULL for a record that is no longer a candidate; `dedup_decisions` is what the latest run stands for.
-    con.execute(
-        """CREATE OR REPLACE MACRO dedup_decisions_as_of(for_run) AS TABLE
-        SELECT * FROM (
-            SELECT h.* FROM dedup_decisions_history h,
-                 (SELECT CASE WHEN len(c) > 0 THEN c ELSE [run_id] END AS chain
-                  FROM (SELECT run_id, json_extract_string(details, '$.chain[*]') AS c
-                        FROM stage_runs WHERE run_id = for_run)) k
-            WHERE list_contains(k.chain, h.run_id)
-            QUALIFY row_number() OVER (PARTITION BY h.record_id ORDER BY list_position(k.chain, h.run_id)) = 1)
-        WHERE kept IS NOT NULL"""
-    )
-    con.execute(
-        """CREATE OR REPLACE VIEW dedup_decisions AS SELECT * FROM dedup_decisions_as_of((
-            SELECT run_id FROM stage_runs WHERE stage = 'dedup' AND status = 'succeeded'
-            ORDER BY ended_at DESC, run_id DESC LIMIT 1))"""
-    )
-    # The current score of each image by each scorer: the latest run's (a rescore with a new model wins).
-    con.execute(
-        """CREATE OR REPLACE VIEW filter_scores AS
-        SELECT * FROM filter_scores_history
-        QUALIFY row_number() OVER (PARTITION BY record_id, scorer ORDER BY scored_at DESC, run_id DESC) = 1"""
-    )
-    # The scores a filter run stands for: per image and scorer the newest score written by that run or a
-    # succeeded filter run that started before it (runs score only what is not scored yet, so a pinned run's
-    # scores are spread over its predecessors); scores written later, by newer runs, are not seen.
-    con.execute(
-        """CREATE OR REPLACE MACRO filter_scores_as_of(for_run) AS TABLE
-        SELECT h.* FROM filter_scores_history h
-        WHERE h.run_id = for_run OR h.run_id IN (
-            SELECT r.run_id FROM stage_runs r, (SELECT started_at FROM stage_runs WHERE run_id = for_run) a
-            WHERE r.stage = 'filter' AND r.status = 'succeeded' AND r.started_at < a.started_at)
-        QUALIFY row_number() OVER (PARTITION BY h.record_id, h.scorer ORDER BY h.scored_at DESC, h.run_id DESC) = 1"""
-    )
+    # Current state = latest row per key, and what one run stands for (`<view>_as_of(run)`): warehouse/views.py.
+    register_history_views(con)
     reasons = ", ".join(
         "(" + ", ".join(_sql_str(v) for v in (key, r.stage, r.meaning)) + ")"
         for key, r in DROP_REASONS.items()
