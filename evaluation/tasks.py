@@ -353,6 +353,28 @@ def adhoc_task(
     )
 
 
+def heldout_name(version: str) -> str:
+    return f"heldout-{version}"
+
+
+def heldout_task(catalog: Catalog, version: str) -> Task:
+    """Zero-shot on a dataset version's own held-out (val) split, its shards as written: top-1/top-5 at
+    species and the accuracy at each rank (the version carries every caption type). A version without a
+    val split has nothing held out: a clear error."""
+    from warehouse.versions import shard_urls
+
+    urls = shard_urls(catalog, check_name("version", version), "val")
+    if not urls:
+        raise LookupError(f"version {version} has no held-out (val) shards to evaluate on (val_fraction 0?)")
+    return Task(
+        name=heldout_name(version),
+        path=str(Path(urls[0]).parent),
+        protocol="zero_shot",
+        adapter="webdataset",
+        text_type="taxon",
+    )
+
+
 def compare(catalog: Catalog, models: list[str] | None = None) -> list[dict[str, Any]]:
     """Latest value of each (task, metric) per model or run, one row per metric, models as columns."""
     rows = catalog.query_arrow(

@@ -30,7 +30,7 @@ from etl.filter.rules import FilterRule
 from etl.filter.stage import FilterConfig
 from etl.ingest.sources import IngestConfig
 from etl.shards.stage import ShardConfig
-from evaluation.tasks import compare
+from evaluation.tasks import compare, heldout_name, heldout_task
 from flows import stages
 from flows.recipe import SourcePull
 from flows.stages import ExecutorConfig
@@ -376,7 +376,8 @@ def train_flow(
         batch_size: biology images per step and device (default: the preset's).
         devices: processes (GPUs) for data-parallel training through torchrun.
         overrides: any other TrainConfig key, e.g. {"lr": 0.0005, "log_every": 10}.
-        evaluate_tasks: registered evaluation tasks to run on the trained model (none: evaluation skipped).
+        evaluate_tasks: registered evaluation tasks to run on the trained model (none: zero-shot on the
+            version's own held-out split, at species and each rank).
         registry: an extra task registry YAML file for `evaluate_tasks`.
         training_slots: runs that may train at once on this server (the global concurrency limit
             `tol-training`, created with this many slots when missing; change it with `prefect gcl update`).
@@ -423,7 +424,12 @@ def train_flow(
                 recipe_sha256=recipe_sha256,
             )
         else:
-            log.warning("no evaluate_tasks given: the trained model was not evaluated")
+            # Every run gets a number: zero-shot on the version's own held-out split (species and each
+            # rank), beside the previous run scored on it.
+            log.info("no evaluate_tasks given: evaluating on %s's held-out split", cfg.dataset_version)
+            result["evaluation"] = evaluate_flow(
+                home, model=result["run_id"], heldout_version=cfg.dataset_version, recipe_sha256=recipe_sha256
+            )
         return result
 
 
@@ -496,10 +502,24 @@ def previous_training_run(catalog: Catalog, run_id: str, tasks: list[str]) -> st
     return rows[0]["run_id"] if rows else None
 
 
+def _chosen_tasks(
+    catalog: Catalog, tasks: list[str] | None, registry: str | None, heldout_version: str | None
+) -> list[Any]:
+    """Registered tasks by name (the sample world's four when neither they nor a held-out version is
+    given), then the held-out split of `heldout_version`."""
+    chosen = stages.registered_tasks(tasks, registry) if tasks else []
+    if heldout_version:
+        chosen.append(heldout_task(catalog, heldout_version))
+    return chosen or stages.registered_tasks(SAMPLE_TASKS, registry)
+
+
 @task(cache_policy=NONE, **CURATION_RETRIES)
-def evaluate_task(home: str, model: str, tasks: list[str], registry: str | None) -> list[dict[str, Any]]:
-    chosen = stages.registered_tasks(tasks, registry)
-    return stages.evaluate(open_catalog(home), model, chosen, progress=False)
+def evaluate_task(
+    home: str, model: str, tasks: list[str], registry: str | None, heldout_version: str | None = None
+) -> list[dict[str, Any]]:
+    catalog = open_catalog(home)
+    chosen = _chosen_tasks(catalog, tasks, registry, heldout_version)
+    return stages.evaluate(catalog, model, chosen, progress=False)
 
 
 @flow(name="evaluate", log_prints=True)
@@ -509,6 +529,7 @@ def evaluate_flow(
     tasks: list[str] | None = None,
     registry: str | None = None,
     compare_with: str | None = None,
+    heldout_version: str | None = None,
     recipe_sha256: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run registered tasks on a model; the `evaluate-summary` table puts it beside `compare_with` (for a
@@ -520,13 +541,20 @@ def evaluate_flow(
         tasks: registered task names (evaluation/tasks.yaml); default the sample world's four.
         registry: an extra task registry YAML file.
         compare_with: a run id or model whose stored results stand beside this one's.
+        heldout_version: also zero-shot on this dataset version's own held-out (val) split, at species
+            and at each rank (what a training run without evaluation tasks is scored on).
         recipe_sha256: the recipe that drives this run.
     """
     home = operator_home(home)
+    if heldout_version:
+        check_name("version", heldout_version)
     with stage_logs_to_prefect(), driven_by(recipe_sha256):
         catalog = open_catalog(home)
-        chosen = stages.registered_tasks(tasks or SAMPLE_TASKS, registry)
-        results = evaluate_task(home, model, [t.name for t in chosen], registry)
+        chosen = _chosen_tasks(catalog, tasks, registry, heldout_version)
+        registered = [
+            t.name for t in chosen if not (heldout_version and t.name == heldout_name(heldout_version))
+        ]
+        results = evaluate_task(home, model, registered, registry, heldout_version)
         by_task = {t.name: r for t, r in zip(chosen, results, strict=True)}
         other = compare_with or previous_training_run(catalog, model, [t.name for t in chosen])
         before: dict[tuple[str, str], float] = {}

@@ -78,7 +78,7 @@ class SourcePull:
 
 @dataclass(frozen=True)
 class EvaluateSettings:
-    """Registered evaluation tasks run after each training run (none: evaluation is skipped, and said)."""
+    """Registered evaluation tasks run after each training run (none: the version's held-out split)."""
 
     tasks: tuple[str, ...] = ()
     registry: str | None = None

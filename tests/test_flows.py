@@ -198,7 +198,7 @@ def test_quick_run_defaults_take_the_latest_version_and_say_replay_is_off(curate
     from flows.pipeline import LATEST, train_config
     from tests.conftest import log_lines
 
-    with log_lines("tol.flows", logging.WARNING) as lines:
+    with log_lines("tol.train", logging.WARNING) as lines:  # training.config says it, for every caller
         cfg = train_config(curated, "cpu-tiny", LATEST, {})
     assert cfg.dataset_version == "t1" and cfg.replay_batch_size == 0 and cfg.replay_path is None
     assert any(line.startswith("replay off: preset cpu-tiny asks for 8") for line in lines), lines
@@ -223,3 +223,26 @@ def test_curation_tasks_retry_a_busy_catalog_and_nothing_else():
         t.retries == 2 and t.retry_condition_fn is retry_when_busy
         for t in (fetch_task, dedup_task, evaluate_task)
     )
+
+
+def test_a_training_run_without_tasks_is_scored_on_its_versions_heldout_split(prefect_harness, home_copy):
+    """Every run gets a number: with no evaluate_tasks, zero-shot on the version's own val split (species
+    and each rank), stored in eval_results under the task `heldout-<version>`."""
+    from flows.pipeline import train_flow
+    from tests.test_training import MICRO
+
+    overrides = {
+        "model_cfg": MICRO,
+        "batch_size": 8,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "checkpoint_every": 2,
+    }
+    out = train_flow(str(home_copy.home), dataset_version="t1", steps=2, overrides=overrides)
+    scores = out["evaluation"]["heldout-t1"]
+    assert scores["n"] > 0 and 0.0 <= scores["zero_shot_taxon_top1"] <= 1.0
+    rows = home_copy.query_arrow(
+        "SELECT DISTINCT metric FROM eval_results WHERE task = 'heldout-t1' AND run_id = ?", [out["run_id"]]
+    ).to_pylist()
+    metrics = {r["metric"] for r in rows}
+    assert "zero_shot_taxon_top1" in metrics and "zero_shot_taxon_rank_acc_genus" in metrics, metrics
