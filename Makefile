@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 HOME_DIR ?= tol-data
 
-.PHONY: help install browser peers demo test test-fast lint bench serve clean
+.PHONY: help install system-deps peers demo test test-fast lint bench serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,16 +24,20 @@ install: $(STAMP)  ## create the venv and install everything (cached by pyprojec
 demo: $(STAMP)  ## run every stage on the offline sample world under $(HOME_DIR)
 	$(BIN)/tol --home $(HOME_DIR) demo
 
-# The browser test (tests/test_ui.py) drives Debian's Chromium through Playwright: installed when missing and
-# apt-get can (root, or sudo without a password); otherwise that test says what to install.
-browser:  ## install Debian's chromium for the browser test, when missing and possible
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian packages the tests drive: chromium (the browser test, tests/test_ui.py, through Playwright) and
+# postgresql (Prefect on a real database, tests/test_postgres.py). Installed when missing and apt-get can (root,
+# or sudo without a password); otherwise those tests say what to install.
+SYSTEM_DEPS_MISSING = $(shell command -v chromium >/dev/null 2>&1 || echo chromium) \
+                      $(shell ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql)
+
+system-deps:  ## install the Debian packages the tests need (chromium, postgresql), when missing and possible
+	@missing="$(strip $(SYSTEM_DEPS_MISSING))"; [ -z "$$missing" ] || { \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; } \
-	  || echo "make: could not install chromium; tests/test_ui.py will say so"; }
+	  $$SUDO apt-get install -y -q $$missing || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; } \
+	  || echo "make: could not install $$missing; the tests that need them will say so"; }
 
-test: $(STAMP) browser  ## run the whole test suite (installs chromium first when it can)
+test: $(STAMP) system-deps  ## run the whole test suite (installs chromium and postgresql first when it can)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)  ## tests without the slow, spark and prefect markers
