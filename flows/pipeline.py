@@ -289,6 +289,7 @@ def curate_flow(
                 out["resolve"]["run_id"],
                 out["filter"]["run_id"] if "filter" in out else None,
             )
+            refresh_train_choices(open_catalog(home))
         create_markdown_artifact(
             key="curate-summary", markdown=_stage_table(out), description="Curation counts"
         )
@@ -328,6 +329,42 @@ def latest_version(catalog: Catalog) -> str:
             "`tol shard --version NAME`, or `tol recipe run FILE`)"
         )
     return versions[-1]["version"]
+
+
+TRAIN_DEPLOYMENT = "train/train"
+
+
+def version_choices(catalog: Catalog) -> list[str]:
+    """What the train form offers: `latest` (the newest when the run starts), then every version, newest first."""
+    return list(dict.fromkeys([LATEST, *(v["version"] for v in reversed(list_versions(catalog)))]))
+
+
+def refresh_train_choices(catalog: Catalog, extra: tuple[str, ...] = ()) -> list[str] | None:
+    """Make the train deployment's `dataset_version` choices the versions that exist now (and `extra`, a
+    recipe's planned version), so a version built after the server started is offered in the form, not only
+    in its JSON view. Called after every build of the curate flow and at the start of each training run; a
+    server without the deployment, or out of reach, is left alone (logged), never a failed run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    choices = list(dict.fromkeys([*version_choices(catalog), *extra]))
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(TRAIN_DEPLOYMENT)
+            schema = dict(deployment.parameter_openapi_schema or {})
+            prop = (schema.get("properties") or {}).get("dataset_version")
+            if prop is None or prop.get("enum") == choices:
+                return choices
+            prop["enum"] = choices
+            client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=schema))
+    except ObjectNotFound:
+        return None
+    except Exception as exc:  # the form's list is a convenience; the flow checks the version exists
+        log.warning("the train form's version choices were not refreshed: %s", exc)
+        return None
+    log.info("train form: dataset_version choices now %s", ", ".join(choices))
+    return choices
 
 
 def train_config(catalog: Catalog, preset: str, version: str, values: dict[str, Any]) -> Any:
@@ -392,6 +429,7 @@ def train_flow(
         if dataset_version not in ("", LATEST):
             check_name("version", dataset_version)  # before the home is opened (and perhaps created)
         catalog = open_catalog(home)
+        refresh_train_choices(catalog)
         values = {
             k: v
             for k, v in {

@@ -96,9 +96,8 @@ def build_deployments(
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
-    from flows.pipeline import LATEST, curate_flow, evaluate_flow, ingest_flow, train_flow
+    from flows.pipeline import curate_flow, evaluate_flow, ingest_flow, train_flow, version_choices
     from warehouse.catalog import open_catalog
-    from warehouse.versions import list_versions
 
     home = str(Path(home).resolve())
     params = _parameters(home, recipe, training_slots)
@@ -117,15 +116,16 @@ def build_deployments(
         **kind,
     )
     # The form offers `latest` (the newest version when the run starts), the recipe's version and the
-    # versions built when the server started as choices. The server does not enforce that list (a version
-    # built later is still accepted from the form's JSON view); the flow checks the version exists.
+    # versions built so far as choices; each curate build and each training run refreshes the list on the
+    # server (`flows.pipeline.refresh_train_choices`). The server does not enforce it (a version typed in the
+    # form's JSON view is accepted); the flow checks the version exists.
     train = train_flow.to_deployment(
         name="train", parameters=params["train"], enforce_parameter_schema=False, **kind
     )
-    built = [v["version"] for v in reversed(list_versions(open_catalog(home)))]
     planned = [recipe.spec.curate.shard.version] if recipe and recipe.spec.curate.shard else []
-    choices = list(dict.fromkeys([LATEST, *planned, *built]))
-    train._parameter_openapi_schema.properties["dataset_version"]["enum"] = choices
+    choices = version_choices(open_catalog(home))
+    enum = list(dict.fromkeys([*choices[:1], *planned, *choices[1:]]))
+    train._parameter_openapi_schema.properties["dataset_version"]["enum"] = enum
     deployments = [
         ingest,
         curate_flow.to_deployment(name="curate", parameters=params["curate"], **kind),

@@ -246,3 +246,28 @@ def test_a_training_run_without_tasks_is_scored_on_its_versions_heldout_split(pr
     ).to_pylist()
     metrics = {r["metric"] for r in rows}
     assert "zero_shot_taxon_top1" in metrics and "zero_shot_taxon_rank_acc_genus" in metrics, metrics
+
+
+def test_the_train_forms_version_choices_follow_the_versions_built(prefect_harness, home_copy):
+    """A version built after the deployments were registered is offered in the train form: each curate
+    build (and each training run) refreshes the deployment's choices on the server."""
+    from prefect.client.orchestration import get_client
+
+    from etl.shards.stage import ShardConfig
+    from flows import stages
+    from flows.pipeline import LATEST, TRAIN_DEPLOYMENT, refresh_train_choices
+    from flows.serve import build_deployments
+
+    for d in build_deployments(str(home_copy.home)):
+        d.apply()
+
+    def choices() -> list[str]:
+        with get_client(sync_client=True) as client:
+            schema = client.read_deployment_by_name(TRAIN_DEPLOYMENT).parameter_openapi_schema
+        return schema["properties"]["dataset_version"]["enum"]
+
+    assert choices() == [LATEST, "t1"]
+    stages.shard(home_copy, ShardConfig("t-later", samples_per_shard=64))
+    assert choices() == [LATEST, "t1"]  # the server's copy is what the form shows
+    assert refresh_train_choices(home_copy) == [LATEST, "t-later", "t1"]
+    assert choices() == [LATEST, "t-later", "t1"]
