@@ -106,6 +106,11 @@ def cmd_taxonomy(args) -> None:
     if args.taxonomy_cmd == "load-backbone":
         print(stages.load_backbone(catalog, args.path, common_name_fallback=args.common_name_fallback))
         return
+    if args.taxonomy_cmd == "diff":
+        from taxonomy.diff import taxonomy_diff
+
+        _print(taxonomy_diff(catalog, args.run_a, args.run_b, out=args.out, sample=args.sample))
+        return
     with open(args.input, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if rows and "scientific_name" not in rows[0]:
@@ -535,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a taxon without an English name borrows its genus's or family's (flagged by common_name_rank)",
     )
+    text = "per record, the labels that changed between two resolve runs (two backbones, say), rank by rank"
+    t = tsub.add_parser("diff", help=text, description=text, formatter_class=fmt)
+    t.add_argument("run_a", help="a succeeded resolve run")
+    t.add_argument("run_b", help="another (e.g. against the Catalogue of Life XR backbone)")
+    t.add_argument("--out", help="write every changed record to this .csv or .parquet file")
+    t.add_argument("--sample", type=int, default=10, help="changed records shown in the summary")
     text = "resolve a CSV of names (scientific_name [, kingdom ... genus])"
     t = tsub.add_parser("resolve-names", help=text, description=text, formatter_class=fmt)
     t.add_argument("input", help="a CSV file with a scientific_name column (and optional higher ranks)")
