@@ -33,7 +33,7 @@ from etl.shards.stage import ShardConfig
 from evaluation.tasks import compare, heldout_name, heldout_task
 from flows import stages
 from flows.recipe import SourcePull
-from flows.stages import ExecutorConfig
+from flows.stages import CurateConfig, ExecutorConfig
 from flows.trust import form_configs, operator_home
 from training.config import PRESETS
 from warehouse.catalog import Catalog, CatalogBusyError, open_catalog
@@ -204,40 +204,10 @@ CURATION_RETRIES = {"retries": 2, "retry_delay_seconds": 30, "retry_condition_fn
 
 
 @task(cache_policy=NONE, **CURATION_RETRIES)
-def resolve_task(home: str, backbone_path: str | None) -> dict[str, Any]:
-    catalog = open_catalog(home)
-    backbones = [stages.load_backbone(catalog, backbone_path)] if backbone_path else None
-    return stages.resolve(catalog, backbones)
-
-
-@task(cache_policy=NONE, **CURATION_RETRIES)
-def fetch_task(home: str, cfg: FetchConfig, executor: ExecutorConfig) -> dict[str, Any]:
-    return stages.fetch(open_catalog(home), cfg, executor)
-
-
-@task(cache_policy=NONE, **CURATION_RETRIES)
-def dedup_task(home: str, cfg: DedupConfig) -> dict[str, Any]:
-    return stages.dedup(open_catalog(home), cfg)
-
-
-@task(cache_policy=NONE, **CURATION_RETRIES)
-def filter_task(home: str, cfg: FilterConfig, executor: ExecutorConfig, dedup_run: str) -> dict[str, Any]:
-    return stages.filter_images(open_catalog(home), cfg, executor, dedup_run=dedup_run)
-
-
-@task(cache_policy=NONE, **CURATION_RETRIES)
-def shard_task(
-    home: str,
-    cfg: ShardConfig,
-    executor: ExecutorConfig,
-    dedup_run: str,
-    resolve_run: str,
-    filter_run: str | None = None,
-) -> dict[str, Any]:
-    manifest = stages.shard(
-        open_catalog(home), cfg, executor, dedup_run=dedup_run, resolve_run=resolve_run, filter_run=filter_run
-    )
-    return stages.manifest_summary(manifest)
+def curation_step_task(home: str, step: str, cfg: CurateConfig, runs: dict[str, str]) -> dict[str, Any]:
+    """One step of `stages.CURATION_STEPS`, by name, as a Prefect task (named for the step in the UI)."""
+    chosen = next(s for s in stages.CURATION_STEPS if s.name == step)
+    return chosen.run(open_catalog(home), cfg, runs)
 
 
 @flow(name="curate", log_prints=True)
@@ -273,22 +243,14 @@ def curate_flow(
     with stage_logs_to_prefect(), driven_by(recipe_sha256):
         # The configs were checked (names included) when Prefect built them from the parameters: before any
         # stage runs, not half-way through the flow.
-        out = {
-            "resolve": resolve_task(home, backbone_path),
-            "fetch": fetch_task(home, fetch, executor),
-            "dedup": dedup_task(home, dedup),
-        }
-        if filter is not None:
-            out["filter"] = filter_task(home, filter, executor, out["dedup"]["run_id"])
-        if shard is not None:
-            out["shard"] = shard_task(
-                home,
-                shard,
-                executor,
-                out["dedup"]["run_id"],
-                out["resolve"]["run_id"],
-                out["filter"]["run_id"] if "filter" in out else None,
-            )
+        cfg = CurateConfig(backbone_path, fetch, dedup, filter, shard, executor)
+
+        def run_step(step: stages.CurationStep, cfg: CurateConfig, runs: dict[str, str]) -> dict[str, Any]:
+            task_fn = curation_step_task.with_options(name=f"{step.name}_task", task_run_name=step.name)
+            return task_fn(home, step.name, cfg, runs)
+
+        out = stages.curate(open_catalog(home), cfg, run_step)
+        if "shard" in out:
             refresh_train_choices(open_catalog(home))
         create_markdown_artifact(
             key="curate-summary", markdown=_stage_table(out), description="Curation counts"

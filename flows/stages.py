@@ -184,26 +184,64 @@ class CurateConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
-def curate(catalog: Catalog, cfg: CurateConfig) -> dict[str, dict[str, Any]]:
-    """The curation stages in order; each stage's summary by name (the shard entry is the manifest summary)."""
+def _resolve_step(catalog: Catalog, cfg: CurateConfig, runs: dict[str, str]) -> dict[str, Any]:
     backbones = [load_backbone(catalog, cfg.backbone_path)] if cfg.backbone_path else None
-    out = {
-        "resolve": resolve(catalog, backbones),
-        "fetch": fetch(catalog, cfg.fetch, cfg.executor),
-        "dedup": dedup(catalog, cfg.dedup),
-    }
-    if cfg.filter is not None:
-        out["filter"] = filter_images(catalog, cfg.filter, cfg.executor, dedup_run=out["dedup"]["run_id"])
-    if cfg.shard is not None:
-        manifest = shard(
-            catalog,
-            cfg.shard,
-            cfg.executor,
-            dedup_run=out["dedup"]["run_id"],
-            resolve_run=out["resolve"]["run_id"],
-            filter_run=out["filter"]["run_id"] if "filter" in out else None,
-        )
-        out["shard"] = manifest_summary(manifest)
+    return resolve(catalog, backbones)
+
+
+def _shard_step(catalog: Catalog, cfg: CurateConfig, runs: dict[str, str]) -> dict[str, Any]:
+    manifest = shard(
+        catalog,
+        cfg.shard,
+        cfg.executor,
+        dedup_run=runs["dedup"],
+        resolve_run=runs["resolve"],
+        filter_run=runs.get("filter"),
+    )
+    return manifest_summary(manifest)
+
+
+@dataclass(frozen=True)
+class CurationStep:
+    """One step of curation: its name (the summary's key, the Prefect task's), how it runs from the whole
+    `CurateConfig` and the run ids of the steps before it (its inputs, passed on and recorded), and whether
+    this config asks for it."""
+
+    name: str
+    run: Callable[[Catalog, CurateConfig, dict[str, str]], dict[str, Any]]
+    wanted: Callable[[CurateConfig], bool] = lambda cfg: True
+
+
+# The one statement of the curation order: `curate`, the curate flow and the recipe all follow it.
+CURATION_STEPS: tuple[CurationStep, ...] = (
+    CurationStep("resolve", _resolve_step),
+    CurationStep("fetch", lambda c, cfg, runs: fetch(c, cfg.fetch, cfg.executor)),
+    CurationStep("dedup", lambda c, cfg, runs: dedup(c, cfg.dedup)),
+    CurationStep(
+        "filter",
+        lambda c, cfg, runs: filter_images(c, cfg.filter, cfg.executor, dedup_run=runs["dedup"]),
+        lambda cfg: cfg.filter is not None,
+    ),
+    CurationStep("shard", _shard_step, lambda cfg: cfg.shard is not None),
+)
+
+StepRunner = Callable[[CurationStep, CurateConfig, dict[str, str]], dict[str, Any]]
+
+
+def curate(
+    catalog: Catalog, cfg: CurateConfig, run_step: StepRunner | None = None
+) -> dict[str, dict[str, Any]]:
+    """The curation steps in `CURATION_STEPS` order, those `cfg` asks for; each step's summary by name (the
+    shard entry is the manifest summary). `run_step` runs one step (the curate flow runs each as a Prefect
+    task); by default it is called here."""
+    run_step = run_step or (lambda step, cfg, runs: step.run(catalog, cfg, runs))
+    out: dict[str, dict[str, Any]] = {}
+    runs: dict[str, str] = {}
+    for step in CURATION_STEPS:
+        if step.wanted(cfg):
+            out[step.name] = run_step(step, cfg, dict(runs))
+            if out[step.name].get("run_id"):
+                runs[step.name] = out[step.name]["run_id"]
     return out
 
 

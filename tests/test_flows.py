@@ -211,7 +211,7 @@ def test_quick_run_defaults_take_the_latest_version_and_say_replay_is_off(curate
 def test_curation_tasks_retry_a_busy_catalog_and_nothing_else():
     from prefect.states import Completed, Failed
 
-    from flows.pipeline import dedup_task, evaluate_task, fetch_task, retry_when_busy
+    from flows.pipeline import curation_step_task, evaluate_task, retry_when_busy
     from warehouse.catalog import CatalogBusyError
     from warehouse.locks import StageBusyError
 
@@ -221,7 +221,7 @@ def test_curation_tasks_retry_a_busy_catalog_and_nothing_else():
     assert not retry_when_busy(None, None, Completed(data=1))
     assert all(
         t.retries == 2 and t.retry_condition_fn is retry_when_busy
-        for t in (fetch_task, dedup_task, evaluate_task)
+        for t in (curation_step_task, evaluate_task)
     )
 
 
