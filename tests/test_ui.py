@@ -26,7 +26,9 @@ STEPS, LOG_EVERY = 40, 10
 def _chromium() -> str:
     path = os.environ.get("TOL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("the browser test needs Chromium: apt-get install chromium (`make system-deps` installs it)")
+        pytest.fail(
+            "the browser test needs Chromium: apt-get install chromium (`make system-deps` installs it)"
+        )
     return path
 
 
