@@ -10,9 +10,7 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.prefect_server import BIN, free_port, prefect_server
+
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 RECIPE = """\
 name: postgres-test
 variables: [URL]
@@ -30,12 +29,6 @@ sources:
   - name: gbif-world
     ingest: {source: gbif, api_url: "${URL}", allow_private_hosts: true}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str:
@@ -59,7 +52,7 @@ def postgres():
     root = Path(tempfile.mkdtemp(prefix="tol-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     init = subprocess.run(
         _as_postgres_user(
             [_pg_bin("initdb"), "-D", str(data), "-U", "prefect", "--auth=trust", "-E", "UTF8"]
@@ -132,35 +125,12 @@ def test_prefect_on_postgres_with_two_process_workers(postgres, tmp_path, world,
 
     home = tmp_path / "home"
     shutil.copytree(curated.home, home, symlinks=True)  # holds version t1 to train on
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOL_"))}
-    env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_API_DATABASE_CONNECTION_URL": postgres,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "OMP_NUM_THREADS": "1",
-    }
-    (tmp_path / "prefect").mkdir()
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     workers: list[subprocess.Popen] = []
     prefect = str(BIN / "prefect")
-    try:
-        for _ in range(180):
-            try:
-                if requests.get(f"{api}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(1)
+    settings = {"PREFECT_API_DATABASE_CONNECTION_URL": postgres, "OMP_NUM_THREADS": "1"}
+    with prefect_server(tmp_path, **settings) as (api, env):
         with serve_sample_world(world.root) as sample:
             tol = [str(BIN / "tol"), "--home", str(home)]
             out = subprocess.run(
@@ -205,21 +175,17 @@ def test_prefect_on_postgres_with_two_process_workers(postgres, tmp_path, world,
                         stderr=subprocess.STDOUT,
                     )
                 )
-            states = _wait_for_runs(api, 2, 600)
+            try:
+                states = _wait_for_runs(api, 2, 600)
+            finally:
+                for w in workers:
+                    w.terminate()
+                for w in workers:
+                    w.wait(timeout=60)
         artifacts = requests.post(f"{api}/artifacts/filter", json={}, timeout=10).json()
         keys = {a.get("key") for a in artifacts}
-        names = {
-            w["name"]
-            for w in requests.post(f"{api}/work_pools/tol-pg/workers/filter", json={}, timeout=10).json()
-        }
-    finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(timeout=60)
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
+        found = requests.post(f"{api}/work_pools/tol-pg/workers/filter", json={}, timeout=10).json()
+        names = {w["name"] for w in found}
     logs = "".join((tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(len(workers)))
     assert sorted(states.values()) == ["COMPLETED", "COMPLETED"], (states, logs)
     assert {"ingest-summary", "train-metrics", "evaluate-summary"} <= keys, keys

@@ -3,19 +3,15 @@ requested with `prefect deployment run`, and `prefect worker start` running it i
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.prefect_server import BIN, prefect_server
+
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 RECIPE = """\
 name: worker-test
 variables: [URL]
@@ -27,42 +23,14 @@ sources:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_process_worker_runs_what_tol_deploy_registered(tmp_path, world):
     from sample_world import serve_sample_world
     from warehouse.catalog import Catalog
 
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    (tmp_path / "prefect").mkdir()
     home = tmp_path / "home"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        for _ in range(180):
-            try:
-                if requests.get(f"{api}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(1)
+    with prefect_server(tmp_path) as (api, env):
         with serve_sample_world(world.root) as sample:
             tol = [str(BIN / "tol"), "--home", str(home)]
             var = ["--var", f"URL={sample.base_url}"]
@@ -94,10 +62,6 @@ def test_a_process_worker_runs_what_tol_deploy_registered(tmp_path, world):
             assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
         runs = requests.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
         states = {r["name"]: r["state"]["type"] for r in runs}
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
     assert list(states.values()) == ["COMPLETED"], (states, worker.stdout[-3000:])
     with Catalog(home).snapshot() as con:
         counts = dict(con.execute("SELECT source, count(*) FROM raw_records GROUP BY 1").fetchall())
