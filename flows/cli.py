@@ -145,6 +145,12 @@ def cmd_compact(args) -> None:
     _print(stages.compact(_catalog(args), cfg, _executor(args)))
 
 
+def cmd_dedup_query(args) -> None:
+    from etl.dedup.query import query_images
+
+    _print(query_images(_catalog(args), args.images, k=args.k))
+
+
 def cmd_dedup(args) -> None:
     from etl.dedup.stage import DedupConfig
     from flows import stages
@@ -198,6 +204,11 @@ def cmd_versions(args) -> None:
     from warehouse.versions import list_versions, load_manifest, verify_version
 
     catalog = _catalog(args)
+    if args.action == "which":
+        from etl.dedup.query import versions_holding
+
+        _print(versions_holding(catalog, args.name))
+        return
     if args.action == "show":
         _print(load_manifest(catalog, args.name))
     elif args.action == "verify":
@@ -633,7 +644,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     executor_args(s)
 
-    s = command("dedup", "exact, near and eval-leak decisions", cmd_dedup)
+    s = command(
+        "dedup", "exact, near and eval-leak decisions (`tol dedup query IMAGE...`: look images up)", cmd_dedup
+    )
+    qsub = s.add_subparsers(dest="dedup_cmd", required=False, metavar="[query]")
+    text = "find the catalog images within k bits of each image's pHash: record, source, licence, dedup decision, leak, versions"
+    q = qsub.add_parser("query", help=text, description=text, formatter_class=fmt)
+    q.set_defaults(fn=cmd_dedup_query)
+    q.add_argument("images", nargs="+", help="image files to look up")
+    q.add_argument("--k", type=int, default=8, help="Hamming distance of a hit, in bits of the 64-bit pHash")
     s.add_argument(
         "--full",
         action="store_true",
@@ -758,8 +777,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     s = command("versions", "list, show or verify dataset versions", cmd_versions)
-    s.add_argument("action", nargs="?", choices=["list", "show", "verify"], default="list", help="what to do")
-    s.add_argument("name", nargs="?", type=_name("version"), help="the version (for show and verify)")
+    s.add_argument(
+        "action", nargs="?", choices=["list", "show", "verify", "which"], default="list", help="what to do"
+    )
+    s.add_argument(
+        "name", nargs="?", type=_name("version"), help="the version (show, verify), or a record id (which)"
+    )
     executor_args(s)  # verify: one work unit per shard
 
     s = command(
