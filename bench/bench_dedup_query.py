@@ -20,11 +20,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import emit, peak_rss_mb  # noqa: E402
+from _common import emit, peak_rss_mb
 
-from etl.dedup.query import image_hash, query_images  # noqa: E402
-from warehouse.catalog import open_catalog  # noqa: E402
-from warehouse.schemas import IMAGES  # noqa: E402
+from etl.dedup.query import image_hash, query_images
+from warehouse.catalog import open_catalog
+from warehouse.schemas import IMAGES
 
 
 def main() -> None:

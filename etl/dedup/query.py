@@ -22,7 +22,9 @@ def image_hash(path: str | Path) -> int:
     data = Path(path).read_bytes()
     processed = process_image(data, QUERY_IMAGE)
     if processed.status != "ok" or processed.phash is None:
-        raise ValueError(f"{path}: not an image the pipeline can hash ({processed.status}: {processed.error})")
+        raise ValueError(
+            f"{path}: not an image the pipeline can hash ({processed.status}: {processed.error})"
+        )
     return int(processed.phash)
 
 
