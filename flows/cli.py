@@ -209,7 +209,19 @@ def cmd_versions(args) -> None:
 
         _print(versions_holding(catalog, args.name))
         return
-    if args.action == "show":
+    if args.action == "show" and args.card:
+        from etl.shards.card import render_card
+        from warehouse.schemas import BUILD_PLAN
+        from warehouse.versions import version_root
+
+        root = version_root(catalog, args.name)
+        card = root / "README.md"  # written with the version; older versions' cards are made now
+        print(
+            card.read_text()
+            if card.exists()
+            else render_card(catalog, load_manifest(catalog, args.name), root / BUILD_PLAN)
+        )
+    elif args.action == "show":
         _print(load_manifest(catalog, args.name))
     elif args.action == "verify":
         from etl.executors import get_executor
@@ -783,6 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "name", nargs="?", type=_name("version"), help="the version (show, verify), or a record id (which)"
     )
+    s.add_argument("--card", action="store_true", help="show: the version's dataset card (README.md) instead")
     executor_args(s)  # verify: one work unit per shard
 
     s = command(

@@ -32,6 +32,7 @@ from PIL import Image
 
 from etl.executors import Executor, Unit, get_executor
 from etl.filter.rules import FilterRule
+from etl.shards.card import render_card
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, duckdb_config, fetch_first
 from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
@@ -495,6 +496,8 @@ def build_version(
             sizes = {s["name"]: s["n"] for s in manifest_shards if s["split"] == split}
             write_bytes_atomic(json.dumps(sizes, indent=1).encode(), root / split / "sizes.json")
         write_bytes_atomic(json.dumps(manifest, indent=1, default=str).encode(), root / "manifest.json")
+        # The dataset card, from the same plan and manifest (its counts are the catalog's).
+        write_bytes_atomic(render_card(catalog, manifest, plan).encode(), root / "README.md")
         record = DatasetVersionRecord(
             version=cfg.version,
             filters=cfg.where,
