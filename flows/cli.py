@@ -306,6 +306,28 @@ def cmd_evaluate(args) -> None:
     _print(results if len(results) > 1 else results[0])
 
 
+def cmd_predict(args) -> None:
+    from evaluation.predict import catalog_labels, file_labels, predict, write_csv
+    from evaluation.tasks import resolve_model
+
+    catalog = _catalog(args)
+    labels = (
+        file_labels(args.labels)
+        if args.labels
+        else catalog_labels(catalog, args.rank, args.within, args.text_type)
+    )
+    spec, _ = resolve_model(catalog, args.model)
+    rows = predict(spec, args.images, labels, k=args.k)
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as fh:
+            write_csv(rows, fh)
+        print(
+            f"{len(rows)} predictions of {len(args.images)} images among {len(labels)} labels -> {args.out}"
+        )
+    else:
+        write_csv(rows)
+
+
 def cmd_sql(args) -> None:
     from warehouse.catalog import Catalog, lock_down, read_only_statement
 
@@ -455,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.stages import ExecutorConfig
     from training.config import PRESETS
     from warehouse.compaction import CompactionConfig as Compaction
-    from warehouse.contracts import CAPTION_TYPES, FILTER_SCORERS, SOURCES, TRAINING_TEXT_TYPES
+    from warehouse.contracts import CAPTION_TYPES, FILTER_SCORERS, RANKS, SOURCES, TRAINING_TEXT_TYPES
     from warehouse.schemas import LAKE_TABLES
 
     fmt = _DefaultsHelp  # every argument's help ends with its default
@@ -787,6 +809,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--filter-run",
         help="the filter run whose scores the rules read (default: the latest that covers them)",
     )
+
+    s = command(
+        "predict",
+        "zero-shot top-k among the catalog's taxa (or a label file), optionally within a clade",
+        cmd_predict,
+    )
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument(
+        "--model",
+        required=True,
+        help="a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
+    )
+    s.add_argument("--rank", default="species", choices=RANKS, help="the rank of the labels")
+    s.add_argument(
+        "--within", help="a clade, as an expression over the rank columns, e.g. \"order = 'Lepidoptera'\""
+    )
+    s.add_argument("--labels", help="a file of labels, one per line, instead of the catalog's taxa")
+    s.add_argument(
+        "--text-type", default="taxon_com", choices=CAPTION_TYPES, help="the caption form of a label"
+    )
+    s.add_argument("--k", type=int, default=5, help="labels per image")
+    s.add_argument("--out", help="write the CSV here (default: stdout)")
 
     s = command("versions", "list, show or verify dataset versions", cmd_versions)
     s.add_argument(

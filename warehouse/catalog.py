@@ -329,6 +329,43 @@ def lock_down(con: duckdb.DuckDBPyConnection, home: Path, writable: tuple[Path, 
     con.execute("SET lock_configuration = true")
 
 
+def check_expression(where: str, flag: str = "--where") -> str:
+    """A user's filter (`shard --where`, `predict --within`, `takedown add --where`) must be one boolean
+    expression over a selection's columns: it is parsed inside a SELECT, and anything that closes it (a `)`, a
+    `;`, a comment swallowing the rest) is refused. The query then runs on a locked-down connection
+    (`lock_down`): no file but the home's data."""
+    probe = f"SELECT 1 FROM t WHERE ({where})"
+    try:
+        statements = duckdb.extract_statements(probe)
+    except duckdb.Error as exc:
+        raise ValueError(f"{flag} is not a SQL expression: {' '.join(str(exc).split())[:200]}") from None
+    if (
+        len(statements) != 1
+        or statements[0].type != duckdb.StatementType.SELECT
+        or any(tok in where for tok in (";", "--", "/*"))
+        or not _balanced(where)
+    ):
+        raise ValueError(f"{flag} must be one expression over the selection's columns, not {where[:200]!r}")
+    return where
+
+
+def _balanced(text: str) -> bool:
+    """Whether the parentheses outside string literals and quoted names balance, never closing early."""
+    depth, quote = 0, None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0 and quote is None
+
+
 _READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
 

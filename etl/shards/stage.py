@@ -34,7 +34,7 @@ from etl.executors import Executor, Unit, get_executor
 from etl.filter.rules import FilterRule
 from etl.shards.card import render_card
 from taxonomy.captions import captions
-from warehouse.catalog import Catalog, duckdb_config, fetch_first
+from warehouse.catalog import Catalog, check_expression, duckdb_config, fetch_first
 from warehouse.contracts import CAPTION_TYPES, RANKS, SHARD_TEXT_MEMBERS, check_name
 from warehouse.lake import read_image_blobs, read_rows, remove_tree, write_bytes_atomic, write_parquet_atomic
 from warehouse.locks import is_held, train_lock
@@ -82,7 +82,7 @@ class ShardConfig:
         if self.where is not None and not self.where.strip():
             raise ValueError("--where is empty: leave it out to select every kept sample")
         if self.where is not None:
-            check_where(self.where)
+            check_expression(self.where, "--where")
         if self.txt_caption not in CAPTION_TYPES:
             raise ValueError(f"txt_caption must be one of {CAPTION_TYPES}")
         if self.samples_per_shard < 1 or not 0 <= self.val_fraction < 1:
@@ -125,42 +125,6 @@ def refuse_if_training(catalog: Catalog, version: str) -> None:
             f"version {version!r} is being trained on by run(s) {', '.join(live)}: overwriting it would "
             "change its shards under them; wait for them to end (or stop them), or build another version"
         )
-
-
-def check_where(where: str) -> str:
-    """`--where` must be one boolean expression over the selection's columns: it is parsed inside a SELECT,
-    and anything that closes it (a `)`, a `;`, a comment swallowing the rest) is refused. The selection then
-    runs on a locked-down connection (`Catalog.export_parquet(sandbox=True)`): no file but the lake."""
-    probe = f"SELECT 1 FROM t WHERE ({where})"
-    try:
-        statements = duckdb.extract_statements(probe)
-    except duckdb.Error as exc:
-        raise ValueError(f"--where is not a SQL expression: {' '.join(str(exc).split())[:200]}") from None
-    if (
-        len(statements) != 1
-        or statements[0].type != duckdb.StatementType.SELECT
-        or any(tok in where for tok in (";", "--", "/*"))
-        or not _balanced(where)
-    ):
-        raise ValueError(f"--where must be one expression over the selection's columns, not {where[:200]!r}")
-    return where
-
-
-def _balanced(text: str) -> bool:
-    """Whether the parentheses outside string literals and quoted names balance, never closing early."""
-    depth, quote = 0, None
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                return False
-    return depth == 0 and quote is None
 
 
 def _selection_sql(cfg: ShardConfig) -> str:
