@@ -306,6 +306,16 @@ def cmd_evaluate(args) -> None:
     _print(results if len(results) > 1 else results[0])
 
 
+def cmd_takedown(args) -> None:
+    from etl.shards.takedowns import affected_versions, takedown_records
+
+    catalog = _catalog(args)
+    if args.takedown_cmd == "affected":
+        _print(affected_versions(catalog))
+    else:
+        _print(takedown_records(catalog, args.reason, args.record, args.where, args.by))
+
+
 def cmd_predict(args) -> None:
     from evaluation.predict import catalog_labels, file_labels, predict, write_csv
     from evaluation.tasks import resolve_model
@@ -809,6 +819,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--filter-run",
         help="the filter run whose scores the rules read (default: the latest that covers them)",
     )
+
+    s = command(
+        "takedown", "take records down: every later version leaves them out and counts them", cmd_takedown
+    )
+    tdsub = s.add_subparsers(dest="takedown_cmd", required=True, metavar="ACTION")
+    text = (
+        "record a takedown request (who, when, why) over records by id or by an expression over raw_records"
+    )
+    t = tdsub.add_parser("add", help=text, description=text, formatter_class=fmt)
+    t.add_argument("--record", action="append", type=_name("record"), help="a record id (repeatable)")
+    t.add_argument("--where", help="an expression over raw_records, e.g. \"rights_holder = 'A. Person'\"")
+    t.add_argument("--reason", required=True, help="why (a rights holder's request, a licence change, ...)")
+    t.add_argument("--by", help="who asked")
+    text = "the existing versions that still hold taken-down records"
+    tdsub.add_parser("affected", help=text, description=text, formatter_class=fmt)
 
     s = command(
         "predict",

@@ -108,6 +108,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             rows BIGINT, since TIMESTAMPTZ NOT NULL, replaced_by VARCHAR);
         """,
     ),
+    (
+        7,
+        "takedowns",
+        # Requests to take records down (a rights holder, a licence change): every version built afterwards
+        # leaves them out and counts them; a re-ingest of the record changes nothing here.
+        """
+        CREATE TABLE takedowns (
+            request_id VARCHAR NOT NULL, record_id VARCHAR NOT NULL, reason VARCHAR NOT NULL,
+            requested_by VARCHAR, requested_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (request_id, record_id));
+        """,
+    ),
 ]
 
 log = logging.getLogger("tol.catalog")

@@ -110,6 +110,7 @@ DROP_REASONS: dict[str, DropReason] = {
     "degenerate_hash": DropReason("dedup", "a blank or uniform image, whose pHash says nothing"),
     # shard: a threshold of the version on a filter score (scores are kept; the version decides)
     "filtered": DropReason("shard", "`filtered:<scorer>`: a threshold of the version on that scorer's score"),
+    "taken_down": DropReason("shard", "a takedown request covers the record (`tol takedown add`)"),
 }
 
 _FAMILIES = {

@@ -205,3 +205,20 @@ def record_recipe(catalog: Catalog, sha256: str, name: str, path: str, text: str
             " ON CONFLICT DO NOTHING",
             [sha256, name, path, text, datetime.now(UTC)],
         )
+
+
+# --- takedowns ---------------------------------------------------------------------------------------------
+
+
+def record_takedown(
+    catalog: Catalog, request_id: str, record_ids: list[str], reason: str, requested_by: str | None
+) -> int:
+    """Store one takedown request over `record_ids` (who, when, why); returns the records it names."""
+    now = datetime.now(UTC)
+    with catalog.connect() as con:
+        con.executemany(
+            "INSERT INTO takedowns (request_id, record_id, reason, requested_by, requested_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [[request_id, r, reason, requested_by, now] for r in record_ids],
+        )
+    return len(record_ids)

@@ -109,6 +109,8 @@ def render_card(catalog: Catalog, manifest: dict[str, Any], plan: Path) -> str:
         "",
         *(_table(removed, ("reason", "images")) if removed else ["none"]),
         "",
+        f"By takedown requests: {manifest.get('taken_down', 0)} images (`tol takedown affected`).",
+        "",
         f"By the version's filter rules ({filters.get('removed_total', 0)} images):",
         "",
         *(

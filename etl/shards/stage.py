@@ -127,7 +127,7 @@ def refuse_if_training(catalog: Catalog, version: str) -> None:
         )
 
 
-def _selection_sql(cfg: ShardConfig) -> str:
+def _selection_sql(cfg: ShardConfig, takedowns: bool = False) -> str:
     """The kept samples of the dedup run (param 1: the decisions it stands for), named by the resolve run
     (param 2: the answers it stands for, not whatever is latest now), with their split, order and image location, sorted as they will be sharded. `image_type`
     is the filter stage's label (NULL before any filter run); `filtered_by` the scorers whose rule of the
@@ -138,6 +138,11 @@ def _selection_sql(cfg: ShardConfig) -> str:
     filtered_col = ", coalesce(fb.filtered_by, []::VARCHAR[]) AS filtered_by" if cfg.filters else ""
     filtered_join = (
         f"LEFT JOIN ({_filtered_by_sql(cfg.filters, scores)}) fb USING (record_id)" if cfg.filters else ""
+    )
+    # Taken-down records are selected, marked, then counted and dropped (`_drop_taken_down`).
+    taken_col = ", td.record_id IS NOT NULL AS taken_down" if takedowns else ""
+    taken_join = (
+        "LEFT JOIN (SELECT DISTINCT record_id FROM takedowns) td USING (record_id)" if takedowns else ""
     )
     val = f"CAST('{float(cfg.val_fraction)!r}' AS DOUBLE)"
     return f"""
@@ -150,7 +155,7 @@ def _selection_sql(cfg: ShardConfig) -> str:
              r.media_url, r.license, r.rights_holder, r.publisher, r.basis_of_record, r.img_type,
              s.taxon_id, s.match_type, t.kingdom, t.phylum, t.class, t."order", t.family, t.genus,
              t.species, t.scientific_name, t.common_name, l.blob, l.blob_offset, l.bytes AS jpeg_bytes,
-             it.label AS image_type{filtered_col}
+             it.label AS image_type{filtered_col}{taken_col}
       FROM dedup_decisions_as_of(?) d
       JOIN raw_records r USING (record_id)
       JOIN resolutions_as_of(?) s USING (record_id)
@@ -158,6 +163,7 @@ def _selection_sql(cfg: ShardConfig) -> str:
       JOIN image_locations l USING (record_id)
       LEFT JOIN (SELECT record_id, label FROM {scores} WHERE scorer = 'image_type') it USING (record_id)
       {filtered_join}
+      {taken_join}
       WHERE d.kept AND s.taxon_id IS NOT NULL
     ) WHERE true {where}
     ORDER BY split = 'val', {_hash_sql("record_id", cfg.seed + 1)}, record_id"""
@@ -407,9 +413,11 @@ def build_version(
         builds = catalog.shards / BUILDS
         builds.mkdir(parents=True, exist_ok=True)
         selection = builds / f".selection-{cfg.version}.parquet"  # the version's lock is held
+        with catalog.connect() as con:
+            takedowns = fetch_first(con, "SELECT count(*) FROM takedowns")[0] > 0
         try:
             run.n_in = catalog.export_parquet(
-                _selection_sql(cfg),
+                _selection_sql(cfg, takedowns),
                 selection,
                 params=[
                     inputs.dedup_run,
@@ -418,8 +426,9 @@ def build_version(
                 ],
                 sandbox=True,
             )
+            taken_down = _drop_taken_down(selection, run) if takedowns else 0
             filters = _apply_filters(selection, cfg, inputs, run)
-            n_samples = run.n_in - filters["removed_total"]
+            n_samples = run.n_in - taken_down - filters["removed_total"]
             if not n_samples:
                 raise ValueError(
                     f"the selection for version {cfg.version!r} is empty"
@@ -428,7 +437,7 @@ def build_version(
                         if cfg.where and not run.n_in
                         else ""
                     )
-                    + (" (its filter rules remove every sample)" if run.n_in else "")
+                    + (" (its filter rules and takedowns remove every sample)" if run.n_in else "")
                     + ": an immutable version of 0 samples is not made"
                 )
             root = builds / f"{cfg.version}.{_fingerprint(catalog.home, cfg, inputs, selection)[:16]}"
@@ -455,7 +464,10 @@ def build_version(
                 }
             )
         counts = {split: sum(sh.n for sh in shards if sh.split == split) for split in ("train", "val")}
-        manifest = _manifest(catalog.home, cfg, plan, manifest_shards, inputs, counts) | {"filters": filters}
+        manifest = _manifest(catalog.home, cfg, plan, manifest_shards, inputs, counts) | {
+            "filters": filters,
+            "taken_down": taken_down,
+        }
         for split in ("train", "val"):
             sizes = {s["name"]: s["n"] for s in manifest_shards if s["split"] == split}
             write_bytes_atomic(json.dumps(sizes, indent=1).encode(), root / split / "sizes.json")
@@ -491,6 +503,23 @@ def build_version(
             "filters": {k: v for k, v in filters.items() if k != "rules"},
         }
     return manifest
+
+
+def _drop_taken_down(selection: Path, run: StageRun) -> int:
+    """Count the selected samples a takedown covers (drop reason `taken_down`), then rewrite the selection
+    without them and without the mark, in the same order. Returns the count (the manifest's `taken_down`)."""
+    src = _sql_path(selection)
+    tmp = selection.with_name(f".{selection.name}.untaken")
+    with duckdb.connect(config=duckdb_config(run.catalog.home)) as con:
+        n = con.execute(f"SELECT count(*) FROM read_parquet('{src}') WHERE taken_down").fetchone()[0]
+        con.execute(
+            f"COPY (SELECT * EXCLUDE (taken_down) FROM read_parquet('{src}') WHERE NOT taken_down)"
+            f" TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
+        )
+    os.replace(tmp, selection)
+    if n:
+        run.drop("taken_down", n)
+    return n
 
 
 def _apply_filters(selection: Path, cfg: ShardConfig, inputs: ShardInputs, run: StageRun) -> dict[str, Any]:
