@@ -226,3 +226,19 @@ def test_paths_with_apostrophes(catalog, tmp_path):
     backbone = folder / "back'bone"
     shutil.copytree(__import__("pathlib").Path(__file__).parent / "data" / "hard_backbone", backbone)
     assert load_backbone(catalog, backbone)
+
+
+def test_a_checklist_key_rides_on_the_taxon_predicates():
+    """GBIF reads taxon keys against a checklist given on each taxon predicate (gbif/gbif-api: EqualsPredicate
+    and InPredicate take `checklistKey`), so the recipe's checklistKey is never a predicate of its own."""
+    col = "7ddf754f-d193-4cc9-b351-99906754a03b"  # Catalogue of Life, as in rgbif's recorded v2 matcher calls
+    pred = gbif_mod.download_predicate({"taxonKey": "V2,Q2M4", "country": "NO", "checklistKey": col})
+    by_key = {p["key"]: p for p in pred["predicates"]}
+    assert set(by_key) == {"TAXON_KEY", "COUNTRY"}
+    assert by_key["TAXON_KEY"] == {
+        "type": "in",
+        "key": "TAXON_KEY",
+        "values": ["V2", "Q2M4"],
+        "checklistKey": col,
+    }
+    assert "checklistKey" not in by_key["COUNTRY"]

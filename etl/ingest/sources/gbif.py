@@ -165,17 +165,31 @@ def pages(client: PoliteClient, cfg: IngestConfig, checkpoint: dict[str, Any]) -
             return
 
 
+# Keys whose values are taxa, read against a checklist: GBIF's predicates carry the checklist as their own
+# `checklistKey` field (gbif-api's EqualsPredicate and InPredicate), not as a predicate on a CHECKLIST_KEY.
+TAXON_PREDICATE_KEYS = frozenset(
+    {"TAXON_KEY", "ACCEPTED_TAXON_KEY", "KINGDOM_KEY", "PHYLUM_KEY", "CLASS_KEY", "ORDER_KEY", "FAMILY_KEY",
+     "GENUS_KEY", "SUBGENUS_KEY", "SPECIES_KEY", "TAXONOMIC_STATUS", "IUCN_RED_LIST_CATEGORY"}
+)  # fmt: skip
+
+
 def download_predicate(params: dict[str, str]) -> dict[str, Any]:
     """The search filters as a download predicate: `taxonKey=212` -> `{"type": "equals", "key": "TAXON_KEY"}`;
-    a comma-separated value becomes an `in` predicate."""
+    a comma-separated value becomes an `in` predicate. A `checklistKey` (GBIF's default taxonomy is the
+    Catalogue of Life XR since 2026; the 2023 backbone is `d7dddbf4-...`) is set on each taxon predicate."""
+    params = dict(params)
+    checklist = params.pop("checklistKey", None)
     preds = []
     for name, value in sorted(params.items()):
         key = re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
         values = [v.strip() for v in str(value).split(",") if v.strip()]
         if len(values) > 1:
-            preds.append({"type": "in", "key": key, "values": values})
+            pred: dict[str, Any] = {"type": "in", "key": key, "values": values}
         else:
-            preds.append({"type": "equals", "key": key, "value": values[0] if values else ""})
+            pred = {"type": "equals", "key": key, "value": values[0] if values else ""}
+        if checklist and key in TAXON_PREDICATE_KEYS:
+            pred["checklistKey"] = checklist
+        preds.append(pred)
     return {"type": "and", "predicates": preds}
 
 
