@@ -41,8 +41,8 @@ def test_a_taken_down_record_leaves_the_next_version_and_is_listed_in_the_old(ho
         ("licence withdrawn", None),
     }
     # The old version still holds them: listed as affected.
-    (affected,) = _run(capsys, *home, "takedown", "affected")
-    assert affected["version"] == "t1" and affected["taken_down"] == 1 + holder["n"]
+    affected = {a["version"]: a for a in _run(capsys, *home, "takedown", "affected")}
+    assert affected["t1"]["taken_down"] == 1 + holder["n"]
     # A re-ingest of the same records changes nothing about the takedowns.
     stages.ingest(home_copy, IngestConfig("gbif", api_url=server.base_url, allow_private_hosts=True))
     # The next version leaves them out and counts them.
@@ -60,7 +60,8 @@ def test_a_taken_down_record_leaves_the_next_version_and_is_listed_in_the_old(ho
         "By takedown requests: " + str(manifest["taken_down"])
         in (home_copy.shards / "t2").resolve().joinpath("README.md").read_text()
     )
-    assert [a["version"] for a in _run(capsys, *home, "takedown", "affected")] == ["t1"]
+    after = {a["version"] for a in _run(capsys, *home, "takedown", "affected")}
+    assert "t1" in after and "t2" not in after and after == set(affected)
 
 
 def test_bad_takedowns_record_nothing(home_copy, tmp_path, capsys):
