@@ -106,10 +106,11 @@ def test_a_home_without_a_work_folder_can_spill(catalog):
 def test_every_history_table_has_a_current_view_and_an_as_of_macro(curated):
     from warehouse.views import HISTORY_VIEWS
 
-    runs = {
+    runs = {  # each stage's first run (by start: run ids of one second sort by their random tail)
         r["stage"]: r["run_id"]
         for r in curated.query_arrow(
-            "SELECT stage, min(run_id) AS run_id FROM stage_runs WHERE status = 'succeeded' GROUP BY stage"
+            "SELECT stage, arg_min(run_id, started_at) AS run_id FROM stage_runs WHERE status = 'succeeded'"
+            " GROUP BY stage"
         ).to_pylist()
     }
     for v in HISTORY_VIEWS:

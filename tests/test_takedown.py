@@ -46,22 +46,26 @@ def test_a_taken_down_record_leaves_the_next_version_and_is_listed_in_the_old(ho
     # A re-ingest of the same records changes nothing about the takedowns.
     stages.ingest(home_copy, IngestConfig("gbif", api_url=server.base_url, allow_private_hosts=True))
     # The next version leaves them out and counts them.
-    manifest = stages.shard(home_copy, ShardConfig("t2", samples_per_shard=64, val_fraction=0.1))
+    manifest = stages.shard(
+        home_copy, ShardConfig("t-after-takedown", samples_per_shard=64, val_fraction=0.1)
+    )
     assert (
         manifest["taken_down"] == 1 + holder["n"]
         and manifest["n_samples"] == len(t1) - manifest["taken_down"]
     )
     t2 = {
         r["record_id"]
-        for r in home_copy.query_arrow("SELECT record_id FROM shard_samples WHERE version = 't2'").to_pylist()
+        for r in home_copy.query_arrow(
+            "SELECT record_id FROM shard_samples WHERE version = 't-after-takedown'"
+        ).to_pylist()
     }
     assert one not in t2
     assert (
         "By takedown requests: " + str(manifest["taken_down"])
-        in (home_copy.shards / "t2").resolve().joinpath("README.md").read_text()
+        in (home_copy.shards / "t-after-takedown").resolve().joinpath("README.md").read_text()
     )
     after = {a["version"] for a in _run(capsys, *home, "takedown", "affected")}
-    assert "t1" in after and "t2" not in after and after == set(affected)
+    assert "t1" in after and "t-after-takedown" not in after and after == set(affected)
 
 
 def test_bad_takedowns_record_nothing(home_copy, tmp_path, capsys):
