@@ -11,11 +11,7 @@ from typing import Any
 from warehouse.catalog import Catalog
 from warehouse.contracts import RANKS
 from warehouse.stage_runs import succeeded_run
-from warehouse.tables import sql_path
-
-
-def _q(rank: str) -> str:
-    return f'"{rank}"'  # `order` is a keyword
+from warehouse.tables import quote_ident, sql_path
 
 
 def diff_sql() -> str:
@@ -25,10 +21,10 @@ def diff_sql() -> str:
     side = """SELECT s.record_id, s.taxon_id, s.backbone_version, s.match_type, {cols}
               FROM resolutions_as_of(?) s
               LEFT JOIN taxa t ON t.taxon_id = s.taxon_id AND t.backbone_version = s.backbone_version"""
-    cols = ", ".join(f"t.{_q(r)}" for r in RANKS)
-    differs = [f"a.{_q(r)} IS DISTINCT FROM b.{_q(r)}" for r in RANKS]
+    cols = ", ".join(f"t.{quote_ident(r)}" for r in RANKS)
+    differs = [f"a.{quote_ident(r)} IS DISTINCT FROM b.{quote_ident(r)}" for r in RANKS]
     first = " ".join(f"WHEN {d} THEN '{r}'" for d, r in zip(differs, RANKS, strict=True))
-    pairs = ", ".join(f"a.{_q(r)} AS {r}_a, b.{_q(r)} AS {r}_b" for r in RANKS)
+    pairs = ", ".join(f"a.{quote_ident(r)} AS {r}_a, b.{quote_ident(r)} AS {r}_b" for r in RANKS)
     return f"""
         WITH a AS ({side.format(cols=cols)}), b AS ({side.format(cols=cols)})
         SELECT record_id, CASE {first} END AS first_changed,

@@ -119,12 +119,6 @@ def _session(config: FetchConfig) -> requests.Session:
     return sessions[key]
 
 
-def check_url(url: str) -> str:
-    """The URL's host; refuses schemes other than http(s) and URLs without a host. Addresses are checked
-    when connecting (every hop, the address actually used): see `etl.http.AddressPolicy`."""
-    return check_http_url(url)
-
-
 def read_local(url: str, config: FetchConfig) -> bytes:
     """A file:// URL, read only when it resolves inside one of `config.local_roots` (symlinks followed)."""
     path = Path(url2pathname(urlparse(url).path)).resolve()
@@ -147,7 +141,7 @@ def _get(url: str, config: FetchConfig) -> tuple[bytes, int]:
     timeout = (config.http.connect_timeout, config.http.read_timeout)
     with bounded_request(config.deadline) as deadline:
         for _ in range(config.max_redirects + 1):
-            host = check_url(url)
+            host = check_http_url(url)  # addresses are checked when connecting (AddressPolicy)
             with throttle.slot(host) as sent_at:
                 try:
                     with session.get(url, stream=True, allow_redirects=False, timeout=timeout) as resp:
@@ -156,7 +150,8 @@ def _get(url: str, config: FetchConfig) -> tuple[bytes, int]:
                             continue
                         if resp.status_code >= 400:
                             raise status_error(resp, url, host, sent_at)
-                        body = _read_body(resp, config)
+                        read_capped(resp, config.max_bytes)
+                        body = resp.content
                         if deadline.expired:  # cut short, though the framing let it look whole
                             raise HttpError("timeout", "deadline passed during the body")
                         throttle.success(host)
@@ -176,11 +171,6 @@ def download(url: str, config: FetchConfig) -> tuple[bytes, int]:
     if urlparse(url).scheme == "file" and config.local_roots:
         return read_local(url, config), 200
     return retrying(lambda: _get(url, config), config.http, _throttle(config), _rng)
-
-
-def _read_body(resp: requests.Response, config: FetchConfig) -> bytes:
-    read_capped(resp, config.max_bytes)
-    return resp.content
 
 
 def fetch_one(row: dict[str, Any], config: FetchConfig) -> dict[str, Any]:
