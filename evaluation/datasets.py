@@ -26,6 +26,7 @@ class LabelledImages:
     classnames: list[str]  # one text per class for the chosen text type
     class_lineages: list[dict[str, str | None]] = field(default_factory=list)
     extra: list[dict[str, str]] = field(default_factory=list)  # other metadata columns, per image
+    missing: list[str] = field(default_factory=list)  # images a benchmark's file lists but its folder lacks
 
 
 def class_text(lineage: dict[str, str | None], common: str | None, text_type: str) -> str:
@@ -48,7 +49,10 @@ def load_metadata_folder(
         rows = list(csv.DictReader(fh))
     if not rows or "filepath" not in rows[0]:
         raise ValueError(f"{meta}: needs a `filepath` column")
-    has_ranks = all(r in rows[0] for r in RANKS)
+    # The paper's annotations name the class rank `cls`; a `class` column beside it is then the binomial
+    # (Rare Species), never a rank.
+    rank_cols = {r: ("cls" if r == "class" and "cls" in rows[0] else r) for r in RANKS}
+    has_ranks = all(c in rows[0] for c in rank_cols.values())
     keys, lineages, commons = [], [], []
     index: dict[str, int] = {}
     labels = []
@@ -59,8 +63,10 @@ def load_metadata_folder(
             key = row["class"]
             lineage: dict[str, str | None] = {}
         else:
-            lineage = {r: (row[r] or None) for r in RANKS}
+            lineage = {r: (row[c] or None) for r, c in rank_cols.items()}
             key = "|".join(lineage[r] or "" for r in RANKS)
+            if "com" in text_type:  # the class is the whole text: one lineage, two common names, two classes
+                key += "|" + (row.get("common_name") or "")
         if key not in index:
             index[key] = len(keys)
             keys.append(key)
@@ -71,7 +77,7 @@ def load_metadata_folder(
         names = keys
     else:
         names = [class_text(lin, com, text_type) for lin, com in zip(lineages, commons, strict=True)]
-    extra = [{k: v for k, v in r.items() if k not in ("filepath", *RANKS)} for r in rows]
+    extra = [{k: v for k, v in r.items() if k not in ("filepath", *rank_cols.values())} for r in rows]
     return LabelledImages(root, [root / r["filepath"] for r in rows], labels, names, lineages, extra)
 
 

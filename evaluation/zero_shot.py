@@ -80,13 +80,14 @@ def image_features(
     return out
 
 
-def zero_shot_scores(
+def zero_shot_logits(
     m: LoadedModel,
     data: LabelledImages,
     templates: str = "openai",
     cache_dir: Path | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> np.ndarray:
+    """Image-to-class logits of shape (images, classes), classes in `data.classnames` order."""
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
 
     feats = image_features(m, data.paths, cache_dir=cache_dir, progress=progress)
@@ -100,8 +101,18 @@ def zero_shot_scores(
         device=device,
         use_tqdm=False,
     )
-    logits = torch.from_numpy(feats) @ classifier.cpu().float()
-    return metrics_from_logits(logits.numpy(), np.array(data.labels), data.class_lineages)
+    return (torch.from_numpy(feats) @ classifier.cpu().float()).numpy()
+
+
+def zero_shot_scores(
+    m: LoadedModel,
+    data: LabelledImages,
+    templates: str = "openai",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    logits = zero_shot_logits(m, data, templates, cache_dir, progress)
+    return metrics_from_logits(logits, np.array(data.labels), data.class_lineages)
 
 
 def metrics_from_logits(

@@ -272,13 +272,14 @@ def cmd_evaluate(args) -> None:
             "--model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
         )
     if args.suite:
-        from evaluation.suite import headline_rows, paper_tables, run_suite
+        from evaluation.suite import benchmark_table, headline_rows, paper_tables, run_suite
 
         if not args.data_root:
             raise ValueError("--suite needs --data-root DIR (the folder holding nabirds/, newt/, ...)")
         summary = run_suite(catalog, args.model, args.data_root, args.suite)
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
+        print(benchmark_table(summary))
         print(paper_tables(headline_rows([summary], args.suite), args.suite))
         print(
             f"skipped (absent): {', '.join(summary['skipped']) or 'none'}; "

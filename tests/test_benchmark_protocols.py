@@ -1,5 +1,5 @@
-"""The BioCLIP 2 benchmark protocols against naive references, and the layout readers on generated fixtures in
-each benchmark's published layout."""
+"""The BioCLIP 2 benchmark protocols against naive references, and the suite on fixtures built from each
+benchmark's real, published metadata files (tests/benchmark_fixtures.py)."""
 
 import itertools
 import pickle
@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from evaluation import layouts, protocols
+from tests.benchmark_fixtures import INS_MINI_ABSENT, REAL, build
 
 
 def test_mlp_head_equals_a_naive_training_loop():
@@ -147,30 +148,6 @@ def test_awa2_reader_on_the_released_layout(tmp_path):
     assert got.train_y.tolist() == [[1, 0], [1, 0], [1, 1], [1, 1]]
 
 
-def test_newt_and_nabirds_readers(tmp_path):
-    newt = tmp_path / "newt"
-    (newt / "newt2021_labels.csv").parent.mkdir(parents=True)
-    (newt / "newt2021_labels.csv").write_text(
-        "id,task,label,split,task_cluster,task_subcluster\na,t1,1,train,x,\nb,t1,0,test,x,\n"
-    )
-    for i, k in enumerate("ab"):
-        _jpg(newt / "newt2021_images" / f"{k}.jpg", i)
-    got = layouts.read_newt(newt)
-    assert got.label.tolist() == [1, 0] and got.is_train.tolist() == [True, False]
-
-    nab = tmp_path / "nabirds"
-    nab.mkdir()
-    (nab / "images.txt").write_text("i1 0295/a.jpg\ni2 0295/b.jpg\ni3 0296/c.jpg\n")
-    (nab / "image_class_labels.txt").write_text("i1 295\ni2 295\ni3 296\n")
-    (nab / "classes.txt").write_text("295 Forster's Tern\n296 Royal Tern\n")
-    (nab / "train_test_split.txt").write_text("i1 1\ni2 0\ni3 0\n")
-    for i, rel in enumerate(["0295/a.jpg", "0295/b.jpg", "0296/c.jpg"]):
-        _jpg(nab / "images" / rel, i)
-    got = layouts.read_nabirds(nab)
-    assert [p.name for p in got.paths] == ["b.jpg", "c.jpg"]
-    assert got.classnames == ["Forster's Tern", "Royal Tern"]
-
-
 def test_missing_files_name_what_is_expected_where(tmp_path):
     with pytest.raises(
         layouts.LayoutError, match=r"FishNet: missing train\.csv.*expected train\.csv, test\.csv"
@@ -197,109 +174,13 @@ def test_herbarium_split_pickle_may_not_build_objects(tmp_path):
 
 
 def _fixture_root(root):
-    """A few classes and images of each benchmark, in its published layout."""
-    n = iter(range(10_000))
-    # Meta-Album Mini: the seven sets
-    for set_no, folder in enumerate(layouts.META_ALBUM_MINI.values()):
-        ma = root / "meta-album" / folder
-        rows = ["FILE_NAME,CATEGORY,SUPER_CATEGORY"]
-        for c in (f"Amphidinium_sp{set_no}", f"Noctiluca_scintillans{set_no}"):
-            for j in range(6):
-                rows.append(f"{c}_{j}.jpg,{c},plankton")
-                _jpg(ma / "images" / f"{c}_{j}.jpg", next(n))
-        (ma / "labels.csv").write_text("\n".join(rows) + "\n")
-    # Rare Species
-    rs = root / "rare-species"
-    rows = ["rarespecies_id,file_name,kingdom,phylum,class,order,family,genus,species,sciName,common"]
-    for g, e, com in (("Panthera", "tigris", "Tiger"), ("Gorilla", "gorilla", "Western Gorilla")):
-        for j in range(6):
-            rel = f"dataset/{g}-{e}/{j}_1_eol_full-size-copy.jpg"
-            rows.append(f"x{j},{rel},Animalia,Chordata,Mammalia,O,F,{g},{e},{g} {e},{com}")
-            _jpg(rs / rel, next(n))
-    (rs / "metadata.csv").write_text("\n".join(rows) + "\n")
-    # FishNet
-    fn = root / "fishnet"
-    head = [
-        "c0",
-        "c1",
-        "c2",
-        "c3",
-        "image",
-        *(f"c{i}" for i in range(5, 13)),
-        "Folder",
-        "c14",
-        *layouts.FISHNET_LABELS,
-    ]
-    for side, count in (("train", 8), ("test", 4)):
-        rows = [",".join(head)]
-        for j in range(count):
-            traits = ["pelagic" if j % 2 else "benthic", *(str((j + t) % 2) for t in range(8))]
-            cells = ["", "", "", "", f"imgs/{side}{j}.jpg", *[""] * 8, "Gadidae", "", *traits]
-            rows.append(",".join(cells))
-            _jpg(fn / "Image_Library" / "Gadidae" / f"{side}{j}.jpg", next(n))
-        rows.append(",".join(["", "", "", "", "imgs/x.jpg", *[""] * 8, "Gadidae", "", "", *["1"] * 8]))
-        (fn / f"{side}.csv").write_text("\n".join(rows) + "\n")
-    # NeWT: one task, 5 + 5 training images, 2 + 2 test
-    nw = root / "newt"
-    nw.mkdir()
-    rows = ["id,task,label,split,task_cluster,task_subcluster"]
-    for j in range(14):
-        split = "train" if j < 10 else "test"
-        rows.append(f"i{j},ml_bio_x,{j % 2},{split},behavior,")
-        _jpg(nw / "newt2021_images" / f"i{j}.jpg", next(n))
-    (nw / "newt2021_labels.csv").write_text("\n".join(rows) + "\n")
-    # AwA2
-    aw = root / "awa2"
-    aw.mkdir()
-    (aw / "classes.txt").write_text("\t1\tantelope\n\t2\tbat\n\t3\tcow\n")
-    (aw / "predicates.txt").write_text("1\tblack\n2\twhite\n")
-    (aw / "predicate-matrix-binary.txt").write_text("1 0\n0 1\n1 1\n")
-    (aw / "trainclasses.txt").write_text("antelope\ncow\n")
-    (aw / "testclasses.txt").write_text("bat\n")
-    for c in ("antelope", "bat", "cow"):
-        for j in range(3):
-            _jpg(aw / "JPEGImages" / c / f"{c}_{j}.jpg", next(n))
-    # Herbarium19
-    hb = root / "herbarium19"
-    for c in range(4):
-        for j in range(4):
-            _jpg(hb / "small-train" / str(c) / f"{j}.jpg", next(n))
-    (hb / layouts.HERBARIUM_SPLITS).write_bytes(pickle.dumps({"Old": [0, 1], "New": [2, 3]}))
-    # NABirds
-    nab = root / "nabirds"
-    nab.mkdir()
-    imgs = [
-        (f"i{j}", f"{295 + j % 2:04d}/{j}.jpg", str(295 + j % 2), "0" if j >= 2 else "1") for j in range(16)
-    ]
-    (nab / "images.txt").write_text("".join(f"{i} {p}\n" for i, p, _, _ in imgs))
-    (nab / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, _, c, _ in imgs))
-    (nab / "classes.txt").write_text("295 Forster's Tern\n296 Royal Tern\n")
-    (nab / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, _, _, t in imgs))
-    for _, p, _, _ in imgs:
-        _jpg(nab / "images" / p, next(n))
-    # IDLE-OO Camera Traps: two of the five sets
-    ct = root / "camera-traps"
-    for s, species in (
-        ("ENA24", (("Didelphis", "virginiana", "Virginia opossum"),)),
-        ("island", (("Rattus", "rattus", "Black rat"),)),
-    ):
-        rows = ["filepath,kingdom,phylum,class,order,family,genus,species,common_name"]
-        for g, e, com in species:
-            for j in range(6):
-                rows.append(f"{g}_{j}.jpg,Animalia,Chordata,Mammalia,O,F,{g},{e},{com}")
-                _jpg(ct / "data/test" / s / f"{g}_{j}.jpg", next(n))
-        (ct / f"{s}-balanced.csv").write_text("\n".join(rows) + "\n")
-    # PlantDoc
-    pd_ = root / "plantdoc"
-    for side, count in (("train", 3), ("test", 2)):
-        for c in ("Apple leaf", "Apple rust leaf"):
-            for j in range(count):
-                _jpg(pd_ / side / c / f"{j}.jpg", next(n))
+    """Every benchmark from its real metadata files (tests/data/benchmarks/SOURCES.md), images at their paths."""
+    return build(root)
 
 
 @pytest.mark.slow
 def test_suite_runs_every_fixture_benchmark_and_prints_the_paper_layout(tmp_path):
-    from evaluation.suite import PUBLISHED_BIOCLIP2, headline_rows, paper_tables, run_suite
+    from evaluation.suite import PUBLISHED_BIOCLIP2, benchmark_table, headline_rows, paper_tables, run_suite
     from training.config import TINY_VIT_CFG, load_config
     from training.model import export_untrained
     from warehouse.catalog import open_catalog
@@ -310,9 +191,32 @@ def test_suite_runs_every_fixture_benchmark_and_prints_the_paper_layout(tmp_path
     cat = open_catalog(tmp_path / "home")
     summary = run_suite(cat, str(export), tmp_path / "data", progress=False)
     ran = set(summary["results"])
-    assert ran == set(PUBLISHED_BIOCLIP2) and summary["skipped"] == []
-    assert summary["results"]["camera-traps"]["n_classes"] == 2 and summary["images_per_second"] > 0
-    assert summary["results"]["fishnet"]["dropped train.csv: empty trait"] == 1
+    assert ran == set(PUBLISHED_BIOCLIP2) and summary["skipped"] == [] and summary["failed"] == {}
+    res = summary["results"]
+    assert summary["images_per_second"] > 0
+    # camera traps: five sets scored apart (2 + 2 + 3 + 2 + 2 classes), the headline their mean
+    ct = res["camera-traps"]
+    assert (
+        ct["sets"] == list(layouts.CAMERA_TRAP_SETS) and ct["n_classes"] == 11 and ct["island_n_classes"] == 3
+    )
+    assert ct["zero_shot_top1"] == pytest.approx(
+        np.mean([ct[f"{s}_zero_shot_top1"] for s in layouts.CAMERA_TRAP_SETS])
+    )
+    # the one INS_Mini image listed but absent is reported, and the set is still scored
+    assert res["insects"]["n"] == 17 and res["insects"]["n_missing"] == 1 and res["insects"]["n_classes"] == 3
+    assert res["insects"]["missing_examples"] == [INS_MINI_ABSENT]
+    assert (
+        res["nabirds"]["n"] == 12
+        and res["nabirds"]["n_test"] == 8
+        and "zero_shot_top1_test" in res["nabirds"]
+    )
+    assert res["fishnet"]["dropped train.csv: empty trait"] == 1 and res["fishnet"]["n"] == 19
+    assert res["herbarium19"]["n"] == 1366 and res["herbarium19"]["n_classes"] == 683
+    assert res["plantdoc"]["n_classes"] == 4 and res["plantdoc"]["n_classes_test"] == 3
+    assert 0 <= res["plantdoc"]["k1_acc_upstream"] <= 1
+    assert res["newt"]["n"] == 32 and res["rare-species"]["n_classes"] == 2
+    table = benchmark_table(summary)
+    assert "Insects | 17 | 1 (first: Apidae/322093d2" in table and "CamTrap | 61 | 0 | 11 |" in table
     for scores in summary["results"].values():
         assert all(
             0 <= v <= 1 for k, v in scores.items() if k.endswith(("acc", "top1", "correct", "f1", "acc_all"))
@@ -415,11 +319,10 @@ def test_a_malformed_benchmark_fails_alone(tmp_path):
             for j in range(count):
                 _jpg(data / "plantdoc" / side / c / f"{j}.jpg", j)
     (data / "fishnet").mkdir()
-    (data / "fishnet" / "train.csv").write_text(
-        ",".join(["c"] * 15 + list(layouts.FISHNET_LABELS)) + "\nx,y\n"
-    )
+    real_header = (REAL / "fishnet/test.csv").read_text().splitlines()[0]  # 25 columns
+    (data / "fishnet" / "train.csv").write_text(real_header + "\nx,y\n")
     (data / "fishnet" / "test.csv").write_text("h\n")
     (data / "fishnet" / "Image_Library").mkdir()
     summary = run_suite(open_catalog(tmp_path / "home"), str(export), data, progress=False)
     assert set(summary["results"]) == {"plantdoc"}
-    assert "line 2 has 2 of 24 columns" in summary["failed"]["fishnet"]
+    assert "line 2 does not have the header's 25 columns" in summary["failed"]["fishnet"]
