@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -141,8 +141,10 @@ class HttpConfig:
     backoff_base: float = 0.5
     backoff_max: float = 30.0  # also the cap on a server's Retry-After
     user_agent: str = USER_AGENT
-    per_host: int = 2  # concurrent requests per host
-    host_rate: float = 5.0  # starting requests/s per host; adapts (HostThrottle)
+    per_host: int = field(default=2, metadata={"help": "concurrent requests per host, per worker"})
+    host_rate: float = field(  # adapts (HostThrottle)
+        default=5.0, metadata={"help": "starting requests/s per host, per worker (adapts)"}
+    )
     host_rate_min: float = 0.2
     host_rate_max: float = 50.0
     # Bounds on what a server can make us hold or wait for (ingest's API pages; fetch has its own): a body

@@ -9,34 +9,12 @@ import json
 import logging
 import os
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flows.flags import config_flag, from_flags
-
-
-def _kv(items: list[str] | None, what: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{what} {item!r} must be KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k] = v
-    return out
-
-
-def _name(kind: str):
-    """An argparse type: a user-given name checked at the command line (names are never paths)."""
-    from warehouse.contracts import check_name
-
-    def parse(value: str) -> str:
-        try:
-            return check_name(kind, value)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
+from flows.flags import add_config_flags, from_flags, kv_pairs, name_type
+from flows.stages import INPUTS, STAGES, ExecutorConfig
+from warehouse.contracts import CAPTION_TYPES, RANKS, TRAINING_TEXT_TYPES
 
 
 def _catalog(args):
@@ -83,19 +61,14 @@ def _executor(args):
     return from_flags(ExecutorConfig, args)
 
 
-def cmd_ingest(args) -> None:
-    from etl.ingest.sources import IngestConfig
-    from flows import stages
+def cmd_stage(args) -> None:
+    """A stage of `stages.STAGES`: its config from its flags, the runs it reads, its executor."""
+    from flows.stages import ExecutorConfig
 
-    params = _kv(args.param, "--param")
-    if args.since:
-        if args.source != "gbif":
-            raise ValueError(
-                "--since is supported for gbif (its lastInterpreted filter); other sources re-read all"
-            )
-        params["lastInterpreted"] = f"{date.fromisoformat(args.since).isoformat()},*"
-    cfg = from_flags(IngestConfig, args, source=args.source, params=params)
-    _print(stages.ingest(_catalog(args), cfg, progress=True))
+    st = args.stage
+    inputs = {name: getattr(args, name) for name in st.inputs} | ({"full": args.full} if st.full else {})
+    executor = from_flags(ExecutorConfig, args) if st.executor else None
+    _print(st.run(_catalog(args), from_flags(st.config, args), inputs, executor, progress=True))
 
 
 def cmd_taxonomy(args) -> None:
@@ -123,54 +96,10 @@ def cmd_taxonomy(args) -> None:
     print(f"{len(out)} names -> {args.out}")
 
 
-def cmd_resolve(args) -> None:
-    from flows import stages
-
-    _print(stages.resolve(_catalog(args), args.backbone, full=args.full))
-
-
-def cmd_fetch(args) -> None:
-    from etl.fetch.stage import FetchConfig
-    from flows import stages
-
-    cfg = from_flags(FetchConfig, args)
-    _print(stages.fetch(_catalog(args), cfg, _executor(args), progress=True))
-
-
-def cmd_compact(args) -> None:
-    from flows import stages
-    from warehouse.compaction import CompactionConfig
-
-    cfg = from_flags(CompactionConfig, args)
-    _print(stages.compact(_catalog(args), cfg, _executor(args)))
-
-
 def cmd_dedup_query(args) -> None:
     from etl.dedup.query import query_images
 
     _print(query_images(_catalog(args), args.images, k=args.k))
-
-
-def cmd_dedup(args) -> None:
-    from etl.dedup.stage import DedupConfig
-    from flows import stages
-
-    evals = _kv(args.eval, "--eval")
-    for name, path in evals.items():
-        if not Path(path).exists():
-            raise FileNotFoundError(f"--eval {name}: {path} does not exist (a folder or a .tar shard)")
-    cfg = from_flags(
-        DedupConfig, args, eval_sets=evals, eval_eol_pages=_kv(args.eval_eol_pages, "--eval-eol-pages")
-    )
-    _print(stages.dedup(_catalog(args), cfg, full=args.full))
-
-
-def cmd_filter_run(args) -> None:
-    from etl.filter.stage import FilterConfig
-    from flows import stages
-
-    cfg = from_flags(FilterConfig, args)
-    _print(stages.filter_images(_catalog(args), cfg, _executor(args), dedup_run=args.dedup_run))
 
 
 def cmd_filter_support(args) -> None:
@@ -179,25 +108,6 @@ def cmd_filter_support(args) -> None:
     _print(
         build_support(_catalog(args), args.folder, name=args.name, model=args.model, k=args.k, seed=args.seed)
     )
-
-
-def cmd_shard(args) -> None:
-    from etl.filter.rules import FilterRule
-    from etl.shards.stage import ShardConfig
-    from flows import stages
-
-    cfg = from_flags(
-        ShardConfig, args, version=args.version, filters=tuple(FilterRule.parse(f) for f in args.filter or ())
-    )
-    manifest = stages.shard(
-        _catalog(args),
-        cfg,
-        _executor(args),
-        dedup_run=args.dedup_run,
-        resolve_run=args.resolve_run,
-        filter_run=args.filter_run,
-    )
-    _print(stages.manifest_summary(manifest))
 
 
 def cmd_versions(args) -> None:
@@ -377,7 +287,7 @@ def _recipe(args):
     from flows.recipe import RecipeError, load_recipe
 
     try:
-        return load_recipe(args.recipe, _kv(args.var, "--var"))
+        return load_recipe(args.recipe, kv_pairs(args.var, "--var"))
     except RecipeError as exc:
         # Every problem on its own line: a recipe often has several.
         raise SystemExit("tol: the recipe has problems:\n  " + "\n  ".join(exc.problems)) from None
@@ -411,9 +321,9 @@ def cmd_recipe(args) -> None:
         out = recipe_flow(
             str(Path(args.home).resolve()),
             recipe_path=str(Path(args.recipe).resolve()),
-            variables=_kv(args.var, "--var"),
+            variables=kv_pairs(args.var, "--var"),
             until=args.until,
-            train_overrides=_kv(args.train, "--train") or None,
+            train_overrides=kv_pairs(args.train, "--train") or None,
         )
         _print(out)
 
@@ -478,18 +388,13 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+PARENT_HELP = {
+    "filter": "content scores for the kept images (scores only: a version's --filter rules decide)"
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from etl.dedup.stage import DedupConfig
-    from etl.executors import EXECUTORS
-    from etl.fetch.stage import FetchConfig
-    from etl.filter.stage import FilterConfig
-    from etl.ingest.sources import IngestConfig
-    from etl.shards.stage import ShardConfig
-    from flows.stages import ExecutorConfig
-    from training.config import PRESETS
-    from warehouse.compaction import CompactionConfig as Compaction
-    from warehouse.contracts import CAPTION_TYPES, FILTER_SCORERS, RANKS, SOURCES, TRAINING_TEXT_TYPES
-    from warehouse.schemas import LAKE_TABLES
+    from training.config import PRESETS  # imports torch: only when a parser is built
 
     fmt = _DefaultsHelp  # every argument's help ends with its default
     p = argparse.ArgumentParser(
@@ -511,18 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=description or help, formatter_class=fmt)
         s.set_defaults(fn=fn)
         return s
-
-    def executor_args(s: argparse.ArgumentParser) -> None:
-        ex = ExecutorConfig
-        config_flag(s, "--executor", ex, "name", "where the work units run", choices=EXECUTORS)
-        config_flag(s, "--workers", ex, "workers", "local worker processes (or Spark's local[N])")
-        config_flag(
-            s,
-            "--spark-master",
-            ex,
-            "spark_master",
-            "a Spark master URL, e.g. spark://host:7077 (default local[N])",
-        )
 
     s = command(
         "demo", "run every stage on the offline sample world, from sample_world/recipe.yaml", cmd_demo
@@ -565,26 +458,29 @@ def build_parser() -> argparse.ArgumentParser:
                 help="a TrainConfig key that wins over the recipe, e.g. --train steps=80 (repeatable)",
             )
 
-    s = command("ingest", "pull a source into raw_records", cmd_ingest)
-    s.add_argument("source", choices=SOURCES, help="the source to pull")
-    ic = IngestConfig
-    config_flag(s, "--api-url", ic, "api_url", "service or mirror base URL (default: the real service)")
-    config_flag(s, "--path", ic, "path", "a local file or folder instead of the API")
-    config_flag(
-        s, "--allow-private-hosts", ic, "allow_private_hosts",
-        "let the API be on a private or loopback address (a LAN mirror; refused by default)",
-    )  # fmt: skip
-    s.add_argument(
-        "--param", action="append", metavar="KEY=VALUE", help="query filter passed through (repeatable)"
-    )
-    config_flag(s, "--limit", ic, "limit", "stop after this many records (default: no limit)", type=int)
-    config_flag(s, "--page-size", ic, "page_size", "records per API page")
-    config_flag(s, "--max-pages", ic, "max_pages", "stop (and fail) past this many API requests in one run")
-    s.add_argument("--since", help="gbif: only records (re)interpreted since this date (YYYY-MM-DD)")
-    config_flag(
-        s, "--download", ic, "download",
-        "gbif: request an asynchronous DwC-A download for the query (GBIF_USER, GBIF_PWD, GBIF_EMAIL)",
-    )  # fmt: skip
+    parents: dict[str, argparse._SubParsersAction] = {}
+    stage_parsers: dict[str, argparse.ArgumentParser] = {}
+    for st in STAGES:  # each stage's flags come from its config's fields
+        words = (st.command or st.name).split()
+        if len(words) == 1:
+            s = command(st.name, st.help, cmd_stage)
+        else:
+            if words[0] not in parents:
+                parent = command(words[0], PARENT_HELP[words[0]], cmd_stage)
+                parents[words[0]] = parent.add_subparsers(
+                    dest=f"{words[0]}_cmd", required=True, metavar="ACTION"
+                )
+            s = parents[words[0]].add_parser(words[1], help=st.help, description=st.help, formatter_class=fmt)
+            s.set_defaults(fn=cmd_stage)
+        s.set_defaults(stage=st)
+        add_config_flags(s, st.config)
+        for name in st.inputs:
+            s.add_argument("--" + name.replace("_", "-"), help=INPUTS[name])
+        if st.full:
+            s.add_argument("--full", action="store_true", help=st.full)
+        if st.executor:
+            add_config_flags(s, ExecutorConfig)
+        stage_parsers[st.name] = s
 
     s = command("taxonomy", "backbones and name resolution", cmd_taxonomy)
     tsub = s.add_subparsers(dest="taxonomy_cmd", required=True, metavar="ACTION")
@@ -610,165 +506,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone", action="append", help="a backbone version; repeat for a priority order (first wins)"
     )
 
-    s = command("resolve", "resolve all usable records against the latest backbone", cmd_resolve)
-    s.add_argument(
-        "--backbone",
-        action="append",
-        help="a backbone version; repeat for a priority order (first wins; default the latest loaded)",
-    )
-    s.add_argument(
-        "--full",
-        action="store_true",
-        help="resolve every usable record again (default: only records new or changed since the last run"
-        " with these backbones, the rest carried from it)",
-    )
-
-    s = command("fetch", "download, resize and hash images", cmd_fetch)
-    executor_args(s)
-    fc = FetchConfig
-    config_flag(s, "--threads", fc, "threads", "download threads per worker")
-    config_flag(s, "--per-host", fc, "http.per_host", "concurrent requests per host, per worker")
-    config_flag(s, "--host-rate", fc, "http.host_rate", "starting requests/s per host, per worker (adapts)")
-    config_flag(
-        s, "--partition-rows", fc, "partition_rows", "rows per work unit, each written as one lake part"
-    )
-    config_flag(
-        s, "--allow-private-hosts", fc, "allow_private_hosts",
-        "allow loopback and private addresses (a local mirror); refused otherwise (SSRF guard)",
-    )  # fmt: skip
-    config_flag(
-        s, "--retry-failed", fc, "retry_failed", "retry transient failures (and internal errors) only"
-    )
-    config_flag(
-        s, "--max-internal-error-rate", fc, "max_internal_error_rate",
-        "stop and fail when more than this fraction of rows end as internal_error (a bug)",
-    )  # fmt: skip
-    config_flag(s, "--min-side", fc, "image.min_side", "drop images whose short side is smaller")
-    config_flag(s, "--max-side", fc, "image.max_side", "resize so the long side is at most this")
-    config_flag(s, "--pdq", fc, "image.pdq", "also a 256-bit PDQ hash (needs the `pdq` extra)")
-    config_flag(
-        s,
-        "--deadline",
-        fc,
-        "deadline",
-        "seconds for one whole download, headers and body: a trickling server ends here",
-    )
-    config_flag(
-        s, "--max-pixels-in-flight", fc, "image.max_pixels_in_flight",
-        "decoded pixels processed at once per worker process (a larger image runs alone)",
-    )  # fmt: skip
-    config_flag(
-        s, "--allow-local-root", fc, "local_roots",
-        "read file:// URLs under DIR (e.g. the BIOSCAN-5M image tree on disk); refused otherwise",
-        action="append", metavar="DIR",
-    )  # fmt: skip
-
-    s = command(
-        "compact",
-        "merge small lake parts into parts of bounded size (fetch does it for the image table)",
-        cmd_compact,
-        "Merge the small Parquet parts of each lake partition folder into parts of at most --target-rows "
-        "rows. Queries running meanwhile are not disturbed: the replaced parts stay readable for --grace "
-        "seconds and are deleted by a later compaction.",
-    )
-    cc = Compaction
-    config_flag(
-        s, "--table", cc, "tables", "a lake table (default: all)", action="append", choices=LAKE_TABLES
-    )
-    config_flag(s, "--small-part-rows", cc, "small_part_rows", "a part with fewer rows is small")
-    config_flag(s, "--target-rows", cc, "target_rows", "rows of a merged part, at most")
-    config_flag(
-        s, "--min-small-parts", cc, "min_small_parts", "compact a folder once it holds this many small parts"
-    )
-    config_flag(
-        s,
-        "--grace",
-        cc,
-        "grace_seconds",
-        "seconds replaced parts stay readable for running queries (0: delete them at once)",
-    )
-    executor_args(s)
-
-    s = command(
-        "dedup", "exact, near and eval-leak decisions (`tol dedup query IMAGE...`: look images up)", cmd_dedup
-    )
+    s = stage_parsers["dedup"]
     qsub = s.add_subparsers(dest="dedup_cmd", required=False, metavar="[query]")
     text = "find the catalog images within k bits of each image's pHash: record, source, licence, dedup decision, leak, versions"
     q = qsub.add_parser("query", help=text, description=text, formatter_class=fmt)
     q.set_defaults(fn=cmd_dedup_query)
     q.add_argument("images", nargs="+", help="image files to look up")
     q.add_argument("--k", type=int, default=8, help="Hamming distance of a hit, in bits of the 64-bit pHash")
-    s.add_argument(
-        "--full",
-        action="store_true",
-        help="write every decision again (default: only decisions that differ from the last run's)",
-    )
-    s.add_argument(
-        "--eval", action="append", metavar="NAME=PATH", help="an evaluation set to protect (repeatable)"
-    )
-    dc = DedupConfig
-    config_flag(
-        s,
-        "--replace-eval",
-        dc,
-        "replace_eval",
-        "let an --eval set's new hashes drop images its stored hashes hold",
-    )
-    config_flag(s, "--near-k", dc, "near_k", "pHash Hamming distance of a near duplicate (0-15)")
-    config_flag(s, "--leak-k", dc, "leak_k", "pHash Hamming distance of an evaluation leak (0-15)")
-    config_flag(
-        s, "--pdq-leak-k", dc, "pdq_leak_k",
-        "also a PDQ leak check at this distance of 256 bits (the paper: 10; needs images fetched with --pdq)",
-        type=int,
-    )  # fmt: skip
-    s.add_argument(
-        "--eval-eol-pages",
-        action="append",
-        metavar="NAME=FILE",
-        help="a benchmark listed by EOL page id (one per line, or a CSV `page_id` column): its pages' records "
-        "are evaluation leaks (repeatable)",
-    )
-
-    s = command(
-        "filter",
-        "content scores for the kept images (scores only: a version's --filter rules decide)",
-        cmd_filter_run,
-    )
-    fsub = s.add_subparsers(dest="filter_cmd", required=True, metavar="ACTION")
-    text = "score the images the latest (or --dedup-run) dedup run kept"
-    f = fsub.add_parser("run", help=text, description=text, formatter_class=fmt)
-    f.set_defaults(fn=cmd_filter_run)
-    fl = FilterConfig
-    config_flag(
-        f, "--scorer", fl, "scorers", "a scorer to run (repeatable; default image_type and burst; image_type always runs)",
-        action="append", choices=FILTER_SCORERS,
-    )  # fmt: skip
-    config_flag(
-        f,
-        "--image-type-rules",
-        fl,
-        "image_type_rules",
-        "an image-type rules file (default: etl/filter/image_types.yaml)",
-    )
-    config_flag(f, "--face-max-side", fl, "faces.max_side", "faces: scale images to this long side first")
-    config_flag(
-        f, "--museum-model", fl, "museum.model",
-        "museum_category: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
-    )  # fmt: skip
-    config_flag(
-        f, "--support", fl, "museum.support", "museum_category: the support set", type=_name("support set")
-    )
-    config_flag(f, "--device", fl, "device", "torch device of the image scorers (cpu, cuda, cuda:1)")
-    config_flag(f, "--batch-size", fl, "batch_size", "images per scorer call")
-    config_flag(f, "--partition-rows", fl, "partition_rows", "images per work unit (one lake part)")
-    config_flag(f, "--rescore", fl, "rescore", "score again images that have a score already")
-    f.add_argument("--dedup-run", help="the dedup run whose kept images to score (default: the latest)")
-    executor_args(f)
+    fsub = parents["filter"]
     text = "embed a support folder (one sub-folder of images per category) and store k centroids per category"
     f = fsub.add_parser("build-support", help=text, description=text, formatter_class=fmt)
     f.set_defaults(fn=cmd_filter_support)
     f.add_argument("folder", help="the support folder: FOLDER/<category>/*.jpg")
-    f.add_argument("--name", default="museum", type=_name("support set"), help="the support set's name")
+    f.add_argument("--name", default="museum", type=name_type("support set"), help="the support set's name")
     f.add_argument(
         "--model",
         required=True,
@@ -779,48 +529,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--seed", type=int, default=0, help="the k-means seed")
 
-    s = command("shard", "write a dataset version as WebDataset shards", cmd_shard)
-    s.add_argument("--version", required=True, type=_name("version"), help="the new version's name")
-    sc = ShardConfig
-    config_flag(
-        s, "--where", sc, "where", "SQL filter over lineage/record columns, e.g. kingdom = 'Animalia'"
-    )
-    config_flag(s, "--samples-per-shard", sc, "samples_per_shard", "samples per tar shard")
-    config_flag(s, "--max-shard-bytes", sc, "max_shard_bytes", "a shard closes at this size")
-    config_flag(
-        s,
-        "--image-size",
-        sc,
-        "image_size",
-        "squash-resize images to this size (default: as fetched)",
-        type=int,
-    )
-    config_flag(s, "--val-fraction", sc, "val_fraction", "share of samples in the val split")
-    config_flag(s, "--seed", sc, "seed", "seed of the split and of the sample order")
-    config_flag(
-        s,
-        "--txt-caption",
-        sc,
-        "txt_caption",
-        "caption type also written as plain `txt`",
-        choices=CAPTION_TYPES,
-    )
-    executor_args(s)
-    config_flag(s, "--overwrite", sc, "overwrite", "replace an existing version of this name")
-    s.add_argument("--dedup-run", help="the dedup run whose kept images to shard (default: the latest)")
-    s.add_argument("--resolve-run", help="the resolve run whose names label them (default: the latest)")
-    s.add_argument(
-        "--filter",
-        action="append",
-        metavar="RULE",
-        help="leave out samples by a filter score: SCORER>X, SCORER<X or SCORER=LABEL[,LABEL] "
-        "(repeatable), e.g. 'burst>15' 'faces>0' 'museum_category=label,drawer'",
-    )
-    s.add_argument(
-        "--filter-run",
-        help="the filter run whose scores the rules read (default: the latest that covers them)",
-    )
-
     s = command(
         "takedown", "take records down: every later version leaves them out and counts them", cmd_takedown
     )
@@ -829,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
         "record a takedown request (who, when, why) over records by id or by an expression over raw_records"
     )
     t = tdsub.add_parser("add", help=text, description=text, formatter_class=fmt)
-    t.add_argument("--record", action="append", type=_name("record"), help="a record id (repeatable)")
+    t.add_argument("--record", action="append", type=name_type("record"), help="a record id (repeatable)")
     t.add_argument("--where", help="an expression over raw_records, e.g. \"rights_holder = 'A. Person'\"")
     t.add_argument("--reason", required=True, help="why (a rights holder's request, a licence change, ...)")
     t.add_argument("--by", help="who asked")
@@ -863,10 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
         "action", nargs="?", choices=["list", "show", "verify", "which"], default="list", help="what to do"
     )
     s.add_argument(
-        "name", nargs="?", type=_name("version"), help="the version (show, verify), or a record id (which)"
+        "name",
+        nargs="?",
+        type=name_type("version"),
+        help="the version (show, verify), or a record id (which)",
     )
     s.add_argument("--card", action="store_true", help="show: the version's dataset card (README.md) instead")
-    executor_args(s)  # verify: one work unit per shard
+    add_config_flags(s, ExecutorConfig)  # verify: one work unit per shard
 
     s = command(
         "train",

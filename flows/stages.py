@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,40 @@ class ExecutorConfig:
     """Where the byte-heavy stages (fetch, shard) run: `local` processes, or Spark (`spark_master`, default
     `local[workers]`)."""
 
-    name: str = "local"
-    workers: int = 2
-    spark_master: str | None = None
+    name: str = field(
+        default="local",
+        metadata={"help": "where the work units run", "flag": "--executor", "choices": EXECUTORS},
+    )
+    workers: int = field(default=2, metadata={"help": "local worker processes (or Spark's local[N])"})
+    spark_master: str | None = field(
+        default=None, metadata={"help": "a Spark master URL, e.g. spark://host:7077 (default local[N])"}
+    )
 
     def __post_init__(self) -> None:
         if self.name not in EXECUTORS:
             raise ValueError(f"unknown executor {self.name!r}; choose one of: {', '.join(EXECUTORS)}")
         check_bound("workers", self.workers, MAX_WORKERS, 1)
+
+
+@dataclass(frozen=True)
+class ResolveConfig:
+    """Which backbones the records are resolved against, in priority order (empty: the latest loaded), and
+    whether every usable record is resolved again rather than only those new or changed since the last run."""
+
+    backbones: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "a backbone version; repeat for a priority order (first wins; default the latest loaded)",
+            "flag": "--backbone",
+        },
+    )
+    full: bool = field(
+        default=False,
+        metadata={
+            "help": "resolve every usable record again (default: only records new or changed since the last "
+            "run with these backbones, the rest carried from it)"
+        },
+    )
 
 
 def ingest(catalog: Catalog, cfg: IngestConfig, *, progress: bool = False) -> dict[str, Any]:
@@ -171,6 +198,112 @@ def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"])}
 
 
+# --- the stage table -------------------------------------------------------------------------------------------
+# Every stage in one shape: `run(catalog, cfg, inputs, executor, progress=...) -> summary`. `inputs` holds the
+# runs it reads (`dedup_run`: None is the latest succeeded) and, for stages that work incrementally, `full`.
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage as the command line, the curate flow and the recipe see it: its config class (whose fields
+    carry the flags), the runs it reads, whether it takes an executor, and whether it has a `--full` mode."""
+
+    name: str
+    help: str
+    config: type
+    run: Callable[..., dict[str, Any]]
+    inputs: tuple[str, ...] = ()
+    command: str = ""  # its command line words when not its name (`filter run`)
+    executor: bool = False
+    full: str | None = None  # the --full switch's help, for a stage that otherwise works incrementally
+
+
+# What each named input is, as its flag's help says.
+INPUTS = {
+    "dedup_run": "the dedup run whose kept images to use (default: the latest)",
+    "resolve_run": "the resolve run whose names label them (default: the latest)",
+    "filter_run": "the filter run whose scores the rules read (default: the latest that covers them)",
+}
+
+
+def _ingest(catalog: Catalog, cfg: IngestConfig, inputs, executor, *, progress: bool = False):
+    if cfg.since:
+        if cfg.source != "gbif":
+            raise ValueError(
+                "--since is supported for gbif (its lastInterpreted filter); other sources re-read all"
+            )
+        since = f"{date.fromisoformat(cfg.since).isoformat()},*"
+        cfg = replace(cfg, params={**cfg.params, "lastInterpreted": since}, since=None)
+    return ingest(catalog, cfg, progress=progress)
+
+
+def _resolve(catalog: Catalog, cfg: ResolveConfig, inputs, executor, *, progress: bool = False):
+    return resolve(catalog, cfg.backbones or None, full=cfg.full)
+
+
+def _fetch(catalog: Catalog, cfg: FetchConfig, inputs, executor, *, progress: bool = False):
+    return fetch(catalog, cfg, executor, progress=progress)
+
+
+def _compact(catalog: Catalog, cfg: CompactionConfig, inputs, executor, *, progress: bool = False):
+    return compact(catalog, cfg, executor)
+
+
+def _dedup(catalog: Catalog, cfg: DedupConfig, inputs, executor, *, progress: bool = False):
+    for name, path in cfg.eval_sets.items():
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--eval {name}: {path} does not exist (a folder or a .tar shard)")
+    return dedup(catalog, cfg, full=bool(inputs.get("full")))
+
+
+def _filter(catalog: Catalog, cfg: FilterConfig, inputs, executor, *, progress: bool = False):
+    return filter_images(catalog, cfg, executor, dedup_run=inputs.get("dedup_run"))
+
+
+def _shard(catalog: Catalog, cfg: ShardConfig, inputs, executor, *, progress: bool = False):
+    runs = {k: inputs.get(k) for k in ("dedup_run", "resolve_run", "filter_run")}
+    return manifest_summary(shard(catalog, cfg, executor, **runs))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", "pull a source into raw_records", IngestConfig, _ingest),
+    Stage("resolve", "resolve all usable records against the latest backbone", ResolveConfig, _resolve),
+    Stage("fetch", "download, resize and hash images", FetchConfig, _fetch, executor=True),
+    Stage(
+        "compact",
+        "merge small lake parts into parts of bounded size (fetch does it for the image table)",
+        CompactionConfig,
+        _compact,
+        executor=True,
+    ),
+    Stage(
+        "dedup",
+        "exact, near and eval-leak decisions (`tol dedup query IMAGE...`: look images up)",
+        DedupConfig,
+        _dedup,
+        full="write every decision again (default: only decisions that differ from the last run's)",
+    ),
+    Stage(
+        "filter",
+        "score the images the latest (or --dedup-run) dedup run kept",
+        FilterConfig,
+        _filter,
+        inputs=("dedup_run",),
+        executor=True,
+        command="filter run",
+    ),
+    Stage(
+        "shard",
+        "write a dataset version as WebDataset shards",
+        ShardConfig,
+        _shard,
+        inputs=("dedup_run", "resolve_run", "filter_run"),
+        executor=True,
+    ),
+)
+STAGE = {st.name: st for st in STAGES}
+
+
 @dataclass(frozen=True)
 class CurateConfig:
     """Resolve, fetch, dedup, filter (when `filter` is given) and shard (when `shard` is), with every stage's
@@ -184,45 +317,42 @@ class CurateConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
+def _stage_step(name: str, config: Callable[[CurateConfig], Any]):
+    """A curation step that runs stage `name` with its part of the CurateConfig; its inputs are the run ids
+    of the steps before it (`dedup_run` is the dedup step's run)."""
+
+    def run(catalog: Catalog, cfg: CurateConfig, runs: dict[str, str]) -> dict[str, Any]:
+        st = STAGE[name]
+        inputs = {i: runs.get(i.removesuffix("_run")) for i in st.inputs}
+        return st.run(catalog, config(cfg), inputs, cfg.executor if st.executor else None)
+
+    return run
+
+
 def _resolve_step(catalog: Catalog, cfg: CurateConfig, runs: dict[str, str]) -> dict[str, Any]:
-    backbones = [load_backbone(catalog, cfg.backbone_path)] if cfg.backbone_path else None
-    return resolve(catalog, backbones)
-
-
-def _shard_step(catalog: Catalog, cfg: CurateConfig, runs: dict[str, str]) -> dict[str, Any]:
-    manifest = shard(
-        catalog,
-        cfg.shard,
-        cfg.executor,
-        dedup_run=runs["dedup"],
-        resolve_run=runs["resolve"],
-        filter_run=runs.get("filter"),
-    )
-    return manifest_summary(manifest)
+    backbones = (load_backbone(catalog, cfg.backbone_path),) if cfg.backbone_path else ()
+    return STAGE["resolve"].run(catalog, ResolveConfig(backbones=backbones), {}, None)
 
 
 @dataclass(frozen=True)
 class CurationStep:
-    """One step of curation: its name (the summary's key, the Prefect task's), how it runs from the whole
-    `CurateConfig` and the run ids of the steps before it (its inputs, passed on and recorded), and whether
-    this config asks for it."""
+    """One step of curation: its name (a stage's, the summary's key, the Prefect task's), how it runs from
+    the whole `CurateConfig` and the run ids of the steps before it (its inputs, passed on and recorded),
+    and whether this config asks for it."""
 
     name: str
     run: Callable[[Catalog, CurateConfig, dict[str, str]], dict[str, Any]]
     wanted: Callable[[CurateConfig], bool] = lambda cfg: True
 
 
-# The one statement of the curation order: `curate`, the curate flow and the recipe all follow it.
+# The one statement of the curation order: `curate`, the curate flow and the recipe all follow it; each step
+# runs its entry of STAGES.
 CURATION_STEPS: tuple[CurationStep, ...] = (
     CurationStep("resolve", _resolve_step),
-    CurationStep("fetch", lambda c, cfg, runs: fetch(c, cfg.fetch, cfg.executor)),
-    CurationStep("dedup", lambda c, cfg, runs: dedup(c, cfg.dedup)),
-    CurationStep(
-        "filter",
-        lambda c, cfg, runs: filter_images(c, cfg.filter, cfg.executor, dedup_run=runs["dedup"]),
-        lambda cfg: cfg.filter is not None,
-    ),
-    CurationStep("shard", _shard_step, lambda cfg: cfg.shard is not None),
+    CurationStep("fetch", _stage_step("fetch", lambda cfg: cfg.fetch)),
+    CurationStep("dedup", _stage_step("dedup", lambda cfg: cfg.dedup)),
+    CurationStep("filter", _stage_step("filter", lambda cfg: cfg.filter), lambda cfg: cfg.filter is not None),
+    CurationStep("shard", _stage_step("shard", lambda cfg: cfg.shard), lambda cfg: cfg.shard is not None),
 )
 
 StepRunner = Callable[[CurationStep, CurateConfig, dict[str, str]], dict[str, Any]]

@@ -179,9 +179,44 @@ def test_every_config_flag_shows_its_fields_default():
     build_parser()
     assert len(FLAGS) >= 40
     for flag in FLAGS:
-        default = field_default(flag.cls, flag.path)
-        if default not in (None, False, (), []):
+        try:
+            default = field_default(flag.cls, flag.path)
+        except AttributeError:  # a required field: a positional or a required flag, no default to show
+            continue
+        if default not in (None, False, (), [], {}):
             assert flag.help.endswith(f"(default: {default})"), flag
+
+
+def test_every_stage_command_is_built_from_the_stage_table_and_its_config_fields():
+    """A field's help is written once, in its config; every such field of a stage's config is a flag of
+    that stage's command, and the CLI declares no config flag by hand."""
+    from dataclasses import fields, is_dataclass
+
+    from flows.cli import build_parser
+    from flows.flags import FLAGS
+    from flows.stages import STAGES
+
+    build_parser()
+    for st in STAGES:
+
+        def paths(cls, prefix=""):
+            for f in fields(cls):
+                if "flags" in f.metadata:
+                    nested = (
+                        f.default
+                        if f.default_factory is __import__("dataclasses").MISSING
+                        else f.default_factory()
+                    )
+                    assert is_dataclass(nested)
+                    yield from paths(type(nested), prefix + f.name + ".")
+                elif "help" in f.metadata:
+                    yield prefix + f.name
+
+        declared = set(paths(st.config))
+        flagged = {f.path for f in FLAGS if f.cls is st.config}
+        assert declared and declared == flagged, st.name
+    text = (Path(__file__).parents[1] / "flows" / "cli.py").read_text()
+    assert "config_flag(" not in text
 
 
 def test_the_cli_restates_no_config_default():

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,22 @@ class CompactionConfig:
     more has them merged, in name order, into parts of at most `target_rows` rows. Large parts are left
     alone, so a full merged part is never rewritten by a later compaction."""
 
-    tables: tuple[str, ...] = ()  # lake tables to compact; empty: every one
-    small_part_rows: int = 262_144
-    target_rows: int = 1_048_576
-    min_small_parts: int = 8
-    grace_seconds: float = 3600.0  # retired parts stay readable this long for queries already running
+    tables: tuple[str, ...] = field(  # empty: every one
+        default=(),
+        metadata={"help": "a lake table (default: all)", "flag": "--table", "choices": LAKE_TABLES},
+    )
+    small_part_rows: int = field(default=262_144, metadata={"help": "a part with fewer rows is small"})
+    target_rows: int = field(default=1_048_576, metadata={"help": "rows of a merged part, at most"})
+    min_small_parts: int = field(
+        default=8, metadata={"help": "compact a folder once it holds this many small parts"}
+    )
+    grace_seconds: float = field(
+        default=3600.0,
+        metadata={
+            "help": "seconds replaced parts stay readable for running queries (0: delete them at once)",
+            "flag": "--grace",
+        },
+    )
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tables if t not in LAKE_TABLES]

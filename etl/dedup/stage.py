@@ -43,20 +43,42 @@ from warehouse.stage_runs import StageRun, succeeded_runs
 
 @dataclass(frozen=True)
 class DedupConfig:
-    near_k: int = 6  # planted resize/re-encode variants sit at 0-4; distinct images at 20+ (measured on the sample world)
-    leak_k: int = 8
+    # planted resize/re-encode variants sit at 0-4; distinct images at 20+ (measured on the sample world)
+    near_k: int = field(default=6, metadata={"help": "pHash Hamming distance of a near duplicate (0-15)"})
+    leak_k: int = field(default=8, metadata={"help": "pHash Hamming distance of an evaluation leak (0-15)"})
     source_priority: tuple[str, ...] = SOURCES
     degenerate_min_bits: int = 4  # hashes with fewer than this many 1-bits (or 0-bits) are degenerate
-    eval_sets: dict[str, str] = field(default_factory=dict)
+    eval_sets: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "an evaluation set to protect (repeatable)",
+            "flag": "--eval",
+            "metavar": "NAME=PATH",
+        },
+    )
     # The paper's leak check: PDQ within 10 of 256 bits (None: pHash and MD5 only). PDQ hashes of quality
     # below `pdq_min_quality` (flat or tiny images; Meta's guidance is 50) say little and are not compared.
-    pdq_leak_k: int | None = None
+    pdq_leak_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "also a PDQ leak check at this distance of 256 bits (the paper: 10; needs images fetched with --pdq)"
+        },
+    )
     pdq_min_quality: int = 50
     # Benchmarks listed by EOL page id: {name: file of page ids, one per line or a CSV column `page_id`}.
-    eval_eol_pages: dict[str, str] = field(default_factory=dict)
+    eval_eol_pages: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "a benchmark listed by EOL page id (one per line, or a CSV `page_id` column): its pages' "
+            "records are evaluation leaks (repeatable)",
+            "metavar": "NAME=FILE",
+        },
+    )
     # A re-hash of an evaluation set that no longer holds every image its stored hashes do (a folder half
     # copied, a mount missing) is refused unless this is set: leaks of the dropped images would go unseen.
-    replace_eval: bool = False
+    replace_eval: bool = field(
+        default=False, metadata={"help": "let an --eval set's new hashes drop images its stored hashes hold"}
+    )
 
     def __post_init__(self) -> None:
         if self.pdq_leak_k is not None and not 0 <= self.pdq_leak_k <= 15:

@@ -10,7 +10,7 @@ import tarfile
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -46,15 +46,20 @@ def tar_images(path: str | Path, max_bytes: int = MAX_IMAGE_MEMBER_BYTES) -> Ite
 
 @dataclass(frozen=True)
 class ImageConfig:
-    min_side: int = 224
-    max_side: int = 720
+    min_side: int = field(default=224, metadata={"help": "drop images whose short side is smaller"})
+    max_side: int = field(default=720, metadata={"help": "resize so the long side is at most this"})
     jpeg_quality: int = 90
     max_pixels: int = 89_478_485  # Pillow's own default bomb limit, made explicit
     encode: bool = True  # False: hashes only (evaluation sets), no JPEG re-encode
     # Decoded pixels being processed at once in one process, over all its threads: 8 threads on 81 Mpx
     # photos would otherwise hold about 6 GB. An image larger than this still runs, alone.
-    max_pixels_in_flight: int = 100_000_000
-    pdq: bool = False  # also a 256-bit PDQ hash (the paper's leak hash); needs the `pdq` extra (pdqhash)
+    max_pixels_in_flight: int = field(
+        default=100_000_000,
+        metadata={"help": "decoded pixels processed at once per worker process (a larger image runs alone)"},
+    )
+    pdq: bool = field(
+        default=False, metadata={"help": "also a 256-bit PDQ hash (needs the `pdq` extra)"}
+    )  # the paper\'s leak hash
 
     def __post_init__(self) -> None:
         check_bound("max_pixels", self.max_pixels, MAX_PIXELS, 1)

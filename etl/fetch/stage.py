@@ -57,22 +57,45 @@ class FailureRateError(RuntimeError):
 
 @dataclass(frozen=True)
 class FetchConfig:
-    image: ImageConfig = field(default_factory=ImageConfig)
-    http: HttpConfig = IMAGE_HOSTS  # timeouts, retries and the per-host rate, per worker process
+    image: ImageConfig = field(default_factory=ImageConfig, metadata={"flags": ""})
+    # timeouts, retries and the per-host rate, per worker process
+    http: HttpConfig = field(default=IMAGE_HOSTS, metadata={"flags": ""})
     max_bytes: int = 40 * 1024 * 1024
     max_redirects: int = 5
-    deadline: float = 60.0  # seconds for one whole request, headers and body (a trickling server ends here)
-    threads: int = 8
-    allow_private_hosts: bool = False
-    local_roots: tuple[str, ...] = ()  # folders whose files may be read through file:// URLs (BIOSCAN-5M)
+    deadline: float = field(
+        default=60.0,
+        metadata={"help": "seconds for one whole download, headers and body: a trickling server ends here"},
+    )
+    threads: int = field(default=8, metadata={"help": "download threads per worker"})
+    allow_private_hosts: bool = field(
+        default=False,
+        metadata={
+            "help": "allow loopback and private addresses (a local mirror); refused otherwise (SSRF guard)"
+        },
+    )
+    local_roots: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "read file:// URLs under DIR (e.g. the BIOSCAN-5M image tree on disk); refused otherwise",
+            "flag": "--allow-local-root",
+            "metavar": "DIR",
+        },
+    )
     # How the stage runs: rows per work unit (each unit is one lake part, written by its worker when done:
     # a kill loses at most the units in flight), and the rerun mode.
-    partition_rows: int = 1024
-    retry_failed: bool = False  # fetch again the rows that ended transient (or internal_error), nothing else
+    partition_rows: int = field(
+        default=1024, metadata={"help": "rows per work unit, each written as one lake part"}
+    )
+    retry_failed: bool = field(
+        default=False, metadata={"help": "retry transient failures (and internal errors) only"}
+    )
     max_attempts: int = 3  # with retry_failed: rows tried this often already are left as they are
     # `internal_error` is a bug, not a bad URL: past this fraction of the rows done (after the first
     # `min_rows_for_rate`), the stage stops and fails loudly rather than record a corpus of bugs.
-    max_internal_error_rate: float = 0.02
+    max_internal_error_rate: float = field(
+        default=0.02,
+        metadata={"help": "stop and fail when more than this fraction of rows end as internal_error (a bug)"},
+    )
     min_rows_for_rate: int = 50
 
     def __post_init__(self) -> None:

@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from warehouse.contracts import check_name
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -33,7 +35,7 @@ class FaceConfig:
 
     thresholds: tuple[float, float, float] = (0.9, 0.95, 0.95)
     min_face_size: int = 20
-    max_side: int = 224
+    max_side: int = field(default=224, metadata={"help": "faces: scale images to this long side first"})
 
     def __post_init__(self) -> None:
         if len(self.thresholds) != 3 or not all(0 < t < 1 for t in self.thresholds):
@@ -103,9 +105,20 @@ class MuseumConfig:
     folder, `local-dir:PATH` or `hf-hub:ORG/NAME` (the paper used CLIP ViT-L/14@336px); `support` names the
     centroids `tol filter build-support` stored, computed with that same model."""
 
-    model: str | None = None
-    support: str = "museum"
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "museum_category: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME"
+        },
+    )
+    support: str = field(
+        default="museum",
+        metadata={"help": "museum_category: the support set", "flag": "--support", "name": "support set"},
+    )
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_name("support set", self.support)  # a name, never a path
 
 
 class MuseumCategoryScorer:

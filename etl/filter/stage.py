@@ -45,14 +45,25 @@ UNIT_RESULT = pa.schema([("scorer", pa.string()), ("n", pa.int64()), ("errors", 
 
 @dataclass(frozen=True)
 class FilterConfig:
-    scorers: tuple[str, ...] = ("image_type", "burst")  # image_type is added when missing
-    image_type_rules: str | None = None  # a rules file (default: etl/filter/image_types.yaml)
-    faces: FaceConfig = field(default_factory=FaceConfig)
-    museum: MuseumConfig = field(default_factory=MuseumConfig)
-    device: str = "cpu"
-    batch_size: int = 16
-    partition_rows: int = 256  # images per work unit (one lake part each)
-    rescore: bool = False
+    scorers: tuple[str, ...] = field(  # image_type is added when missing
+        default=("image_type", "burst"),
+        metadata={
+            "help": "a scorer to run (repeatable; default image_type and burst; image_type always runs)",
+            "flag": "--scorer",
+            "choices": FILTER_SCORERS,
+        },
+    )
+    image_type_rules: str | None = field(
+        default=None, metadata={"help": "an image-type rules file (default: etl/filter/image_types.yaml)"}
+    )
+    faces: FaceConfig = field(default_factory=FaceConfig, metadata={"flags": "face-"})
+    museum: MuseumConfig = field(default_factory=MuseumConfig, metadata={"flags": "museum-"})
+    device: str = field(
+        default="cpu", metadata={"help": "torch device of the image scorers (cpu, cuda, cuda:1)"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "images per scorer call"})
+    partition_rows: int = field(default=256, metadata={"help": "images per work unit (one lake part)"})
+    rescore: bool = field(default=False, metadata={"help": "score again images that have a score already"})
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.scorers if s not in FILTER_SCORERS]

@@ -20,7 +20,7 @@ import logging
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,17 +60,33 @@ SIDECAR = pa.schema(
 
 @dataclass(frozen=True)
 class ShardConfig:
-    version: str
-    where: str | None = None
-    samples_per_shard: int = 10_000
-    max_shard_bytes: int = 1 << 30
-    image_size: int | None = None
-    val_fraction: float = 0.05
-    seed: int = 0
-    txt_caption: str = "taxon_com"  # the caption written as plain `txt` for loaders that read one text
+    version: str = field(metadata={"help": "the new version's name", "name": "version"})
+    where: str | None = field(
+        default=None, metadata={"help": "SQL filter over lineage/record columns, e.g. kingdom = 'Animalia'"}
+    )
+    samples_per_shard: int = field(default=10_000, metadata={"help": "samples per tar shard"})
+    max_shard_bytes: int = field(default=1 << 30, metadata={"help": "a shard closes at this size"})
+    image_size: int | None = field(
+        default=None, metadata={"help": "squash-resize images to this size (default: as fetched)"}
+    )
+    val_fraction: float = field(default=0.05, metadata={"help": "share of samples in the val split"})
+    seed: int = field(default=0, metadata={"help": "seed of the split and of the sample order"})
+    txt_caption: str = field(  # for loaders that read one text
+        default="taxon_com",
+        metadata={"help": "caption type also written as plain `txt`", "choices": CAPTION_TYPES},
+    )
     # Thresholds on filter scores (etl/filter): a sample any rule matches is left out, and counted.
-    filters: tuple[FilterRule, ...] = ()
-    overwrite: bool = False
+    filters: tuple[FilterRule, ...] = field(
+        default=(),
+        metadata={
+            "help": "leave out samples by a filter score: SCORER>X, SCORER<X or SCORER=LABEL[,LABEL] "
+            "(repeatable), e.g. 'burst>15' 'faces>0' 'museum_category=label,drawer'",
+            "flag": "--filter",
+            "metavar": "RULE",
+            "type": FilterRule.parse,
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing version of this name"})
 
     def __post_init__(self) -> None:
         check_name("version", self.version)

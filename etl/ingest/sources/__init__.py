@@ -18,24 +18,51 @@ from warehouse.contracts import SOURCES
 class IngestConfig:
     """What to pull: `api_url` (a service or mirror base) or `path` (a local file or folder)."""
 
-    source: str
-    api_url: str | None = None
-    path: str | None = None
-    params: dict[str, str] = field(default_factory=dict)
-    limit: int | None = None
-    page_size: int = 300
+    source: str = field(metadata={"help": "the source to pull", "positional": True, "choices": SOURCES})
+    api_url: str | None = field(
+        default=None, metadata={"help": "service or mirror base URL (default: the real service)"}
+    )
+    path: str | None = field(default=None, metadata={"help": "a local file or folder instead of the API"})
+    params: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "query filter passed through (repeatable)",
+            "flag": "--param",
+            "metavar": "KEY=VALUE",
+        },
+    )
+    since: str | None = field(  # GBIF's lastInterpreted filter; other sources re-read everything
+        default=None,
+        metadata={"help": "gbif: only records (re)interpreted since this date (YYYY-MM-DD)"},
+    )
+    limit: int | None = field(
+        default=None, metadata={"help": "stop after this many records (default: no limit)"}
+    )
+    page_size: int = field(default=300, metadata={"help": "records per API page"})
     work_dir: str | None = None  # scratch space for archives; the stage sets it under the home
-    download: bool = False  # GBIF: request an asynchronous DwC-A download (GBIF_USER, GBIF_PWD, GBIF_EMAIL)
+    download: bool = field(
+        default=False,
+        metadata={
+            "help": "gbif: request an asynchronous DwC-A download for the query (GBIF_USER, GBIF_PWD, GBIF_EMAIL)"
+        },
+    )
     download_poll_seconds: float = 30.0
     download_timeout_seconds: float = 6 * 3600.0
     # Bounds on what a source can make one run read: API pages requested, and a downloaded archive's size
     # (GBIF's DwC-A, EOL's manifest) and any one of its members' (declared or streamed).
-    max_pages: int = 100_000
+    max_pages: int = field(
+        default=100_000, metadata={"help": "stop (and fail) past this many API requests in one run"}
+    )
     max_archive_bytes: int = 64 * 2**30
     max_member_bytes: int = 16 * 2**30
     max_document_bytes: int = 2**30  # a document parsed whole (a COCO export's JSON)
     allow_private_hosts: bool = (
-        False  # operator-only: a mirror on a private network, the loopback sample world
+        field(  # operator-only: a mirror on a private network, the loopback sample world
+            default=False,
+            metadata={
+                "help": "let the API be on a private or loopback address (a LAN mirror; refused by default)"
+            },
+        )
     )
 
     def __post_init__(self) -> None:
