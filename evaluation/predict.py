@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import torch
 
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, check_expression, lock_down
@@ -28,8 +27,34 @@ class Label:
     lineage: dict[str, str | None]
 
 
+@dataclass(frozen=True)
+class PredictConfig:
+    """`tol predict`: which model, which labels (the catalog's taxa at `rank`, inside `within`, or a label
+    file) and how many per image."""
+
+    model: str = field(
+        metadata={"help": "a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME"}
+    )
+    rank: str = field(default="species", metadata={"help": "the rank of the labels", "choices": RANKS})
+    within: str | None = field(
+        default=None,
+        metadata={"help": "a clade, as an expression over the rank columns, e.g. \"order = 'Lepidoptera'\""},
+    )
+    labels: str | None = field(
+        default=None, metadata={"help": "a file of labels, one per line, instead of the catalog's taxa"}
+    )
+    text_type: str = field(
+        default="taxon_com", metadata={"help": "the caption form of a label", "choices": CAPTION_TYPES}
+    )
+    k: int = field(default=5, metadata={"help": "labels per image"})
+    out: str | None = field(default=None, metadata={"help": "write the CSV here (default: stdout)"})
+
+
 def catalog_labels(
-    catalog: Catalog, rank: str = "species", within: str | None = None, text_type: str = "taxon_com"
+    catalog: Catalog,
+    rank: str = PredictConfig.rank,
+    within: str | None = None,
+    text_type: str = PredictConfig.text_type,
 ) -> list[Label]:
     """One label per distinct lineage down to `rank` among the taxa the catalog's records resolve to."""
     if rank not in RANKS:
@@ -68,19 +93,21 @@ def file_labels(path: str | Path) -> list[Label]:
     return [Label(f"a photo of {n}.", n, {}) for n in names]
 
 
-@torch.no_grad()
 def predict(
-    model_spec: str, images: list[str | Path], labels: list[Label], k: int = 5
+    model_spec: str, images: list[str | Path], labels: list[Label], k: int = PredictConfig.k
 ) -> list[dict[str, Any]]:
     """Top-k labels per image: rows of image, rank (1..k), label, score (softmax over the label set)."""
+    import torch  # only when predicting: the CLI reads PredictConfig without it
+
     from evaluation.zero_shot import image_features, load_model
 
     m = load_model(model_spec)
-    feats = torch.from_numpy(image_features(m, [Path(p) for p in images], progress=False))
-    texts = m.model.encode_text(m.tokenizer([lab.text for lab in labels]))
-    texts = torch.nn.functional.normalize(texts, dim=-1)
-    scale = float(m.model.logit_scale.exp()) if hasattr(m.model, "logit_scale") else 100.0
-    probs = torch.softmax(scale * feats @ texts.T, dim=-1).numpy()
+    with torch.no_grad():
+        feats = torch.from_numpy(image_features(m, [Path(p) for p in images], progress=False))
+        texts = m.model.encode_text(m.tokenizer([lab.text for lab in labels]))
+        texts = torch.nn.functional.normalize(texts, dim=-1)
+        scale = float(m.model.logit_scale.exp()) if hasattr(m.model, "logit_scale") else 100.0
+        probs = torch.softmax(scale * feats @ texts.T, dim=-1).numpy()
     k = min(k, len(labels))
     rows = []
     for i, path in enumerate(images):
@@ -97,3 +124,16 @@ def write_csv(rows: list[dict[str, Any]], out: TextIO | None = None) -> None:
     writer = csv.DictWriter(fh, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
+
+
+def run_predict(catalog: Catalog, cfg: PredictConfig, images: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """The rows `predict` gives for `images` under `cfg`, and how many labels they were chosen among."""
+    from evaluation.tasks import resolve_model
+
+    labels = (
+        file_labels(cfg.labels)
+        if cfg.labels
+        else catalog_labels(catalog, cfg.rank, cfg.within, cfg.text_type)
+    )
+    spec, _ = resolve_model(catalog, cfg.model)
+    return predict(spec, images, labels, k=cfg.k), len(labels)

@@ -440,3 +440,17 @@ def headline_rows(
         s["run_id"] or s["model"]: {n: s["results"].get(n, {}).get(h) for n, h in heads.items()}
         for s in summaries
     }
+
+
+def suite_report(summary: dict[str, Any]) -> str:
+    """What `tol evaluate --suite` prints: the per-benchmark table, the paper's two tables, and a last line
+    on what was skipped and how fast the images were embedded."""
+    return "\n".join(
+        [
+            benchmark_table(summary),
+            paper_tables(headline_rows([summary], summary["suite"]), summary["suite"]),
+            f"skipped (absent): {', '.join(summary['skipped']) or 'none'}; "
+            f"{summary['images_embedded']} images embedded at {summary['images_per_second']} images/s, "
+            f"{summary['images_from_cache']} read from the feature cache; {summary['total_seconds']} s in all",
+        ]
+    )

@@ -23,7 +23,7 @@ from evaluation.datasets import (
     load_webdataset,
 )
 from warehouse.catalog import Catalog, fetch_first
-from warehouse.contracts import check_name
+from warehouse.contracts import TRAINING_TEXT_TYPES, check_name
 from warehouse.stage_runs import StageRun
 from warehouse.writers import EvalScore, record_scores
 
@@ -325,11 +325,77 @@ def run_task(
     return scores
 
 
+MODEL_HELP = "a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What `tol evaluate` (and the evaluate wiring) is asked: registered tasks, an ad-hoc folder with a
+    protocol, or a benchmark suite over a data root."""
+
+    model: str | None = field(default=None, metadata={"help": MODEL_HELP})
+    task: tuple[str, ...] = field(
+        default=(), metadata={"help": "a registered task (repeatable; `?` lists them)"}
+    )
+    registry: str | None = field(default=None, metadata={"help": "an extra task registry YAML file"})
+    suite: str | None = field(
+        default=None,
+        metadata={
+            "help": "run a benchmark suite: every benchmark found under --data-root, with the paper's protocols",
+            "choices": ("bioclip2",),
+        },
+    )
+    data_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "--suite: the folder holding the benchmarks (nabirds/, newt/, ...); also what {data_root} "
+            "means in a registered task's path"
+        },
+    )
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "an ad-hoc dataset instead of --task: metadata.csv folder, ImageFolder tree or .tar shards"
+        },
+    )
+    protocol: str = field(
+        default="zero_shot",
+        metadata={"help": "the protocol for --data", "choices": tuple(PROTOCOLS)},
+    )
+    labels: str | None = field(
+        default=None,
+        metadata={"help": "multi_label: comma-separated binary metadata columns (FishNet-style traits)"},
+    )
+    variant: str | None = field(
+        default=None, metadata={"help": "emergent: the intra-species metadata column (default life_stage)"}
+    )
+    text_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "class text: asis (the class names) or a caption type; default taxon, asis for an ImageFolder",
+            "choices": ("asis", *TRAINING_TEXT_TYPES),
+        },
+    )
+    templates: str = field(
+        default="openai", metadata={"help": "zero-shot prompt templates", "choices": ("openai", "single")}
+    )
+    json: str | None = field(default=None, metadata={"help": "also write the scores to this file"})
+
+    def adhoc(self) -> Task:
+        """The ad-hoc task `--data` asks for."""
+        options: dict[str, Any] = {}
+        if self.labels:
+            options["labels"] = [c.strip() for c in self.labels.split(",") if c.strip()]
+        if self.variant:
+            options["variant"] = self.variant
+        return adhoc_task(self.data, self.protocol, self.text_type, self.templates, options)
+
+
 def adhoc_task(
     data: str,
     protocol: str,
     text_type: str | None = None,
-    templates: str = "openai",
+    templates: str = EvaluateOptions.templates,
     options: dict | None = None,
 ) -> Task:
     """A task for a folder given on the command line; the adapter is detected from what the folder holds.

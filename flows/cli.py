@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.flags import add_config_flags, from_flags, kv_pairs, name_type
+from flows.flags import add_config_flags, default_of, from_flags, kv_pairs, name_type
 from flows.stages import INPUTS, STAGES, ExecutorConfig
-from warehouse.contracts import CAPTION_TYPES, RANKS, TRAINING_TEXT_TYPES
 
 
 def _catalog(args):
@@ -157,7 +156,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from evaluation.tasks import adhoc_task, compare
+    from evaluation.suite import suite_report
+    from evaluation.tasks import EvaluateOptions, compare
     from flows import stages
 
     catalog = _catalog(args)
@@ -177,43 +177,20 @@ def cmd_evaluate(args) -> None:
         return
     if args.targets:
         raise ValueError(f"unexpected arguments {args.targets}; did you mean `tol evaluate compare ...`?")
-    if not args.model:
-        raise ValueError(
-            "--model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
-        )
-    if args.suite:
-        from evaluation.suite import benchmark_table, headline_rows, paper_tables, run_suite
-
-        if not args.data_root:
-            raise ValueError("--suite needs --data-root DIR (the folder holding nabirds/, newt/, ...)")
-        summary = run_suite(catalog, args.model, args.data_root, args.suite)
-        if args.json:
-            Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
-        print(benchmark_table(summary))
-        print(paper_tables(headline_rows([summary], args.suite), args.suite))
-        print(
-            f"skipped (absent): {', '.join(summary['skipped']) or 'none'}; "
-            f"{summary['images_embedded']} images embedded at {summary['images_per_second']} images/s, "
-            f"{summary['images_from_cache']} read from the feature cache; "
-            f"{summary['total_seconds']} s in all"
-        )
+    opts = from_flags(EvaluateOptions, args)
+    if opts.suite:
+        summary = stages.evaluate_suite(catalog, opts)
+        print(suite_report(summary))
         if summary["failed"]:
             raise RuntimeError(
                 "benchmarks failed: " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items())
             )
         return
-    if args.data:
-        options: dict = {}
-        if args.labels:
-            options["labels"] = [c.strip() for c in args.labels.split(",") if c.strip()]
-        if args.variant:
-            options["variant"] = args.variant
-        tasks = [adhoc_task(args.data, args.protocol, args.text_type, args.templates, options)]
-    else:
-        if not args.task:
-            raise ValueError("give --data DIR or --task NAME (see `tol evaluate --task ?` for the names)")
-        tasks = stages.registered_tasks(args.task, args.registry)
-    results = stages.evaluate(catalog, args.model, tasks, json_out=args.json, data_root=args.data_root)
+    if not opts.model:
+        raise ValueError(
+            "--model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
+        )
+    results = stages.evaluate_with(catalog, opts)
     _print(results if len(results) > 1 else results[0])
 
 
@@ -228,25 +205,16 @@ def cmd_takedown(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from evaluation.predict import catalog_labels, file_labels, predict, write_csv
-    from evaluation.tasks import resolve_model
+    from evaluation.predict import PredictConfig, run_predict, write_csv
 
-    catalog = _catalog(args)
-    labels = (
-        file_labels(args.labels)
-        if args.labels
-        else catalog_labels(catalog, args.rank, args.within, args.text_type)
-    )
-    spec, _ = resolve_model(catalog, args.model)
-    rows = predict(spec, args.images, labels, k=args.k)
-    if args.out:
-        with open(args.out, "w", newline="", encoding="utf-8") as fh:
-            write_csv(rows, fh)
-        print(
-            f"{len(rows)} predictions of {len(args.images)} images among {len(labels)} labels -> {args.out}"
-        )
-    else:
+    cfg = from_flags(PredictConfig, args)
+    rows, n_labels = run_predict(_catalog(args), cfg, args.images)
+    if not cfg.out:
         write_csv(rows)
+        return
+    with open(cfg.out, "w", newline="", encoding="utf-8") as fh:
+        write_csv(rows, fh)
+    print(f"{len(rows)} predictions of {len(args.images)} images among {n_labels} labels -> {cfg.out}")
 
 
 def cmd_sql(args) -> None:
@@ -394,7 +362,15 @@ PARENT_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.config import PRESETS  # imports torch: only when a parser is built
+    from etl.dedup.query import query_images  # the rooms whose defaults the flags show, when a parser is built
+    from etl.filter.scorers import MuseumConfig
+    from etl.filter.support import build_support
+    from evaluation.predict import PredictConfig
+    from evaluation.tasks import EvaluateOptions
+    from flows import stages
+    from flows.serve import serve
+    from taxonomy.diff import taxonomy_diff
+    from training.config import PRESETS
 
     fmt = _DefaultsHelp  # every argument's help ends with its default
     p = argparse.ArgumentParser(
@@ -420,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = command(
         "demo", "run every stage on the offline sample world, from sample_world/recipe.yaml", cmd_demo
     )
-    s.add_argument("--seed", type=int, default=0, help="the sample world's seed")
+    s.add_argument(
+        "--seed", type=int, default=0, help="the sample world's seed"
+    )  # demo_flow's (a test holds it)
     s.add_argument("--steps", type=int, help="training steps (default: demo_flow's, 300)")
 
     s = command(
@@ -497,7 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("run_a", help="a succeeded resolve run")
     t.add_argument("run_b", help="another (e.g. against the Catalogue of Life XR backbone)")
     t.add_argument("--out", help="write every changed record to this .csv or .parquet file")
-    t.add_argument("--sample", type=int, default=10, help="changed records shown in the summary")
+    t.add_argument(
+        "--sample",
+        type=int,
+        default=default_of(taxonomy_diff, "sample"),
+        help="changed records shown in the summary",
+    )
     text = "resolve a CSV of names (scientific_name [, kingdom ... genus])"
     t = tsub.add_parser("resolve-names", help=text, description=text, formatter_class=fmt)
     t.add_argument("input", help="a CSV file with a scientific_name column (and optional higher ranks)")
@@ -512,22 +495,32 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("query", help=text, description=text, formatter_class=fmt)
     q.set_defaults(fn=cmd_dedup_query)
     q.add_argument("images", nargs="+", help="image files to look up")
-    q.add_argument("--k", type=int, default=8, help="Hamming distance of a hit, in bits of the 64-bit pHash")
+    q.add_argument(
+        "--k",
+        type=int,
+        default=default_of(query_images, "k"),
+        help="Hamming distance of a hit, in bits of the 64-bit pHash",
+    )
     fsub = parents["filter"]
     text = "embed a support folder (one sub-folder of images per category) and store k centroids per category"
     f = fsub.add_parser("build-support", help=text, description=text, formatter_class=fmt)
     f.set_defaults(fn=cmd_filter_support)
     f.add_argument("folder", help="the support folder: FOLDER/<category>/*.jpg")
-    f.add_argument("--name", default="museum", type=name_type("support set"), help="the support set's name")
+    f.add_argument(
+        "--name", default=MuseumConfig.support, type=name_type("support set"), help="the support set's name"
+    )
     f.add_argument(
         "--model",
         required=True,
         help="a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
     )
     f.add_argument(
-        "--k", type=int, default=8, help="k-means centroids per category (fewer when it has fewer images)"
+        "--k",
+        type=int,
+        default=default_of(build_support, "k"),
+        help="k-means centroids per category (fewer when it has fewer images)",
     )
-    f.add_argument("--seed", type=int, default=0, help="the k-means seed")
+    f.add_argument("--seed", type=int, default=default_of(build_support, "seed"), help="the k-means seed")
 
     s = command(
         "takedown", "take records down: every later version leaves them out and counts them", cmd_takedown
@@ -550,21 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_predict,
     )
     s.add_argument("images", nargs="+", help="image files")
-    s.add_argument(
-        "--model",
-        required=True,
-        help="a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
-    )
-    s.add_argument("--rank", default="species", choices=RANKS, help="the rank of the labels")
-    s.add_argument(
-        "--within", help="a clade, as an expression over the rank columns, e.g. \"order = 'Lepidoptera'\""
-    )
-    s.add_argument("--labels", help="a file of labels, one per line, instead of the catalog's taxa")
-    s.add_argument(
-        "--text-type", default="taxon_com", choices=CAPTION_TYPES, help="the caption form of a label"
-    )
-    s.add_argument("--k", type=int, default=5, help="labels per image")
-    s.add_argument("--out", help="write the CSV here (default: stdout)")
+    add_config_flags(s, PredictConfig)
 
     s = command("versions", "list, show or verify dataset versions", cmd_versions)
     s.add_argument(
@@ -587,7 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="a YAML file of TrainConfig keys (applied after the preset)")
     s.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="the base config")
     s.add_argument(
-        "--devices", type=int, default=1, help="processes (GPUs) for data-parallel training through torchrun"
+        "--devices",
+        type=int,
+        default=default_of(stages.train, "devices"),
+        help="processes (GPUs) for data-parallel training through torchrun",
     )
     s.add_argument(
         "overrides",
@@ -598,50 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("evaluate", "run evaluation tasks, or compare stored results", cmd_evaluate)
     s.add_argument("targets", nargs="*", help="`compare [MODEL_OR_RUN ...]` to print a comparison table")
-    s.add_argument("--model", help="a training run id, an export folder, local-dir:PATH, hf-hub:ORG/NAME")
-    s.add_argument("--task", action="append", help="a registered task (repeatable; `?` lists them)")
-    s.add_argument("--registry", help="an extra task registry YAML file")
-    s.add_argument(
-        "--suite",
-        choices=["bioclip2"],
-        help="run a benchmark suite: every benchmark found under --data-root, with the paper's protocols",
-    )
-    s.add_argument(
-        "--data-root",
-        help="--suite: the folder holding the benchmarks (nabirds/, newt/, ...); also what {data_root} means "
-        "in a registered task's path",
-    )
-    s.add_argument(
-        "--data",
-        help="an ad-hoc dataset instead of --task: metadata.csv folder, ImageFolder tree or .tar shards",
-    )
-    s.add_argument(
-        "--protocol",
-        default="zero_shot",
-        choices=[
-            "zero_shot",
-            "few_shot",
-            "linear_probe",
-            "emergent",
-            "multi_label",
-            "beak_order",
-            "habitat_separation",
-        ],
-        help="the protocol for --data",
-    )
-    s.add_argument(
-        "--labels", help="multi_label: comma-separated binary metadata columns (FishNet-style traits)"
-    )
-    s.add_argument("--variant", help="emergent: the intra-species metadata column (default life_stage)")
-    s.add_argument(
-        "--text-type",
-        choices=["asis", *TRAINING_TEXT_TYPES],
-        help="class text: asis (the class names) or a caption type; default taxon, asis for an ImageFolder",
-    )
-    s.add_argument(
-        "--templates", default="openai", choices=["openai", "single"], help="zero-shot prompt templates"
-    )
-    s.add_argument("--json", help="also write the scores to this file")
+    add_config_flags(s, EvaluateOptions)
 
     s = command(
         "sql",
@@ -669,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(
             "--training-slots",
             type=int,
-            default=1,
+            default=default_of(serve, "training_slots"),
             help="training runs at once (the global concurrency limit tol-training, created when missing)",
         )
 
@@ -682,11 +621,14 @@ def build_parser() -> argparse.ArgumentParser:
         "`tol deploy` for workers.",
     )
     s.add_argument(
-        "--port", type=int, default=4200, help="the server's port (the UI is http://127.0.0.1:PORT)"
+        "--port",
+        type=int,
+        default=default_of(serve, "port"),
+        help="the server's port (the UI is http://127.0.0.1:PORT)",
     )
     s.add_argument(
         "--host",
-        default="127.0.0.1",
+        default=default_of(serve, "host"),
         help="the address to bind; beyond loopback only with PREFECT_SERVER_API_AUTH_STRING set (README: Trust model)",
     )
     s.add_argument(

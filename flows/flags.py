@@ -17,6 +17,7 @@ each flag to its field."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import types
 import typing
 from collections.abc import Callable
@@ -114,6 +115,15 @@ def from_flags(cls: type, args: argparse.Namespace, **values: Any) -> Any:
     for head, changes in nested.items():
         values[head] = replace(values.get(head) or field_default(cls, head), **changes)
     return cls(**values)
+
+
+def default_of(fn: Callable[..., Any], parameter: str) -> Any:
+    """The default of `fn`'s `parameter`, for a flag of a command that is not a stage: the function that
+    does the work states it once, the flag repeats nothing."""
+    value = inspect.signature(fn).parameters[parameter].default
+    if value is inspect.Parameter.empty:
+        raise TypeError(f"{fn.__name__}({parameter}) has no default")
+    return value
 
 
 def name_type(kind: str) -> Callable[[str], str]:

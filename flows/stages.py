@@ -434,3 +434,34 @@ def evaluate(
     if json_out and len(tasks) > 1:
         Path(json_out).write_text(json.dumps(results, indent=1, default=str))
     return results
+
+
+def evaluate_with(catalog: Catalog, opts: Any) -> list[dict[str, Any]]:
+    """`tol evaluate` without --suite: the ad-hoc `--data` task, or the registered `--task`s, on `opts.model`
+    (an `evaluation.tasks.EvaluateOptions`)."""
+    if opts.data:
+        tasks = [opts.adhoc()]
+    elif opts.task:
+        tasks = registered_tasks(opts.task, opts.registry)
+    else:
+        raise ValueError("give --data DIR or --task NAME (see `tol evaluate --task ?` for the names)")
+    return evaluate(catalog, opts.model, tasks, json_out=opts.json, data_root=opts.data_root)
+
+
+def evaluate_suite(catalog: Catalog, opts: Any) -> dict[str, Any]:
+    """`tol evaluate --suite`: every benchmark of the suite found under `opts.data_root`; the summary is
+    also written to `opts.json` when given."""
+    import json
+
+    from evaluation.suite import run_suite
+
+    if not opts.model:
+        raise ValueError(
+            "--model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
+        )
+    if not opts.data_root:
+        raise ValueError("--suite needs --data-root DIR (the folder holding nabirds/, newt/, ...)")
+    summary = run_suite(catalog, opts.model, opts.data_root, opts.suite)
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(summary, indent=1, default=str))
+    return summary

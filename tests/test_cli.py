@@ -235,3 +235,23 @@ def test_the_cli_restates_no_config_default():
         "default=300,",
     ):
         assert restated not in text, restated  # fmt: skip
+
+
+def test_the_non_stage_commands_show_their_functions_defaults():
+    """A flag of a command that is not a stage takes its default from the function doing the work (or, for
+    the demo, whose flow is not imported to build the parser, states it and is held to it here)."""
+    from etl.dedup.query import query_images
+    from flows.cli import build_parser
+    from flows.demo import demo_flow
+    from flows.flags import default_of
+    from flows.serve import serve
+    from taxonomy.diff import taxonomy_diff
+
+    p = build_parser()
+    assert p.parse_args(["demo"]).seed == default_of(demo_flow, "seed")
+    assert p.parse_args(["dedup", "query", "x.jpg"]).k == default_of(query_images, "k")
+    assert p.parse_args(["taxonomy", "diff", "a", "b"]).sample == default_of(taxonomy_diff, "sample")
+    served = p.parse_args(["serve"])
+    assert (served.port, served.host) == (default_of(serve, "port"), default_of(serve, "host"))
+    predicted = p.parse_args(["predict", "x.jpg", "--model", "m"])
+    assert predicted.k is None  # not given: PredictConfig's own default applies
