@@ -362,7 +362,8 @@ PARENT_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from etl.dedup.query import query_images  # the rooms whose defaults the flags show, when a parser is built
+    # The rooms whose defaults the flags show, imported when a parser is built (not by `import flows.cli`).
+    from etl.dedup.query import query_images
     from etl.filter.scorers import MuseumConfig
     from etl.filter.support import build_support
     from evaluation.predict import PredictConfig
