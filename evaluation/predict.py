@@ -17,7 +17,7 @@ import numpy as np
 
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, check_expression, lock_down
-from warehouse.contracts import CAPTION_TYPES, RANKS
+from warehouse.contracts import CAPTION_TYPES, MODEL_SPEC_HELP, RANKS
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,7 @@ class PredictConfig:
     """`tol predict`: which model, which labels (the catalog's taxa at `rank`, inside `within`, or a label
     file) and how many per image."""
 
-    model: str = field(
-        metadata={"help": "a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME"}
-    )
+    model: str = field(metadata={"help": MODEL_SPEC_HELP})
     rank: str = field(default="species", metadata={"help": "the rank of the labels", "choices": RANKS})
     within: str | None = field(
         default=None,

@@ -23,7 +23,7 @@ from evaluation.datasets import (
     load_webdataset,
 )
 from warehouse.catalog import Catalog, fetch_first
-from warehouse.contracts import TRAINING_TEXT_TYPES, check_name
+from warehouse.contracts import MODEL_SPEC_HELP, TRAINING_TEXT_TYPES, check_name
 from warehouse.stage_runs import StageRun
 from warehouse.writers import EvalScore, record_scores
 
@@ -325,15 +325,12 @@ def run_task(
     return scores
 
 
-MODEL_HELP = "a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME"
-
-
 @dataclass(frozen=True)
 class EvaluateOptions:
     """What `tol evaluate` (and the evaluate wiring) is asked: registered tasks, an ad-hoc folder with a
     protocol, or a benchmark suite over a data root."""
 
-    model: str | None = field(default=None, metadata={"help": MODEL_HELP})
+    model: str | None = field(default=None, metadata={"help": MODEL_SPEC_HELP})
     task: tuple[str, ...] = field(
         default=(), metadata={"help": "a registered task (repeatable; `?` lists them)"}
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from flows.flags import add_config_flags, default_of, from_flags, kv_pairs, name_type
 from flows.stages import INPUTS, STAGES, ExecutorConfig
+from warehouse.contracts import MODEL_SPEC_HELP
 
 
 def _catalog(args):
@@ -513,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--model",
         required=True,
-        help="a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME",
+        help=MODEL_SPEC_HELP,
     )
     f.add_argument(
         "--k",

@@ -34,6 +34,10 @@ FILTER_SCORERS: tuple[str, ...] = ("image_type", "burst", "faces", "museum_categ
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
+# What a model argument may be, wherever one is asked for (evaluate, predict, the museum scorer).
+MODEL_SPEC_HELP = "a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME"
+
+
 def check_name(kind: str, value: object) -> str:
     """`value` when it is a valid name, else ValueError saying what `kind` (e.g. "version") must look like."""
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):

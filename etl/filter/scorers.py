@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from warehouse.contracts import check_name
+from warehouse.contracts import MODEL_SPEC_HELP, check_name
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,7 @@ class MuseumConfig:
 
     model: str | None = field(
         default=None,
-        metadata={
-            "help": "museum_category: a training run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME"
-        },
+        metadata={"help": "museum_category: " + MODEL_SPEC_HELP},
     )
     support: str = field(
         default="museum",
