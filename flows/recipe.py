@@ -306,7 +306,8 @@ def plan(recipe: Recipe, catalog: Any | None = None) -> list[str]:
         f"  backbone   {c.backbone_path or 'the latest loaded'}",
         f"  fetch      {c.fetch.http.per_host} requests at once per host, {c.fetch.http.host_rate}/s to start, "
         f"min side {c.fetch.image.min_side}, max side {c.fetch.image.max_side}, "
-        f"private hosts {'allowed' if c.fetch.allow_private_hosts else 'refused'}",
+        f"private hosts {'allowed' if c.fetch.allow_private_hosts else 'refused'}, "
+        f"opt-outs honoured: {', '.join(c.fetch.honour) or 'none'}",
         f"  dedup      near_k {c.dedup.near_k}, leak_k {c.dedup.leak_k}, evaluation sets: "
         + (", ".join(f"{k}={v}" for k, v in c.dedup.eval_sets.items()) or "none"),
         "  filter     "

@@ -64,6 +64,9 @@ class DropReason:
     meaning: str
 
 
+# The opt-out signals fetch can honour (`FetchConfig.honour`), each with the drop reason it gives an image.
+OPT_OUT_DROP_REASONS = {"robots": "robots_disallowed", "tdmrep": "tdm_reserved", "noai": "noai"}
+
 DROP_REASONS: dict[str, DropReason] = {
     # ingest: the record cannot give an image of an organism
     "no_media": DropReason("ingest", "the occurrence has no media item at all"),
@@ -101,6 +104,11 @@ DROP_REASONS: dict[str, DropReason] = {
     "decompression_bomb": DropReason("fetch", "more pixels than the decoder allows"),
     "crop_outside_image": DropReason("fetch", "the record's crop box lies outside the downloaded image"),
     "too_small": DropReason("fetch", "the short side is below the minimum"),
+    "robots_disallowed": DropReason("fetch", "the host's robots.txt disallows the image (or cannot be read)"),
+    "tdm_reserved": DropReason(
+        "fetch", "the host reserves text-and-data-mining rights (TDMRep file or header)"
+    ),
+    "noai": DropReason("fetch", "the image's X-Robots-Tag says noai or noimageai"),
     "internal_error": DropReason(
         "fetch", "a bug: an unexpected exception (counts towards the failure limit)"
     ),

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,6 +20,7 @@ import requests
 
 from etl.executors import Unit
 from etl.fetch.images import ImageConfig, process_image, require_pdq
+from etl.fetch.optout import POLICY_FILE_BYTES, OptOutPolicy
 from etl.http import (
     IMAGE_HOSTS,
     TRANSIENT_KINDS,
@@ -37,7 +38,7 @@ from etl.http import (
     status_error,
 )
 from warehouse.catalog import Catalog
-from warehouse.contracts import MAX_THREADS, check_bound
+from warehouse.contracts import MAX_THREADS, OPT_OUT_DROP_REASONS, check_bound
 from warehouse.lake import read_rows, remove_tree
 from warehouse.schemas import IMAGES
 from warehouse.writers import write_images_part
@@ -81,6 +82,14 @@ class FetchConfig:
             "metavar": "DIR",
         },
     )
+    honour: tuple[str, ...] = field(
+        default=tuple(OPT_OUT_DROP_REASONS),
+        metadata={
+            "help": "an opt-out signal to honour (repeatable; `none` for none): robots (robots.txt), tdmrep "
+            "(TDMRep file and header), noai (X-Robots-Tag noai / noimageai)",
+            "choices": (*OPT_OUT_DROP_REASONS, "none"),
+        },
+    )
     # How the stage runs: rows per work unit (each unit is one lake part, written by its worker when done:
     # a kill loses at most the units in flight), and the rerun mode.
     partition_rows: int = field(
@@ -99,6 +108,17 @@ class FetchConfig:
     min_rows_for_rate: int = 50
 
     def __post_init__(self) -> None:
+        honour = tuple(self.honour)
+        if "none" in honour:
+            if len(honour) > 1:
+                raise ValueError("honour: `none` cannot be given with a signal")
+            honour = ()
+        unknown = [h for h in honour if h not in OPT_OUT_DROP_REASONS]
+        if unknown:
+            raise ValueError(
+                f"honour: unknown opt-out signals {unknown}; known: {list(OPT_OUT_DROP_REASONS)}"
+            )
+        object.__setattr__(self, "honour", honour)  # a recipe's list, or the CLI's `none`, as a tuple
         if self.partition_rows < 1 or self.threads < 1 or self.max_attempts < 1:
             raise ValueError("partition_rows, threads and max_attempts must be >= 1")
         check_bound("threads", self.threads, MAX_THREADS, 1)
@@ -129,6 +149,32 @@ def _throttle(config: FetchConfig) -> HostThrottle:
         if config.http not in _throttles:
             _throttles[config.http] = config.http.throttle()
         return _throttles[config.http]
+
+
+_policies: dict[tuple[tuple[str, ...], str], OptOutPolicy] = {}
+
+
+def _policy(config: FetchConfig) -> OptOutPolicy:
+    """The process's opt-out policy for these settings: each origin's robots.txt and TDMRep file read once."""
+    key = (config.honour, config.http.user_agent)
+    with _throttles_guard:
+        if key not in _policies:
+            _policies[key] = OptOutPolicy(config.honour, config.http.user_agent)
+        return _policies[key]
+
+
+def _policy_file(config: FetchConfig) -> Callable[[str], tuple[int | None, bytes]]:
+    """How a policy file is read: one GET (no retries, no opt-out check of its own), small and bounded."""
+    small = replace(config, max_bytes=POLICY_FILE_BYTES, honour=())
+
+    def read(url: str) -> tuple[int | None, bytes]:
+        try:
+            body, status = _get(url, small)
+            return status, body
+        except HttpError as exc:
+            return exc.status, b""
+
+    return read
 
 
 def _session(config: FetchConfig) -> requests.Session:
@@ -162,9 +208,12 @@ def _get(url: str, config: FetchConfig) -> tuple[bytes, int]:
     the whole of it within `config.deadline` seconds."""
     session, throttle = _session(config), _throttle(config)
     timeout = (config.http.connect_timeout, config.http.read_timeout)
+    policy = _policy(config) if config.honour else None
     with bounded_request(config.deadline) as deadline:
         for _ in range(config.max_redirects + 1):
             host = check_http_url(url)  # addresses are checked when connecting (AddressPolicy)
+            if policy is not None:  # every hop: a redirect may lead to another origin
+                policy.check_url(url, _policy_file(config))
             with throttle.slot(host) as sent_at:
                 try:
                     with session.get(url, stream=True, allow_redirects=False, timeout=timeout) as resp:
@@ -173,6 +222,8 @@ def _get(url: str, config: FetchConfig) -> tuple[bytes, int]:
                             continue
                         if resp.status_code >= 400:
                             raise status_error(resp, url, host, sent_at)
+                        if policy is not None:  # before the body: a reserved image is not downloaded
+                            policy.check_headers(url, resp.headers)
                         read_capped(resp, config.max_bytes)
                         body = resp.content
                         if deadline.expired:  # cut short, though the framing let it look whole
