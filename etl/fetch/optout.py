@@ -5,8 +5,9 @@ Protocol: `/.well-known/tdmrep.json` and the `tdm-reservation` response header) 
 
 The two files are read once per origin (scheme, host, port) and per worker process, through the fetch's own
 guarded session and deadline, capped at `POLICY_FILE_BYTES`. As RFC 9309 says, a robots.txt answered with a
-4xx status allows everything, and one that cannot be read (5xx, timeout, refused) disallows everything
-for that origin. A TDMRep file that is absent or not valid JSON reserves nothing; its first rule whose
+4xx status allows everything, and one answered with a 5xx disallows everything for that origin. When the
+origin gives no answer at all (a refused address, a timeout, a name that does not resolve), the image ends
+with that same reason, as it would have without the check, and nothing is cached. A TDMRep file that is absent or not valid JSON reserves nothing; its first rule whose
 `location` matches the path decides.
 """
 

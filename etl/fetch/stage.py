@@ -172,6 +172,8 @@ def _policy_file(config: FetchConfig) -> Callable[[str], tuple[int | None, bytes
             body, status = _get(url, small)
             return status, body
         except HttpError as exc:
+            if exc.status is None:  # no answer at all (refused address, timeout, DNS): the image fails alike,
+                raise  # with that reason, and nothing is cached for the origin
             return exc.status, b""
 
     return read
