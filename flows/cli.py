@@ -99,7 +99,7 @@ def cmd_taxonomy(args) -> None:
 def cmd_dedup_query(args) -> None:
     from etl.dedup.query import query_images
 
-    _print(query_images(_catalog(args), args.images, k=args.k))
+    _print(query_images(_catalog(args), args.images, k=args.k, pdq_k=args.pdq_k))
 
 
 def cmd_filter_support(args) -> None:
@@ -496,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     text = "find the catalog images within k bits of each image's pHash: record, source, licence, dedup decision, leak, versions"
     q = qsub.add_parser("query", help=text, description=text, formatter_class=fmt)
     q.set_defaults(fn=cmd_dedup_query)
+    q.add_argument(
+        "--pdq-k",
+        type=int,
+        help="also hits within this many of 256 bits of the image's PDQ hash, among images fetched with --pdq "
+        "(needs the `pdq` extra; the paper's leak threshold: 10)",
+    )
     q.add_argument("images", nargs="+", help="image files to look up")
     q.add_argument(
         "--k",

@@ -57,3 +57,62 @@ def test_an_evaluation_image_finds_its_leak(curated, world, capsys):
     found = _run(capsys, "--home", str(curated.home), "dedup", "query", *map(str, images), "--k", "8")
     leaks = [h for q in found for h in q["hits"] if h["eval_leak"]]
     assert leaks and all(h["dedup_reason"].startswith("eval_leak:") and not h["versions"] for h in leaks)
+
+
+def test_pdq_hits_where_images_were_fetched_with_pdq(tmp_path, capsys):
+    """Images fetched with --pdq are also found by their 256-bit PDQ hash (`--pdq-k`), as a brute-force
+    popcount over the stored hashes says; without --pdq-k the answer is the pHash one."""
+    import io
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from PIL import Image
+
+    from tests.test_gbif_dwca import write_dwca
+    from tests.tolcli import tol
+
+    def jpeg(seed: int, size=(320, 256)) -> bytes:
+        rgb = np.random.default_rng(seed).integers(0, 255, (size[1] // 32, size[0] // 32, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).resize(size, Image.NEAREST).save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
+    images = {f"/{i}.jpg": jpeg(i) for i in range(4)}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = images.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        cases = [
+            ({"basisOfRecord": "HUMAN_OBSERVATION"}, [{"type": "StillImage", "identifier": base + p}])
+            for p in images
+        ]
+        write_dwca(tmp_path / "dwca.zip", cases)
+        home = tmp_path / "home"
+        tol(home, "ingest", "gbif", "--path", str(tmp_path / "dwca.zip"))
+        tol(home, "fetch", "--workers", "1", "--allow-private-hosts", "--pdq")
+    finally:
+        srv.shutdown()
+    query = tmp_path / "q.jpg"
+    query.write_bytes(images["/2.jpg"])
+    (out,) = _run(capsys, "--home", str(home), "dedup", "query", str(query), "--k", "0", "--pdq-k", "256")
+    assert out["pdq"] and len(out["pdq"]) == 64
+    stored = json.loads(tol(home, "sql", "SELECT record_id, pdq_hex FROM images", "--format", "json").stdout)
+    brute = {r["record_id"]: bin(int(r["pdq_hex"], 16) ^ int(out["pdq"], 16)).count("1") for r in stored}
+    assert {h["record_id"]: h["pdq_distance"] for h in out["hits"]} == brute  # k=256: every image
+    assert sorted(brute.values())[0] == 0
+    (tight,) = _run(capsys, "--home", str(home), "dedup", "query", str(query), "--k", "0", "--pdq-k", "10")
+    assert {h["record_id"] for h in tight["hits"]} == {r for r, d in brute.items() if d <= 10}
+    (plain,) = _run(capsys, "--home", str(home), "dedup", "query", str(query), "--k", "0")
+    assert plain["pdq"] is None and all(h["pdq_distance"] is None for h in plain["hits"])

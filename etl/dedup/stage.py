@@ -381,7 +381,8 @@ def find_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig, run: StageRu
         QUALIFY row_number() OVER (PARTITION BY p.id ORDER BY p.distance, p.eval_id) = 1""")
 
 
-def _pdq_words(column: str) -> str:
+def pdq_words(column: str) -> str:
+    """SQL for the four 64-bit words (`w0` .. `w3`) of a 64-hex-character PDQ column, for popcounts."""
     return ", ".join(f"('0x' || substr({column}, {1 + 16 * w}, 16))::UBIGINT AS w{w}" for w in range(4))
 
 
@@ -402,8 +403,8 @@ def _pdq_leaks(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> int:
         WITH t AS ({segs.format(id="id", table="ok", where=f"pdq_quality >= {q}")}),
              e AS ({segs.format(id="eval_set || ':' || path", table="eval_hashes", where=f"pdq_hex IS NOT NULL AND pdq_quality >= {q}")}),
              c AS (SELECT DISTINCT t.id, e.id AS eval_id FROM t JOIN e USING (s, seg)),
-             tw AS (SELECT id, {_pdq_words("pdq_hex")} FROM ok),
-             ew AS (SELECT eval_set || ':' || path AS eval_id, {_pdq_words("pdq_hex")} FROM eval_hashes WHERE pdq_hex IS NOT NULL)
+             tw AS (SELECT id, {pdq_words("pdq_hex")} FROM ok),
+             ew AS (SELECT eval_set || ':' || path AS eval_id, {pdq_words("pdq_hex")} FROM eval_hashes WHERE pdq_hex IS NOT NULL)
         SELECT c.id, c.eval_id, (bit_count(xor(tw.w0, ew.w0)) + bit_count(xor(tw.w1, ew.w1))
                                  + bit_count(xor(tw.w2, ew.w2)) + bit_count(xor(tw.w3, ew.w3)))::INT AS distance
         FROM c JOIN tw USING (id) JOIN ew USING (eval_id)""")
