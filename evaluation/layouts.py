@@ -128,9 +128,13 @@ def _name_variants(rel: str) -> list[str]:
 
 
 def _locate(base: Path, rel: str) -> Path | None:
+    """The file a listed relative path names under `base`, or None. A listed path that leads outside `base`
+    (`../../secret.jpg`, `/etc/x`, a symlink out) is never read: it counts as not found, and is reported."""
+    root = base.resolve()
     for form in _name_variants(rel):
-        if (base / form).is_file():
-            return base / form
+        path = base / form
+        if path.is_file() and path.resolve().is_relative_to(root):
+            return path
     return None
 
 

@@ -139,7 +139,6 @@ def _species(reader: Callable[[Path], Any]) -> Callable[[Path, Features], dict[s
             out.update({f"{name}_{k}": v for k, v in sc.items() if k in (*SPECIES_MEANS, "n", "n_classes")})
         missing = [f"{name}: {m}" for name, d in data.items() for m in d.missing]
         out.update(_coverage(missing, sum(sc["n"] for sc in per.values())))
-        out["n_missing"] = sum(sc["n_missing"] for sc in per.values())
         out["n_classes"] = sum(sc["n_classes"] for sc in per.values())
         out["sets"] = list(per)
         return out

@@ -71,10 +71,14 @@ def config_flag(parser: argparse.ArgumentParser, flag: str, cls: type, path: str
         kwargs.setdefault("type", type(default))
     shown = "" if isinstance(default, bool) or default in (None, (), [], {}) else f" (default: {default})"
     action = parser.add_argument(flag, default=None, help=help + shown, **kwargs)
+    _register(flag, action, cls, path)
+    return action
+
+
+def _register(flag: str, action: argparse.Action, cls: type, path: str) -> None:
     entry = ConfigFlag(flag, action.dest, cls, path, action.help)
     if entry not in FLAGS:  # the parser is built once per `main` call
         FLAGS.append(entry)
-    return action
 
 
 def kv_pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -184,14 +188,10 @@ def add_config_flags(
             kwargs.setdefault("type", kind)
         flag = meta.get("flag") or "--" + _prefix + f.name.replace("_", "-")
         if f.default is MISSING and f.default_factory is MISSING:  # required: a positional or a required flag
-            name = f.name if meta.get("positional") else flag
-            action = (
-                parser.add_argument(name, help=meta["help"], required=True, **kwargs)
-                if not meta.get("positional")
-                else parser.add_argument(name, help=meta["help"], **kwargs)
-            )
-            entry = ConfigFlag(name, action.dest, root, path, action.help)
-            if entry not in FLAGS:
-                FLAGS.append(entry)
+            if meta.get("positional"):
+                flag = f.name
+            else:
+                kwargs["required"] = True
+            _register(flag, parser.add_argument(flag, help=meta["help"], **kwargs), root, path)
             continue
         config_flag(parser, flag, root, path, meta["help"], **kwargs)

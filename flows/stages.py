@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import date
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -227,13 +226,6 @@ INPUTS = {
 
 
 def _ingest(catalog: Catalog, cfg: IngestConfig, inputs, executor, *, progress: bool = False):
-    if cfg.since:
-        if cfg.source != "gbif":
-            raise ValueError(
-                "--since is supported for gbif (its lastInterpreted filter); other sources re-read all"
-            )
-        since = f"{date.fromisoformat(cfg.since).isoformat()},*"
-        cfg = replace(cfg, params={**cfg.params, "lastInterpreted": since}, since=None)
     return ingest(catalog, cfg, progress=progress)
 
 

@@ -51,11 +51,14 @@ HOSTILE_INPUTS = [
     (18, "zip/tar members over their cap, a '..' member", "ArchiveError, nothing written outside", "test_18_archive_members_are_capped"),
     (19, "recipe ${HOME}, credentials in api_url and error text", "undeclared refused; stored unexpanded; redacted", "test_19_recipes_expand_only_declared_variables_and_secrets_are_redacted"),
     (0, "tol serve --host 0.0.0.0 without an auth string", "refused", "test_00_serving_beyond_loopback_needs_auth"),
+    (20, "benchmark CSV listing ../../secret.jpg, /etc/..., a symlink out", "never read; reported missing", "test_20_benchmark_paths_stay_inside_the_benchmark"),
+    (21, "tdmrep.json of 100,000 stars, huge or non-JSON policy files", "linear match; capped; ignored", "test_21_hostile_policy_files_cost_linear_time"),
+    (22, "ingest --since for a non-GBIF source, or not a date", "refused before any request", "test_22_since_is_checked_in_the_config"),
 ]  # fmt: skip
 
 
 def test_the_table_names_every_item_and_its_test():
-    assert sorted(row[0] for row in HOSTILE_INPUTS) == list(range(20))
+    assert sorted(row[0] for row in HOSTILE_INPUTS) == list(range(23))
     assert all(callable(globals().get(row[3])) for row in HOSTILE_INPUTS), "each row names a test here"
 
 
@@ -634,3 +637,52 @@ def test_the_readme_states_the_trust_model():
     assert "## Trust model" in readme
     for words in ("PREFECT_SERVER_API_AUTH_STRING", "operator", "never unpickled"):
         assert words in readme
+
+
+def test_20_benchmark_paths_stay_inside_the_benchmark(tmp_path):
+    from PIL import Image
+
+    from evaluation import layouts
+
+    outside = tmp_path / "secret.jpg"
+    Image.new("RGB", (8, 8)).save(outside)
+    ma = tmp_path / "bench" / "PLK_Mini"
+    (ma / "val" / "a").mkdir(parents=True)
+    for i in range(30):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(ma / "val" / "a" / f"{i}.jpg")
+    (ma / "val" / "a" / "link.jpg").symlink_to(outside)
+    rows = [f"{i},a/{i}.jpg,a" for i in range(30)]
+    rows += ["30,../../../secret.jpg,a", f"31,{outside},a", "32,a/link.jpg,a"]
+    (ma / "metadata.csv").write_text(",filepath,class\n" + "\n".join(rows) + "\n")
+    got = layouts.read_meta_album(ma)
+    assert outside not in [p.resolve() for p in got.paths] and len(got.paths) == 30
+    assert got.missing == ["../../../secret.jpg", str(outside), "a/link.jpg"]
+
+
+def test_21_hostile_policy_files_cost_linear_time():
+    import time
+
+    from etl.fetch.optout import Location, parse_robots, parse_tdmrep
+
+    stars = json.dumps([{"location": "/" + "*a" * 1000 + "b", "tdm-reservation": 1}]).encode()
+    (rule,) = parse_tdmrep(200, stars)
+    t0 = time.perf_counter()
+    assert not rule[0].match("/" + "a" * 5000)  # a regular expression would backtrack for ages here
+    assert time.perf_counter() - t0 < 1.0
+    assert parse_tdmrep(200, json.dumps([{"location": "*" * 10_000, "tdm-reservation": 1}]).encode()) == ()
+    assert parse_tdmrep(200, b"\xff\xfe not json") == () and parse_tdmrep(200, b'{"a": 1}') == ()
+    assert Location.parse("/img/*.jpg$").match("/img/x/y.jpg") and not Location.parse("/img/*.jpg$").match(
+        "/img/x.png"
+    )
+    assert parse_robots(503, b"") is None and parse_robots(404, b"").can_fetch("http://x/a", "tol")
+
+
+def test_22_since_is_checked_in_the_config():
+    from etl.ingest.sources import IngestConfig
+
+    cfg = IngestConfig(source="gbif", since="2024-05-01")
+    assert cfg.params["lastInterpreted"] == "2024-05-01,*" and cfg.since is None
+    with pytest.raises(ValueError, match="supported for gbif"):
+        IngestConfig(source="eol", since="2024-05-01")
+    with pytest.raises(ValueError):
+        IngestConfig(source="gbif", since="yesterday'; DROP TABLE x")

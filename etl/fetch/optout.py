@@ -14,8 +14,8 @@ with that same reason, as it would have without the check, and nothing is cached
 from __future__ import annotations
 
 import json
-import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -32,17 +32,46 @@ NOAI_TOKENS = frozenset({"noai", "noimageai"})
 FetchText = Callable[[str], tuple[int | None, bytes]]
 
 
-def _pattern(location: str) -> re.Pattern[str]:
-    """A TDMRep / robots-style path pattern: `*` any run of characters, a final `$` the end of the path."""
-    anchored = location.endswith("$")
-    body = re.escape(location.removesuffix("$")).replace(r"\*", ".*")
-    return re.compile(body + ("$" if anchored else ""))
+MAX_LOCATION_CHARS = 2048  # a TDMRep rule's `location`; longer ones are ignored (no path needs more)
+MAX_ORIGINS = 4096  # origins whose rules one worker process keeps (least recently used dropped first)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A TDMRep / robots-style path pattern: `*` any run of characters, a final `$` the end of the path.
+    Matched piece by piece with `str.find` (leftmost is optimal for `*`-only patterns), never as a regular
+    expression, so a hostile file of stars costs linear time, not backtracking."""
+
+    pieces: tuple[str, ...]
+    anchored: bool
+
+    @classmethod
+    def parse(cls, location: str) -> Location:
+        anchored = location.endswith("$")
+        return cls(tuple(location.removesuffix("$").split("*")), anchored)
+
+    def match(self, path: str) -> bool:
+        first, *rest = self.pieces
+        if not path.startswith(first):
+            return False
+        if not rest:
+            return path == first if self.anchored else True
+        at = len(first)
+        for piece in rest[:-1]:
+            found = path.find(piece, at)
+            if found < 0:
+                return False
+            at = found + len(piece)
+        last = rest[-1]
+        if self.anchored:
+            return path.endswith(last) and len(path) - len(last) >= at
+        return path.find(last, at) >= 0
 
 
 @dataclass(frozen=True)
 class OriginRules:
     robots: Protego | None  # None: disallow everything (an unreadable robots.txt)
-    tdm_rules: tuple[tuple[re.Pattern[str], bool], ...]  # (location, reserved), in file order
+    tdm_rules: tuple[tuple[Location, bool], ...]  # (location, reserved), in file order
 
     def robots_allow(self, url: str, agent: str) -> bool:
         return self.robots is not None and self.robots.can_fetch(url, agent)
@@ -60,7 +89,7 @@ def parse_robots(status: int | None, body: bytes) -> Protego | None:
     return Protego.parse(body.decode("utf-8", errors="replace"))
 
 
-def parse_tdmrep(status: int | None, body: bytes) -> tuple[tuple[re.Pattern[str], bool], ...]:
+def parse_tdmrep(status: int | None, body: bytes) -> tuple[tuple[Location, bool], ...]:
     if status != 200:
         return ()
     try:
@@ -71,8 +100,9 @@ def parse_tdmrep(status: int | None, body: bytes) -> tuple[tuple[re.Pattern[str]
         return ()
     out = []
     for rule in rules:
-        if isinstance(rule, dict) and isinstance(rule.get("location"), str):
-            out.append((_pattern(rule["location"]), str(rule.get("tdm-reservation")) == "1"))
+        location = rule.get("location") if isinstance(rule, dict) else None
+        if isinstance(location, str) and len(location) <= MAX_LOCATION_CHARS:
+            out.append((Location.parse(location), str(rule.get("tdm-reservation")) == "1"))
     return tuple(out)
 
 
@@ -94,28 +124,44 @@ class OptOutPolicy:
             )
         self.honour = frozenset(honour)
         self.agent = agent
-        self._origins: dict[str, OriginRules] = {}
+        self._origins: OrderedDict[str, OriginRules] = OrderedDict()  # at most MAX_ORIGINS, LRU first
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[str, threading.Lock] = {}  # origins being read now, one lock each
+
+    def _cached(self, origin: str) -> OriginRules | None:
+        with self._lock:
+            rules = self._origins.get(origin)
+            if rules is not None:
+                self._origins.move_to_end(origin)
+            return rules
 
     def _rules(self, origin: str, fetch_text: FetchText) -> OriginRules:
+        rules = self._cached(origin)
+        if rules is not None:
+            return rules
         with self._lock:
-            if origin in self._origins:
-                return self._origins[origin]
             loading = self._loading.setdefault(origin, threading.Lock())
         with loading:  # one read per origin, however many threads ask at once
-            with self._lock:
-                if origin in self._origins:
-                    return self._origins[origin]
-            robots = parse_robots(*fetch_text(origin + "/robots.txt")) if "robots" in self.honour else None
-            tdm = (
-                parse_tdmrep(*fetch_text(origin + "/.well-known/tdmrep.json"))
-                if "tdmrep" in self.honour
-                else ()
-            )
+            rules = self._cached(origin)
+            if rules is not None:
+                return rules
+            try:
+                robots = (
+                    parse_robots(*fetch_text(origin + "/robots.txt")) if "robots" in self.honour else None
+                )
+                tdm = (
+                    parse_tdmrep(*fetch_text(origin + "/.well-known/tdmrep.json"))
+                    if "tdmrep" in self.honour
+                    else ()
+                )
+            finally:
+                with self._lock:
+                    self._loading.pop(origin, None)
             rules = OriginRules(robots, tdm)
             with self._lock:
                 self._origins[origin] = rules
+                while len(self._origins) > MAX_ORIGINS:
+                    self._origins.popitem(last=False)
             return rules
 
     def check_url(self, url: str, fetch_text: FetchText) -> None:

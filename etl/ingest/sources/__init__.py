@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,6 +69,16 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; choose one of: {', '.join(SOURCES)}")
+        if (
+            self.since is not None
+        ):  # folded into GBIF's filter here, so every entry point (CLI, recipe, UI) has it
+            if self.source != "gbif":
+                raise ValueError(
+                    "since is supported for gbif (its lastInterpreted filter); other sources re-read all"
+                )
+            since = f"{date.fromisoformat(self.since).isoformat()},*"
+            object.__setattr__(self, "params", {**self.params, "lastInterpreted": since})
+            object.__setattr__(self, "since", None)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or absent for no limit), not {self.limit}")
         if self.page_size < 1:
