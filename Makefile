@@ -56,9 +56,10 @@ $(PEERS)/.installed: Makefile
 
 peers: $(PEERS)/.installed  ## a separate venv with img2dataset, the fetch benchmark's peer
 
-bench: $(STAMP) $(PEERS)/.installed  ## run the benchmarks (JSON on stdout), with the peer tools they compare against
+# QUICK=1: every benchmark at small sizes (about 20 min on 2 cores); otherwise at their defaults (over an hour).
+bench: $(STAMP) $(PEERS)/.installed  ## run every benchmark (JSON lines, the first naming the commit), with their peers
 	$(BIN)/pip install -q -e '.[dev,bench]'
-	@for f in bench/bench_*.py; do $(BIN)/python $$f; done
+	$(BIN)/python bench/run_all.py $(if $(QUICK),--quick)
 
 serve: $(STAMP)  ## start a local Prefect server with the deployments
 	$(BIN)/tol --home $(HOME_DIR) serve

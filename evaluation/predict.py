@@ -32,6 +32,7 @@ class PredictConfig:
     """`tol predict`: which model, which labels (the catalog's taxa at `rank`, inside `within`, or a label
     file) and how many per image."""
 
+    images: tuple[str, ...] = field(metadata={"help": "image files", "positional": True})
     model: str = field(metadata={"help": MODEL_SPEC_HELP})
     rank: str = field(default="species", metadata={"help": "the rank of the labels", "choices": RANKS})
     within: str | None = field(
@@ -124,8 +125,8 @@ def write_csv(rows: list[dict[str, Any]], out: TextIO | None = None) -> None:
     writer.writerows(rows)
 
 
-def run_predict(catalog: Catalog, cfg: PredictConfig, images: list[str]) -> tuple[list[dict[str, Any]], int]:
-    """The rows `predict` gives for `images` under `cfg`, and how many labels they were chosen among."""
+def run_predict(catalog: Catalog, cfg: PredictConfig) -> tuple[list[dict[str, Any]], int]:
+    """The rows `predict` gives for `cfg.images`, and how many labels they were chosen among."""
     from evaluation.tasks import resolve_model
 
     labels = (
@@ -134,4 +135,4 @@ def run_predict(catalog: Catalog, cfg: PredictConfig, images: list[str]) -> tupl
         else catalog_labels(catalog, cfg.rank, cfg.within, cfg.text_type)
     )
     spec, _ = resolve_model(catalog, cfg.model)
-    return predict(spec, images, labels, k=cfg.k), len(labels)
+    return predict(spec, list(cfg.images), labels, k=cfg.k), len(labels)

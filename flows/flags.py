@@ -2,7 +2,8 @@
 in the dataclass.
 
 `add_config_flags(parser, FetchConfig)` adds one flag per field whose metadata has a `help`: named after the
-field (`near_k` -> `--near-k`) unless the metadata names a `flag`, typed from the annotation (`int | None`
+field (`near_k` -> `--near-k`) unless the metadata names a `flag` (or says `positional`: an argument named
+by the field, one word, or every word left for a tuple), typed from the annotation (`int | None`
 -> int, a tuple -> a repeatable flag, a bool -> a switch), with the metadata's `choices` and `metavar`. A
 field of a nested config whose metadata has `flags: PREFIX` contributes the nested class's own flags, each
 named PREFIX + its field name (FilterConfig.faces, `flags: "face-"`: `--face-max-side`).
@@ -107,10 +108,10 @@ def from_flags(cls: type, args: argparse.Namespace, **values: Any) -> Any:
         if given is None:
             continue
         default = _default_or_none(cls, f.path)
-        if isinstance(default, tuple) and isinstance(given, list):
-            given = tuple(given)
-        elif isinstance(default, dict) and isinstance(given, list):
+        if isinstance(default, dict) and isinstance(given, list):
             given = kv_pairs(given, f.flag)
+        elif isinstance(given, list):  # a repeatable flag or a positional of several words: a tuple field
+            given = tuple(given)
         head, _, rest = f.path.partition(".")
         if rest:
             nested.setdefault(head, {})[rest] = given
@@ -187,11 +188,16 @@ def add_config_flags(
         if kind is not bool:
             kwargs.setdefault("type", kind)
         flag = meta.get("flag") or "--" + _prefix + f.name.replace("_", "-")
-        if f.default is MISSING and f.default_factory is MISSING:  # required: a positional or a required flag
-            if meta.get("positional"):
-                flag = f.name
-            else:
-                kwargs["required"] = True
+        required = f.default is MISSING and f.default_factory is MISSING
+        if meta.get("positional"):  # named by its field; a tuple takes every word left, else one (or none)
+            flag = f.name
+            if kwargs.pop("action", None) == "append":
+                kwargs["nargs"] = "+" if required else "*"
+            elif not required:
+                kwargs["nargs"] = "?"
+        elif required:
+            kwargs["required"] = True
+        if required:
             _register(flag, parser.add_argument(flag, help=meta["help"], **kwargs), root, path)
             continue
         config_flag(parser, flag, root, path, meta["help"], **kwargs)

@@ -242,16 +242,38 @@ def test_the_non_stage_commands_show_their_functions_defaults():
     the demo, whose flow is not imported to build the parser, states it and is held to it here)."""
     from etl.dedup.query import query_images
     from flows.cli import build_parser
+    from flows.commands import DemoArgs, DiffArgs, QueryArgs, ServeArgs
     from flows.demo import demo_flow
-    from flows.flags import default_of
+    from flows.flags import default_of, from_flags
     from flows.serve import serve
     from taxonomy.diff import taxonomy_diff
 
     p = build_parser()
-    assert p.parse_args(["demo"]).seed == default_of(demo_flow, "seed")
-    assert p.parse_args(["dedup", "query", "x.jpg"]).k == default_of(query_images, "k")
-    assert p.parse_args(["taxonomy", "diff", "a", "b"]).sample == default_of(taxonomy_diff, "sample")
-    served = p.parse_args(["serve"])
+    assert from_flags(DemoArgs, p.parse_args(["demo"])).seed == default_of(demo_flow, "seed")
+    assert from_flags(QueryArgs, p.parse_args(["dedup", "query", "x.jpg"])).k == default_of(query_images, "k")
+    diff = from_flags(DiffArgs, p.parse_args(["taxonomy", "diff", "a", "b"]))
+    assert (diff.run_a, diff.run_b, diff.sample) == ("a", "b", default_of(taxonomy_diff, "sample"))
+    served = from_flags(ServeArgs, p.parse_args(["serve"]))
     assert (served.port, served.host) == (default_of(serve, "port"), default_of(serve, "host"))
-    predicted = p.parse_args(["predict", "x.jpg", "--model", "m"])
+    predicted = p.parse_args(["predict", "x.jpg", "y.jpg", "--model", "m"])
     assert predicted.k is None  # not given: PredictConfig's own default applies
+    assert from_flags(predicted.command_entry.config, predicted).images == ("x.jpg", "y.jpg")
+
+
+def test_every_command_is_built_from_a_table_and_its_config_fields():
+    """The CLI declares no argument: every field with a help of a command's config is an argument of that
+    command, a positional where the field says so, and the commands' help ends with each field's default."""
+    from dataclasses import fields
+
+    from flows.cli import build_parser
+    from flows.commands import COMMANDS
+    from flows.flags import FLAGS
+
+    build_parser()
+    for c in COMMANDS:
+        declared = {f.name for f in fields(c.config) if "help" in f.metadata}
+        nested = {f.name for f in fields(c.config) if "flags" in f.metadata}
+        flagged = {f.path.split(".")[0] for f in FLAGS if f.cls is c.config}
+        assert flagged == declared | nested, c.name
+    text = (Path(__file__).parents[1] / "flows" / "cli.py").read_text()
+    assert text.count("add_argument(") == 3 + 2  # --home, --debug, --log-level; a stage's inputs and --full
