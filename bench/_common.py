@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
-
-# Spark's Python workers are new processes: they unpickle a unit function defined here (`fetch_slice`) by
-# importing this module, so this folder and the repository must be on their path, not only on ours.
-_PATHS = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    dict.fromkeys([*_PATHS, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
-)
 
 
 def peak_rss_mb() -> float:

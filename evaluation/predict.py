@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from evaluation.tasks import resolve_model
 from taxonomy.captions import captions
 from warehouse.catalog import Catalog, check_expression, lock_down
 from warehouse.contracts import CAPTION_TYPES, MODEL_SPEC_HELP, RANKS
@@ -127,7 +128,6 @@ def write_csv(rows: list[dict[str, Any]], out: TextIO | None = None) -> None:
 
 def run_predict(catalog: Catalog, cfg: PredictConfig) -> tuple[list[dict[str, Any]], int]:
     """The rows `predict` gives for `cfg.images`, and how many labels they were chosen among."""
-    from evaluation.tasks import resolve_model
 
     labels = (
         file_labels(cfg.labels)

@@ -9,6 +9,7 @@ Expected layout under the data root (each folder in its benchmark's published la
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,10 @@ from typing import Any
 import numpy as np
 
 from evaluation import layouts, protocols
+from evaluation.fewshot import simpleshot
+from evaluation.tasks import resolve_model
+from warehouse.stage_runs import StageRun
+from warehouse.writers import EvalScore, record_scores
 
 log = logging.getLogger("tol.evaluate.suite")  # under the CLI's `tol` handler, so skips are shown
 
@@ -99,7 +104,6 @@ def _coverage(missing: list[str], n: int) -> dict[str, Any]:
 
 
 def _species_scores(data, feats: Features) -> dict[str, Any]:
-    from evaluation.fewshot import simpleshot
     from evaluation.zero_shot import metrics_from_logits, zero_shot_logits
 
     labels = np.array(data.labels)
@@ -290,10 +294,7 @@ def run_suite(
     """Run every benchmark of `suite` whose folder exists under `data_root`; absent ones are logged and
     listed under `skipped`. A benchmark whose folder is there but wrong is listed under `failed` with its
     LayoutError's message, and the others still run."""
-    from evaluation.tasks import resolve_model
     from evaluation.zero_shot import load_model
-    from warehouse.stage_runs import StageRun
-    from warehouse.writers import EvalScore, record_scores
 
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
@@ -370,7 +371,6 @@ def run_suite(
     label = run_id or hashlib.sha1(spec.encode()).hexdigest()[:12]
     out = catalog.home / "eval" / label
     out.mkdir(parents=True, exist_ok=True)
-    import json
 
     (out / f"suite-{suite}.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

@@ -22,9 +22,14 @@ from evaluation.datasets import (
     load_metadata_folder,
     load_webdataset,
 )
+from evaluation.emergent import fisher_ratio, orthogonality, separation
+from evaluation.fewshot import linear_probe, multi_label_probe, simpleshot
+from evaluation.layouts import FISHNET_LABELS, read_darwin_finches, read_fishnet
+from evaluation.plots import embedding_maps, variant_directions_3d
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import MODEL_SPEC_HELP, TRAINING_TEXT_TYPES, check_name
 from warehouse.stage_runs import StageRun
+from warehouse.versions import shard_urls
 from warehouse.writers import EvalScore, record_scores
 
 DEFAULT_REGISTRY = Path(__file__).with_name("tasks.yaml")
@@ -33,7 +38,6 @@ DEFAULT_REGISTRY = Path(__file__).with_name("tasks.yaml")
 def load_darwin_finches(
     root: str | Path, text_type: str = "asis", cache_dir: Path | None = None
 ) -> LabelledImages:
-    from evaluation.layouts import read_darwin_finches
 
     return read_darwin_finches(Path(root))
 
@@ -42,7 +46,6 @@ def load_fishnet_habitat(
     root: str | Path, text_type: str = "asis", cache_dir: Path | None = None
 ) -> LabelledImages:
     """FishNet's train and test images, classed by habitat: freshwater (1) or not (0)."""
-    from evaluation.layouts import FISHNET_LABELS, read_fishnet
 
     d = read_fishnet(Path(root))
     col = FISHNET_LABELS.index("freshwater")
@@ -135,7 +138,6 @@ def _zero_shot(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
 
 
 def _few_shot(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
-    from evaluation.fewshot import simpleshot
 
     feats = _features(catalog, model, data, progress)
     return simpleshot(
@@ -144,7 +146,6 @@ def _few_shot(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
 
 
 def _linear_probe(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
-    from evaluation.fewshot import linear_probe
 
     feats = _features(catalog, model, data, progress)
     return linear_probe(
@@ -162,7 +163,6 @@ FALSE = {"0", "false", "no", "n", "f", ""}
 
 def _multi_label(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
     """FishNet-style binary traits: `options.labels` names the metadata columns (0/1, true/false, yes/no)."""
-    from evaluation.fewshot import multi_label_probe
 
     columns = task.options.get("labels") or []
     missing = [c for c in columns if not data.extra or c not in data.extra[0]]
@@ -186,7 +186,6 @@ def _multi_label(catalog, model, data, task, out_dir, progress) -> dict[str, Any
 
 
 def _emergent(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
-    from evaluation.emergent import orthogonality, separation
 
     column = task.options.get("variant", "life_stage")
     if not data.extra or column not in data.extra[0]:
@@ -198,8 +197,6 @@ def _emergent(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
         **orthogonality(feats, species, variant, task.options.get("k", 10)),
     }
     if task.options.get("plots"):
-        from evaluation.plots import embedding_maps, variant_directions_3d
-
         colour = {
             "class": [data.class_lineages[c].get("class") or "(no class)" for c in data.labels],
             column: variant.tolist(),
@@ -240,8 +237,6 @@ def _beak_order(catalog, model, data, task, out_dir, progress) -> dict[str, Any]
 def _habitat_separation(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
     """FishNet habitat: the Fisher ratio between freshwater and other fish over all images (higher = more
     separated), and a t-SNE/UMAP map coloured by habitat."""
-    from evaluation.emergent import fisher_ratio
-    from evaluation.plots import embedding_maps
 
     feats = _features(catalog, model, data, progress)
     labels = np.array(data.labels)
@@ -424,7 +419,6 @@ def heldout_task(catalog: Catalog, version: str) -> Task:
     """Zero-shot on a dataset version's own held-out (val) split, its shards as written: top-1/top-5 at
     species and the accuracy at each rank (the version carries every caption type). A version without a
     val split has nothing held out: a clear error."""
-    from warehouse.versions import shard_urls
 
     urls = shard_urls(catalog, check_name("version", version), "val")
     if not urls:

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from etl.dedup.query import query_images, versions_holding
+from etl.executors import get_executor
 from etl.filter.scorers import MuseumConfig
 from etl.filter.support import build_support
+from etl.shards.card import render_card
 from etl.shards.takedowns import affected_versions, takedown_records
 from evaluation.predict import PredictConfig, run_predict, write_csv
 from evaluation.suite import suite_report
@@ -28,13 +30,18 @@ from evaluation.tasks import EvaluateOptions, compare
 from flows import stages
 from flows.flags import default_of, kv_pairs
 from flows.recipe import RecipeError, load_recipe, plan
+from flows.report import demo_report
 from flows.serve import check_bind, deploy, serve
 from flows.stages import ExecutorConfig
+from sample_world import build_sample_world, serve_sample_world
+from sample_world.build import SampleWorldConfig
 from taxonomy.diff import taxonomy_diff
 from taxonomy.resolve import resolve_names
 from training.config import PRESETS, load_config
 from warehouse.catalog import Catalog, lock_down, open_catalog, read_only_statement
 from warehouse.contracts import MODEL_SPEC_HELP
+from warehouse.schemas import BUILD_PLAN
+from warehouse.versions import list_versions, load_manifest, verify_version, version_root
 
 
 class UsageError(ValueError):
@@ -78,7 +85,6 @@ def run_demo(home: str, cfg: DemoArgs) -> None:
     home = str(Path(home).resolve())
     prefect_env(home)
     from flows.demo import demo_flow  # imports Prefect, after its settings are in the environment
-    from flows.report import demo_report
 
     started = datetime.now(UTC)
     summary = demo_flow(home=home, seed=cfg.seed, **({"steps": cfg.steps} if cfg.steps else {}))
@@ -93,8 +99,6 @@ class SampleWorldArgs:
 
 
 def run_sample_world(home: str, cfg: SampleWorldArgs) -> None:
-    from sample_world import build_sample_world, serve_sample_world
-    from sample_world.build import SampleWorldConfig
 
     root = Path(home) / "sample_world"
     world = build_sample_world(root, SampleWorldConfig(seed=cfg.seed))
@@ -381,10 +385,6 @@ class VersionsArgs:
 
 
 def run_versions(home: str, cfg: VersionsArgs) -> None:
-    from etl.executors import get_executor
-    from etl.shards.card import render_card
-    from warehouse.schemas import BUILD_PLAN
-    from warehouse.versions import list_versions, load_manifest, verify_version, version_root
 
     if cfg.action != "list" and not cfg.name:
         raise UsageError(f"versions {cfg.action} needs a NAME")

@@ -5,16 +5,25 @@ from __future__ import annotations
 import json
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 import sample_world
+from etl.filter.rules import FilterRule
+from etl.filter.scorers import MuseumConfig
+from etl.filter.stage import FilterConfig
+from etl.filter.support import build_support
+from etl.shards.stage import ShardConfig
+from flows import stages
 from flows.pipeline import evaluate_flow, recipe_flow
 from sample_world import SampleWorld, build_sample_world, serve_sample_world
 from sample_world.build import SampleWorldConfig
+from training.config import load_config
 from warehouse.catalog import open_catalog
+from warehouse.versions import load_manifest
 
 
 def _stable_port(world_root: Path) -> int:
@@ -83,16 +92,8 @@ def demo_flow(home: str = "tol-data", seed: int = 0, steps: int = 300) -> dict[s
 def museum_filter_flow(home: str, support_folder: str, model: str, version: str) -> dict[str, Any]:
     """The museum_category scorer with a model of this home: its support set's centroids, the scores, and
     `<version>-museum`, the version again with label and drawer pictures left out as well."""
-    from dataclasses import replace
 
-    from etl.filter.rules import FilterRule
-    from etl.filter.scorers import MuseumConfig
-    from etl.filter.stage import FilterConfig
-    from etl.filter.support import build_support
-    from etl.shards.stage import ShardConfig
-    from flows import stages
     from flows.pipeline import stage_logs_to_prefect
-    from warehouse.versions import load_manifest
 
     catalog = open_catalog(home)
     with stage_logs_to_prefect():
@@ -113,7 +114,6 @@ def museum_filter_flow(home: str, support_folder: str, model: str, version: str)
 
 
 def _random_init_export(home: str) -> Path:
-    from training.config import load_config
     from training.model import export_untrained
 
     out = Path(home) / "runs" / "random-init" / "export"

@@ -32,10 +32,12 @@ from etl.ingest.sources import IngestConfig
 from etl.shards.stage import ShardConfig
 from evaluation.tasks import compare, heldout_name, heldout_task
 from flows import stages
-from flows.recipe import SourcePull
+from flows.recipe import SourcePull, load_recipe
 from flows.stages import CurateConfig, ExecutorConfig
 from flows.trust import form_configs, operator_home
-from training.config import PRESETS
+from training.config import PRESETS, load_config
+from training.report import loss_curve_png, read_metrics
+from warehouse import writers
 from warehouse.catalog import Catalog, CatalogBusyError, open_catalog
 from warehouse.contracts import MAX_WORKERS, check_bound, check_name, redact
 from warehouse.locks import StageBusyError
@@ -332,7 +334,6 @@ def refresh_train_choices(catalog: Catalog, extra: tuple[str, ...] = ()) -> list
 def train_config(catalog: Catalog, preset: str, version: str, values: dict[str, Any]) -> Any:
     """The TrainConfig a train run uses: `version` (or the latest for `latest`), the preset, then `values`
     (`training.config.load_config`: a preset's replay with no replay set trains without replay, and says so)."""
-    from training.config import load_config
 
     name = latest_version(catalog) if version in ("", LATEST) else check_name("version", version)
     known = [v["version"] for v in list_versions(catalog)]
@@ -458,7 +459,6 @@ class _ProgressArtifact:
 
 def _training_artifacts(catalog: Catalog, result: dict[str, Any]) -> None:
     """The metrics table and the loss curve (an inline PNG the UI shows) of a finished run."""
-    from training.report import loss_curve_png, read_metrics
 
     final = result.get("final", {})
     rows = [
@@ -630,8 +630,6 @@ def recipe_flow(
         until: the last step to run: ingest, curate, or train (which includes the evaluation).
         train_overrides: TrainConfig keys that win over the recipe's `train` section, e.g. {"steps": 80}.
     """
-    from flows.recipe import load_recipe
-    from warehouse import writers
 
     home = operator_home(home)
     recipe = load_recipe(recipe_path, variables)

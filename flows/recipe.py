@@ -23,6 +23,7 @@ import yaml
 
 from etl.ingest.sources import IngestConfig, default_api
 from flows.stages import CurateConfig
+from training.config import load_config
 from warehouse.contracts import check_name
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -217,7 +218,6 @@ def _validate(data: dict[str, Any], root: yaml.Node, path: str) -> RecipeSpec:
 
 def _check_train(spec: RecipeSpec, root: yaml.Node, path: str) -> None:
     """The train section through the trainer's own loader (preset, then keys): what `tol train` would say."""
-    from training.config import load_config
 
     train = dict(spec.train)
     preset = train.pop("preset", "cpu-tiny")

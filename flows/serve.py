@@ -18,6 +18,8 @@ import requests
 
 from flows.recipe import Recipe
 from flows.trust import OperatorSettings, strip_parameters, strip_schema
+from warehouse import writers
+from warehouse.catalog import open_catalog
 
 log = logging.getLogger("tol.serve")
 
@@ -97,7 +99,6 @@ def build_deployments(
     from prefect.schedules import Cron
 
     from flows.pipeline import curate_flow, evaluate_flow, ingest_flow, train_flow, version_choices
-    from warehouse.catalog import open_catalog
 
     home = str(Path(home).resolve())
     params = _parameters(home, recipe, training_slots)
@@ -209,8 +210,6 @@ def _wait_healthy(api: str, server: subprocess.Popen, seconds: int = 120) -> Non
 
 
 def _record_recipe(home: str, recipe: Recipe) -> None:
-    from warehouse import writers
-    from warehouse.catalog import open_catalog
 
     writers.record_recipe(open_catalog(home), recipe.sha256, recipe.spec.name, recipe.path, recipe.text)
 

@@ -7,21 +7,30 @@ run) are chosen here, once, passed to the stage as arguments, and recorded by it
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from etl.dedup.stage import DedupConfig
+from etl.compact import run_compaction
+from etl.dedup.stage import DedupConfig, run_dedup
 from etl.executors import EXECUTORS
-from etl.fetch.stage import FetchConfig
-from etl.filter.stage import FilterConfig
+from etl.fetch.stage import FetchConfig, run_fetch
+from etl.filter.stage import FilterConfig, latest_filter_run, run_filter
 from etl.ingest.sources import IngestConfig
-from etl.shards.stage import ShardConfig
+from etl.ingest.stage import run_ingest
+from etl.shards.stage import ShardConfig, ShardInputs, build_version
+from evaluation.suite import run_suite
+from evaluation.tasks import load_registry, run_task
+from taxonomy.backbone import latest_backbone
+from taxonomy.backbone import load_backbone as load
+from taxonomy.resolve import run_resolve
 from warehouse.catalog import Catalog
 from warehouse.compaction import CompactionConfig, compaction_due
 from warehouse.contracts import MAX_WORKERS, check_bound
+from warehouse.stage_runs import run_config, succeeded_run
 
 log = logging.getLogger("tol.stages")
 
@@ -68,13 +77,11 @@ class ResolveConfig:
 
 
 def ingest(catalog: Catalog, cfg: IngestConfig, *, progress: bool = False) -> dict[str, Any]:
-    from etl.ingest.stage import run_ingest
 
     return run_ingest(catalog, cfg, progress=progress)
 
 
 def load_backbone(catalog: Catalog, path: str | Path, *, common_name_fallback: bool = False) -> str:
-    from taxonomy.backbone import load_backbone as load
 
     return load(catalog, path, common_name_fallback=common_name_fallback)
 
@@ -84,8 +91,6 @@ def resolve(
 ) -> dict[str, Any]:
     """Resolve every usable record against `backbones` (priority order), by default the latest loaded;
     incremental unless `full` (see `taxonomy.resolve.run_resolve`)."""
-    from taxonomy.backbone import latest_backbone
-    from taxonomy.resolve import run_resolve
 
     versions = list(backbones) if backbones else [latest_backbone(catalog)]
     return run_resolve(catalog, versions, full=full)
@@ -100,7 +105,6 @@ def fetch(
 ) -> dict[str, Any]:
     """Fetch what is not fetched yet, then compact the image table's parts (one per work unit) when enough
     small ones have gathered (`compact`)."""
-    from etl.fetch.stage import run_fetch
 
     ex = executor or ExecutorConfig()
     summary = run_fetch(
@@ -121,7 +125,6 @@ def compact(
     catalog: Catalog, cfg: CompactionConfig | None = None, executor: ExecutorConfig | None = None
 ) -> dict[str, Any]:
     """Merge small lake parts into parts of bounded size, each merge a work unit (see `etl.compact`)."""
-    from etl.compact import run_compaction
 
     ex = executor or ExecutorConfig()
     return run_compaction(
@@ -130,7 +133,6 @@ def compact(
 
 
 def dedup(catalog: Catalog, cfg: DedupConfig | None = None, *, full: bool = False) -> dict[str, Any]:
-    from etl.dedup.stage import run_dedup
 
     return run_dedup(catalog, cfg or DedupConfig(), full=full)
 
@@ -147,9 +149,6 @@ def shard(
     """Build the dataset version `cfg.version` from `dedup_run`'s kept images named by `resolve_run`
     (each by default the latest succeeded run); with filter rules, `filter_run` (by default the latest that
     scored that dedup run's images with the rules' scorers) vouches for the scores. Returns its manifest."""
-    from etl.filter.stage import latest_filter_run
-    from etl.shards.stage import ShardInputs, build_version
-    from warehouse.stage_runs import run_config, succeeded_run
 
     resolve_run = succeeded_run(catalog, "resolve", resolve_run)
     dedup_run = succeeded_run(catalog, "dedup", dedup_run)
@@ -178,8 +177,6 @@ def filter_images(
     dedup_run: str | None = None,
 ) -> dict[str, Any]:
     """Score the images `dedup_run` (default: the latest succeeded) kept with the content scorers."""
-    from etl.filter.stage import run_filter
-    from warehouse.stage_runs import succeeded_run
 
     ex = executor or ExecutorConfig()
     return run_filter(
@@ -390,7 +387,6 @@ def train(
 
 def registered_tasks(names: Sequence[str], registry: str | None = None) -> list[Any]:
     """The registered evaluation tasks called `names`; an unknown name is an error listing the known ones."""
-    from evaluation.tasks import load_registry
 
     known = load_registry(registry)
     unknown = [n for n in names if n not in known]
@@ -411,9 +407,6 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Run `tasks` (evaluation.tasks.Task) on `model`: a training run id, an export folder, `local-dir:PATH`
     or `hf-hub:ORG/NAME`. With one task, `json_out` receives its scores; with several, the list."""
-    import json
-
-    from evaluation.tasks import run_task
 
     if not model:
         raise ValueError(
@@ -443,9 +436,6 @@ def evaluate_with(catalog: Catalog, opts: Any) -> list[dict[str, Any]]:
 def evaluate_suite(catalog: Catalog, opts: Any) -> dict[str, Any]:
     """`tol evaluate --suite`: every benchmark of the suite found under `opts.data_root`; the summary is
     also written to `opts.json` when given."""
-    import json
-
-    from evaluation.suite import run_suite
 
     if not opts.model:
         raise ValueError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -48,7 +49,6 @@ class SampleWorldServer(ThreadingHTTPServer):
         self.tarballs: dict[str, bytes] = {}
 
     def handle_error(self, request, client_address) -> None:
-        import sys
 
         if isinstance(sys.exc_info()[1], ConnectionError):
             return  # a client that hung up (timeouts in tests, a killed fetch): not the server's problem

@@ -374,3 +374,48 @@ def test_a_part_written_by_a_query_has_its_table_schema(catalog):
         )
     with pytest.raises(ValueError, match="partitioned by"):
         catalog.write_part_from_query("resolutions_history", row, partition={"source": "x"}, part="p")
+
+
+# Our modules that import torch or Prefect when imported: a function that needs one imports it where it is
+# used, so a curation process or `tol --help` never pays for it.
+HEAVY_MODULES = {"evaluation.zero_shot", "training.loop", "training.model", "training.distributed",
+                 "flows.pipeline", "flows.demo"}  # fmt: skip
+# Function-level imports that break an import cycle within a room, each with why it is one.
+CYCLE_IMPORTS = {
+    ("etl.executors", "etl.executors.local"): "the executors import the package's Unit and run_bounded",
+    (
+        "etl.executors",
+        "etl.executors.spark",
+    ): "as local; and Spark's module is only needed with --executor spark",
+    (
+        "etl.filter.support",
+        "etl.filter.scorers",
+    ): "the museum scorer reads the support sets support.py stores",
+    ("etl.ingest.sources", "etl.ingest.sources"): "the package's registry of connectors and its modules",
+    ("etl.ingest.sources.gbif", "etl.ingest.sources"): "the connector uses the package's shared helpers",
+    ("evaluation.tasks", "evaluation.suite"): "the suite runs tasks; a task may name a suite",
+}
+
+
+def test_function_level_imports_are_for_a_cost_or_a_cycle():
+    """Module-level imports wherever nothing argues otherwise: one of our modules is imported inside a
+    function only when it is heavy (torch, Prefect) or the import would close a cycle listed above."""
+    wrong = []
+    for module, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                for name in names:
+                    if name.split(".")[0] not in OURS or name in HEAVY_MODULES:
+                        continue
+                    if (module, name) not in CYCLE_IMPORTS:
+                        wrong.append(f"{module}:{node.lineno} imports {name} in {fn.name}()")
+    assert wrong == []

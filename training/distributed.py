@@ -22,6 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from training.config import TrainConfig
+from warehouse.catalog import Catalog
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -86,9 +89,7 @@ def launch(home: str | Path, config: dict[str, Any], devices: int, timeout: floa
 
 def main() -> None:
     """Entry point of each torchrun process."""
-    from training.config import TrainConfig
     from training.loop import train
-    from warehouse.catalog import Catalog
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", required=True)

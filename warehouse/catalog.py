@@ -17,8 +17,9 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from warehouse.contracts import DROP_REASONS
+from warehouse.contracts import DROP_REASONS, check_name
 from warehouse.lake import PART_ROW_GROUP_ROWS, part_path, typed_select, write_part
 from warehouse.locks import mark_interrupted
 from warehouse.schemas import BUILD_PLAN, LAKE_TABLES, duckdb_type
@@ -216,7 +217,6 @@ class Catalog:
 
     def work_dir(self, run_id: str) -> Path:
         """A stage run's scratch folder (`work/<run_id>`): inputs handed to its workers by reference."""
-        from warehouse.contracts import check_name
 
         return self.home / "work" / check_name("run", run_id)
 
@@ -235,7 +235,6 @@ class Catalog:
         let a worker read its range without the rest. With `sandbox` (for SQL holding a user's text, such as
         `shard --where`), the connection can read only the home's data folders and write only the target's
         folder (`lock_down`)."""
-        import pyarrow.parquet as pq
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

@@ -12,6 +12,7 @@ import duckdb
 import pyarrow as pa
 
 from warehouse.catalog import Catalog, fetch_first, register_shard_samples, schema_lock
+from warehouse.lake import write_image_blob
 from warehouse.schemas import TAXA
 
 # --- fetch -------------------------------------------------------------------------------------------------
@@ -21,7 +22,6 @@ def write_images_part(catalog: Catalog, rows: pa.Table, *, run_id: str, source: 
     """One fetch part, written by the worker that fetched it: the JPEGs of its ok rows into the image lake
     (one blob file), then the `images_history` rows pointing into it. A kill between the two leaves an
     unreferenced blob, never a row without its bytes."""
-    from warehouse.lake import write_image_blob
 
     jpegs = rows.column("jpeg").to_pylist()
     if any(jpegs):

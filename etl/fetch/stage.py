@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
@@ -18,7 +19,7 @@ from urllib.request import url2pathname
 import pyarrow as pa
 import requests
 
-from etl.executors import Unit
+from etl.executors import Unit, get_executor
 from etl.fetch.images import ImageConfig, process_image, require_pdq
 from etl.fetch.optout import POLICY_FILE_BYTES, OptOutPolicy
 from etl.http import (
@@ -41,6 +42,7 @@ from warehouse.catalog import Catalog
 from warehouse.contracts import MAX_THREADS, OPT_OUT_DROP_REASONS, check_bound
 from warehouse.lake import read_rows, remove_tree
 from warehouse.schemas import IMAGES
+from warehouse.stage_runs import StageRun
 from warehouse.writers import write_images_part
 
 # What fetching a row gives, the JPEG still in memory; `write_images_part` moves it to the image lake.
@@ -357,12 +359,8 @@ def run_fetch(
     """Fetch every usable record not fetched yet (or, with `retry_failed`, transient failures again).
     The driver writes the rows to fetch to a scratch file and hands workers row ranges of it; each worker
     writes its unit's lake part itself, so a killed run loses at most the units in flight; a run stopped by the internal-error limit keeps what it wrote and fails with FailureRateError."""
-    from functools import partial
 
     from tqdm import tqdm
-
-    from etl.executors import get_executor
-    from warehouse.stage_runs import StageRun
 
     config = config or FetchConfig()
     if config.image.pdq:

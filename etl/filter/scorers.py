@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from etl.filter.support import load_support
 from warehouse.contracts import MODEL_SPEC_HELP, check_name
 
 
@@ -47,7 +49,6 @@ class FaceConfig:
 def face_model_version(cfg: FaceConfig) -> str:
     """What the faces rows record as their model version: the package and every setting that changes a
     score (a change scores the images again)."""
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         v = version("facenet-pytorch")
@@ -174,7 +175,6 @@ def _faces(args: dict[str, Any]) -> ImageScorer:
 
 
 def _museum(args: dict[str, Any]) -> ImageScorer:
-    from etl.filter.support import load_support
 
     support = load_support(args["home"], args["support"])
     return MuseumCategoryScorer(

@@ -29,9 +29,18 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from etl.executors import Unit
+from etl.executors import Unit, get_executor
 from etl.filter.image_type import image_type_sql, load_rules
-from etl.filter.scorers import IMAGE_SCORERS, FaceConfig, MuseumConfig, details_json
+from etl.filter.scorers import (
+    IMAGE_SCORERS,
+    FaceConfig,
+    MuseumConfig,
+    details_json,
+    face_model_version,
+    require_facenet,
+)
+from etl.filter.support import load_support
+from evaluation.tasks import resolve_model
 from warehouse.catalog import Catalog, fetch_first
 from warehouse.contracts import FILTER_SCORERS
 from warehouse.lake import read_image_blobs, read_rows, write_part
@@ -124,15 +133,12 @@ assert set(SQL_SCORERS) | set(IMAGE_SCORERS) == set(FILTER_SCORERS)
 
 
 def _faces_args(catalog: Catalog, cfg: FilterConfig) -> tuple[dict[str, Any], str]:
-    from etl.filter.scorers import face_model_version, require_facenet
 
     require_facenet()  # a clear error here, not one per unit
     return {"faces": asdict(cfg.faces), "device": cfg.device}, face_model_version(cfg.faces)
 
 
 def _museum_args(catalog: Catalog, cfg: FilterConfig) -> tuple[dict[str, Any], str]:
-    from etl.filter.support import load_support
-    from evaluation.tasks import resolve_model
 
     support = load_support(catalog.home, cfg.museum.support)
     model_path, _ = resolve_model(catalog, cfg.museum.model)
@@ -232,7 +238,6 @@ def run_filter(
 ) -> dict[str, Any]:
     """Score the images `dedup_run` kept with `cfg.scorers`; returns the run summary (scores per scorer and
     label in `details`)."""
-    from etl.executors import get_executor
 
     with StageRun(catalog, "filter", config={**asdict(cfg), "dedup_run": dedup_run}) as run:
         with catalog.connect() as con:

@@ -12,10 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from evaluation.tasks import resolve_model
 from warehouse.catalog import Catalog
 from warehouse.contracts import check_name, is_image_name
 from warehouse.lake import part_path
 from warehouse.schemas import SUPPORT_CENTROIDS
+from warehouse.stage_runs import StageRun
 
 log = logging.getLogger("tol.filter")
 
@@ -71,9 +73,7 @@ def build_support(
     """Embed every support image with `model` (resolved like an evaluation model), store k centroids per
     category as the lake part `filter_support/support=NAME`; returns counts per category."""
     from etl.filter.scorers import embed
-    from evaluation.tasks import resolve_model
     from evaluation.zero_shot import load_model
-    from warehouse.stage_runs import StageRun
 
     check_name("support set", name)
     if k < 1:
