@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from etl.executors import get_executor
+from etl.executors import LOCAL, ExecutorConfig
 from warehouse.catalog import COMPACTED_PREFIX, Catalog
 from warehouse.compaction import (
     CompactionConfig,
@@ -33,9 +33,7 @@ def run_compaction(
     catalog: Catalog,
     cfg: CompactionConfig | None = None,
     *,
-    executor: str = "local",
-    workers: int = 2,
-    spark_master: str | None = None,
+    executor: ExecutorConfig = LOCAL,
 ) -> dict[str, Any]:
     """Merge the small parts of the chosen lake tables (see the module's docstring) as one `compact` stage
     run (n_in: parts merged, n_out: parts written), after deleting what earlier compactions retired more
@@ -62,7 +60,7 @@ def run_compaction(
                     })  # fmt: skip
         merged: dict[str, list[int]] = {}  # table -> [parts merged, parts written]
         t0 = time.perf_counter()
-        for i, result in get_executor(executor, workers, spark_master).run_units(merge_unit, units):
+        for i, result in executor.build().run_units(merge_unit, units):
             table, group = units[i]["table"], groups[i]
             path, rows = result.column("path")[0].as_py(), result.column("rows")[0].as_py()
             if rows != sum(p.rows for p in group):  # never swap in a part that lost or gained rows

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from etl.dedup.query import query_images, versions_holding
-from etl.executors import get_executor
 from etl.filter.scorers import MuseumConfig
 from etl.filter.support import build_support
 from etl.shards.card import render_card
@@ -399,8 +398,7 @@ def run_versions(home: str, cfg: VersionsArgs) -> None:
     elif cfg.action == "show":
         _print(load_manifest(catalog, cfg.name))
     elif cfg.action == "verify":
-        ex = cfg.executor
-        problems = verify_version(catalog, cfg.name, get_executor(ex.name, ex.workers, ex.spark_master))
+        problems = verify_version(catalog, cfg.name, cfg.executor.build())
         for p in problems:
             print(p)
         if problems:

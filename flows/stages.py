@@ -16,7 +16,7 @@ from typing import Any
 
 from etl.compact import run_compaction
 from etl.dedup.stage import DedupConfig, run_dedup
-from etl.executors import EXECUTORS
+from etl.executors import ExecutorConfig
 from etl.fetch.stage import FetchConfig, run_fetch
 from etl.filter.stage import FilterConfig, latest_filter_run, run_filter
 from etl.ingest.sources import IngestConfig
@@ -29,30 +29,9 @@ from taxonomy.backbone import load_backbone as load
 from taxonomy.resolve import run_resolve
 from warehouse.catalog import Catalog
 from warehouse.compaction import CompactionConfig, compaction_due
-from warehouse.contracts import MAX_WORKERS, check_bound
 from warehouse.stage_runs import run_config, succeeded_run
 
 log = logging.getLogger("tol.stages")
-
-
-@dataclass(frozen=True)
-class ExecutorConfig:
-    """Where the byte-heavy stages (fetch, shard) run: `local` processes, or Spark (`spark_master`, default
-    `local[workers]`)."""
-
-    name: str = field(
-        default="local",
-        metadata={"help": "where the work units run", "flag": "--executor", "choices": EXECUTORS},
-    )
-    workers: int = field(default=2, metadata={"help": "local worker processes (or Spark's local[N])"})
-    spark_master: str | None = field(
-        default=None, metadata={"help": "a Spark master URL, e.g. spark://host:7077 (default local[N])"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.name not in EXECUTORS:
-            raise ValueError(f"unknown executor {self.name!r}; choose one of: {', '.join(EXECUTORS)}")
-        check_bound("workers", self.workers, MAX_WORKERS, 1)
 
 
 @dataclass(frozen=True)
@@ -107,14 +86,7 @@ def fetch(
     small ones have gathered (`compact`)."""
 
     ex = executor or ExecutorConfig()
-    summary = run_fetch(
-        catalog,
-        cfg or FetchConfig(),
-        executor=ex.name,
-        workers=ex.workers,
-        spark_master=ex.spark_master,
-        progress=progress,
-    )
+    summary = run_fetch(catalog, cfg or FetchConfig(), executor=ex, progress=progress)
     images = CompactionConfig(tables=("images_history",))
     if compaction_due(catalog, images):
         compact(catalog, images, ex)
@@ -126,10 +98,7 @@ def compact(
 ) -> dict[str, Any]:
     """Merge small lake parts into parts of bounded size, each merge a work unit (see `etl.compact`)."""
 
-    ex = executor or ExecutorConfig()
-    return run_compaction(
-        catalog, cfg or CompactionConfig(), executor=ex.name, workers=ex.workers, spark_master=ex.spark_master
-    )
+    return run_compaction(catalog, cfg or CompactionConfig(), executor=executor or ExecutorConfig())
 
 
 def dedup(catalog: Catalog, cfg: DedupConfig | None = None, *, full: bool = False) -> dict[str, Any]:
@@ -163,10 +132,7 @@ def shard(
         filter_run=filter_run if cfg.filters else None,
     )
     log.info("shard %s from dedup %s, resolve %s", cfg.version, inputs.dedup_run, inputs.resolve_run)
-    ex = executor or ExecutorConfig()
-    return build_version(
-        catalog, cfg, inputs, executor=ex.name, workers=ex.workers, spark_master=ex.spark_master
-    )
+    return build_version(catalog, cfg, inputs, executor=executor or ExecutorConfig())
 
 
 def filter_images(
@@ -178,15 +144,8 @@ def filter_images(
 ) -> dict[str, Any]:
     """Score the images `dedup_run` (default: the latest succeeded) kept with the content scorers."""
 
-    ex = executor or ExecutorConfig()
-    return run_filter(
-        catalog,
-        cfg or FilterConfig(),
-        succeeded_run(catalog, "dedup", dedup_run),
-        executor=ex.name,
-        workers=ex.workers,
-        spark_master=ex.spark_master,
-    )
+    dedup_run = succeeded_run(catalog, "dedup", dedup_run)
+    return run_filter(catalog, cfg or FilterConfig(), dedup_run, executor=executor or ExecutorConfig())
 
 
 def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from sample_world.render import (
     render_scene,
 )
 from sample_world.tree import Species, Tree, build_tree
-from warehouse.contracts import HIGHER_RANKS
+from warehouse.contracts import EOL_MANIFEST_COLUMNS, HIGHER_RANKS
 
 BASE = "{{BASE_URL}}"
 TAXON_COLUMNS = [
@@ -85,14 +85,6 @@ BIOSCAN_COLUMNS = [
     "split",
     "index_bioscan_1M_insect",
     "chunk",
-]
-EOL_MANIFEST_COLUMNS = [
-    "EOL content ID",
-    "EOL page ID",
-    "Medium Source URL",
-    "EOL Full-Size Copy URL",
-    "License Name",
-    "Copyright Owner",
 ]
 DH_COLUMNS = [
     "taxonID",

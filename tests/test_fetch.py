@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from etl.executors import ExecutorConfig
 from etl.executors.local import LocalExecutor
 from etl.fetch import stage as fetch_mod
 from etl.fetch.images import ImageConfig, process_image
@@ -183,25 +184,13 @@ def test_urls_refused_before_any_request():
 
 
 def test_crop_box_is_clipped_and_resized_after_cropping(bad_server):
-    row = fetch_one(
-        {
-            "record_id": "c",
-            "media_url": bad_server + "/frame.jpg",
-            "source": "fathomnet",
-            "crop_box": [800, 100, 300, 300],
-        },
-        CFG,
-    )
+    def crop(box):
+        frame = {"record_id": "c", "media_url": bad_server + "/frame.jpg", "source": "fathomnet"}
+        return fetch_one({**frame, "crop_box": box}, CFG)
+
+    row = crop([800, 100, 300, 300])
     assert row["status"] == "too_small"  # clipped to 160 px wide: the size gate applies to the crop
-    row = fetch_one(
-        {
-            "record_id": "c",
-            "media_url": bad_server + "/frame.jpg",
-            "source": "fathomnet",
-            "crop_box": [100, 100, 300, 250],
-        },
-        CFG,
-    )
+    row = crop([100, 100, 300, 250])
     assert (row["width"], row["height"]) == (300, 250)
     outside = process_image(_jpeg((400, 300)), ImageConfig(), [500, 10, 50, 50])
     assert outside.status == "crop_outside_image"
@@ -258,13 +247,21 @@ def test_killed_fetch_resumes_without_loss_or_duplicates(catalog, server, monkey
 
     monkeypatch.setattr(fetch_mod, "fetch_partition", dies_on_third_partition)
     with pytest.raises(KeyboardInterrupt):
-        run_fetch(catalog, FetchConfig(allow_private_hosts=True, partition_rows=8), workers=1, progress=False)
+        run_fetch(
+            catalog,
+            FetchConfig(allow_private_hosts=True, partition_rows=8),
+            executor=ExecutorConfig(workers=1),
+            progress=False,
+        )
     monkeypatch.setattr(fetch_mod, "fetch_partition", real)
     with catalog.connect() as con:
         partial_rows = con.execute("SELECT count(*) FROM images_history").fetchall()[0][0]
     assert partial_rows == 16
     second = run_fetch(
-        catalog, FetchConfig(allow_private_hosts=True, partition_rows=8), workers=1, progress=False
+        catalog,
+        FetchConfig(allow_private_hosts=True, partition_rows=8),
+        executor=ExecutorConfig(workers=1),
+        progress=False,
     )
     with catalog.connect() as con:
         n, distinct, raw = con.execute("""SELECT count(*), count(DISTINCT record_id),
@@ -316,9 +313,14 @@ def test_retry_failed_refetches_only_transient_failures(catalog, world):
     with serve_sample_world(world.root, faults={"/bioscan5m/images": [503] * 9}) as srv:
         run_ingest(catalog, IngestConfig("bioscan", api_url=srv.base_url, allow_private_hosts=True))
         cfg = FetchConfig(allow_private_hosts=True, http=replace(IMAGE_HOSTS, max_retries=0))
-        first = run_fetch(catalog, cfg, workers=1, progress=False)
+        first = run_fetch(catalog, cfg, executor=ExecutorConfig(workers=1), progress=False)
         assert first["dropped"].get("http_503") == 9
-        again = run_fetch(catalog, replace(cfg, retry_failed=True), workers=1, progress=False)
+        again = run_fetch(
+            catalog,
+            replace(cfg, retry_failed=True),
+            executor=ExecutorConfig(workers=1),
+            progress=False,
+        )
     assert again["n_in"] == 9 and again["n_out"] == 9
     with catalog.connect() as con:
         rows = con.execute("SELECT status, attempts FROM images WHERE attempts > 1").fetchall()

@@ -9,6 +9,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from etl.executors import ExecutorConfig
 from etl.filter.image_type import load_rules
 from etl.filter.rules import FilterRule
 from etl.filter.scorers import FaceConfig, FaceScorer, MuseumConfig
@@ -95,7 +96,12 @@ def _scores(catalog, scorer: str) -> dict[str, tuple[float | None, str]]:
 
 def test_filter_scores_bursts_faces_and_types_and_the_version_removes_and_counts(home, world):
     dedup_run = succeeded_run(home, "dedup")
-    out = run_filter(home, FilterConfig(scorers=("burst", "faces"), partition_rows=128), dedup_run, workers=2)
+    out = run_filter(
+        home,
+        FilterConfig(scorers=("burst", "faces"), partition_rows=128),
+        dedup_run,
+        executor=ExecutorConfig(workers=2),
+    )
     with home.connect() as con:
         kept = {
             r[0]
@@ -122,7 +128,7 @@ def test_filter_scores_bursts_faces_and_types_and_the_version_removes_and_counts
     assert planted_faces and all(faces[r][1] == "face" for r in planted_faces)
 
     # The rerun scores nothing again: faces are per image and model version.
-    again = run_filter(home, FilterConfig(scorers=("faces",)), dedup_run, workers=1)
+    again = run_filter(home, FilterConfig(scorers=("faces",)), dedup_run, executor=ExecutorConfig(workers=1))
     assert again["details"]["scored_now"]["faces"] == 0
 
     base = stages.shard(home, ShardConfig("nofilter", samples_per_shard=128))
@@ -190,7 +196,7 @@ def test_museum_scorer_sends_planted_labels_to_the_label_category_with_a_trained
         home,
         FilterConfig(scorers=("museum_category",), museum=MuseumConfig(model=trained["run_id"])),
         succeeded_run(home, "dedup"),
-        workers=1,
+        executor=ExecutorConfig(workers=1),
     )
     scores = _scores(home, "museum_category")
     types = _scores(home, "image_type")

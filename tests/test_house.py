@@ -21,7 +21,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "etl": set(),  # the package itself: a docstring
     "warehouse": set(),
     "etl.http": {"warehouse.contracts"},  # the shared facts: `redact`
-    "etl.executors": set(),
+    "etl.executors": {"warehouse.contracts"},  # the shared bounds (MAX_WORKERS)
     "etl.ingest": {"etl.http", "warehouse"},
     "etl.fetch": {"etl.http", "etl.executors", "warehouse"},
     "etl.compact": {"etl.executors", "warehouse"},

@@ -3,9 +3,6 @@ reserved image ends with its own drop reason, and `honour` chooses the signals."
 
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -13,6 +10,7 @@ from PIL import Image
 from etl.fetch import stage as fetch_stage
 from etl.fetch.optout import noai
 from etl.fetch.stage import FetchConfig, fetch_one
+from tests.httpd import ScriptedServer
 from warehouse.contracts import DROP_REASONS, OPT_OUT_DROP_REASONS
 
 
@@ -45,38 +43,24 @@ SITES = {
 }
 
 
-def _server(routes):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        seen: ClassVar[list[str]] = []
+def _site(routes) -> ScriptedServer:
+    """A host whose policy files and images are `routes`; any other .jpg is an image, anything else 404."""
 
-        def log_message(self, *args):
-            pass
+    def answer(path: str):
+        status, body, headers = routes.get(path, (None, None, {}))
+        if status is None:
+            status, body = (200, None) if path.endswith(".jpg") else (404, b"")
+        return status, _jpeg() if body is None else body, headers
 
-        def do_GET(self):
-            Handler.seen.append(self.path)
-            status, body, headers = routes.get(self.path, (None, None, {}))
-            if status is None:
-                status, body = (200, None) if self.path.endswith(".jpg") else (404, b"")
-            body = _jpeg() if body is None else body
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, Handler.seen
+    return ScriptedServer(answer)
 
 
 @pytest.fixture(scope="module")
 def sites():
-    servers = {name: _server(routes) for name, routes in SITES.items()}
-    yield {name: (f"http://127.0.0.1:{srv.server_address[1]}", seen) for name, (srv, seen) in servers.items()}
-    for srv, _ in servers.values():
-        srv.shutdown()
+    servers = {name: _site(routes) for name, routes in SITES.items()}
+    yield {name: (srv.base, srv.seen) for name, srv in servers.items()}
+    for srv in servers.values():
+        srv.close()
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -9,6 +10,7 @@ from etl.ingest.sources.bioscan import is_placeholder_species
 from etl.ingest.sources.fathomnet import box_rows, strip_subgenus
 from etl.ingest.sources.gbif import occurrence_rows
 from etl.ingest.stage import run_ingest
+from tests.httpd import ScriptedServer
 
 FAST = HttpConfig(backoff_base=0.01, max_retries=3, allow_private_hosts=True)  # loopback servers
 
@@ -313,51 +315,21 @@ def test_eol_pages_api_rows_keyed_like_the_manifest():
     assert got[0].checkpoint == {"pages_done": ["46554351"]} and got[0].complete
 
 
-class _FlakyGbif:
+class _FlakyGbif(ScriptedServer):
     """A GBIF search endpoint that misbehaves in scripted ways, then answers properly."""
 
     def __init__(self, script: list[tuple[int, bytes, dict]]):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        fake = self
         self.script = list(script)
         self.times: list[float] = []
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                import json
-                import time
-
-                fake.times.append(time.monotonic())
-                if fake.script:
-                    status, body, headers = fake.script.pop(0)
-                else:
-                    occ = {"gbifID": "77", "scientificName": "Puma concolor", "basisOfRecord": "HUMAN_OBSERVATION",
-                           "media": [{"type": "StillImage", "identifier": "https://i.org/77.jpg"}]}  # fmt: skip
-                    status, body, headers = (
-                        200,
-                        json.dumps({"results": [occ], "endOfRecords": True}).encode(),
-                        {},
-                    )
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, path: str):
+        self.times.append(time.monotonic())
+        if self.script:
+            return self.script.pop(0)
+        occ = {"gbifID": "77", "scientificName": "Puma concolor", "basisOfRecord": "HUMAN_OBSERVATION",
+               "media": [{"type": "StillImage", "identifier": "https://i.org/77.jpg"}]}  # fmt: skip
+        return 200, json.dumps({"results": [occ], "endOfRecords": True}).encode(), {}
 
 
 @pytest.mark.parametrize(

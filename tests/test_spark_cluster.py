@@ -56,8 +56,8 @@ def test_a_standalone_cluster_fetches_what_the_local_executor_fetches(server, tm
     for home in homes:
         run_ingest(home, IngestConfig("bioscan", api_url=server.base_url, allow_private_hosts=True))
     cfg = FetchConfig(allow_private_hosts=True, partition_rows=16)
-    run_fetch(homes[0], cfg, workers=1, progress=False)
-    summary = run_fetch(homes[1], cfg, executor="spark", spark_master=cluster, progress=False)
+    run_fetch(homes[0], cfg, executor=ExecutorConfig(workers=1), progress=False)
+    summary = run_fetch(homes[1], cfg, executor=ExecutorConfig("spark", spark_master=cluster), progress=False)
     assert summary["n_in"] > 32 and summary["n_out"] > 0
     assert _fetched(homes[1]) == _fetched(homes[0])
 

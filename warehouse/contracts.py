@@ -21,6 +21,17 @@ SHARD_TEXT_MEMBERS: tuple[str, ...] = (*CAPTION_TYPES, "scientific_name", "commo
 # The sources, in the default priority of the dedup keeper rule.
 SOURCES: tuple[str, ...] = ("gbif", "eol", "bioscan", "fathomnet")
 
+# EOL's media manifest (the bundle's CSV files, header in the first file only): what the EOL reader parses and
+# the sample world writes.
+EOL_MANIFEST_COLUMNS: tuple[str, ...] = (
+    "EOL content ID",
+    "EOL page ID",
+    "Medium Source URL",
+    "EOL Full-Size Copy URL",
+    "License Name",
+    "Copyright Owner",
+)
+
 # The coarse image types of the paper's curation (etl/filter/image_type.py decides them; ingest's first guess
 # is `raw_records.img_type`), and the content scorers of the filter stage (etl/filter), which thresholds in a
 # dataset version refer to by name.

@@ -12,9 +12,12 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
+
+from warehouse.contracts import MAX_WORKERS, check_bound
 
 EXECUTORS: tuple[str, ...] = ("local", "spark")
 
@@ -94,3 +97,30 @@ def get_executor(name: str, workers: int = 2, spark_master: str | None = None) -
     if name not in _FACTORIES:
         raise ValueError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
     return _FACTORIES[name](workers, spark_master)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the byte-heavy stages (fetch, shard) run: `local` processes, or Spark (`spark_master`, default
+    `local[workers]`)."""
+
+    name: str = field(
+        default="local",
+        metadata={"help": "where the work units run", "flag": "--executor", "choices": EXECUTORS},
+    )
+    workers: int = field(default=2, metadata={"help": "local worker processes (or Spark's local[N])"})
+    spark_master: str | None = field(
+        default=None, metadata={"help": "a Spark master URL, e.g. spark://host:7077 (default local[N])"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.name not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.name!r}; choose one of: {', '.join(EXECUTORS)}")
+        check_bound("workers", self.workers, MAX_WORKERS, 1)
+
+    def build(self) -> Executor:
+        """The executor itself; a Spark session starts only when it is first given units (or warmed up)."""
+        return _FACTORIES[self.name](self.workers, self.spark_master)
+
+
+LOCAL = ExecutorConfig()  # the default of every stage that takes an executor

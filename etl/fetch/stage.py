@@ -19,7 +19,7 @@ from urllib.request import url2pathname
 import pyarrow as pa
 import requests
 
-from etl.executors import Unit, get_executor
+from etl.executors import LOCAL, ExecutorConfig, Unit
 from etl.fetch.images import ImageConfig, process_image, require_pdq
 from etl.fetch.optout import POLICY_FILE_BYTES, OptOutPolicy
 from etl.http import (
@@ -351,9 +351,7 @@ def run_fetch(
     catalog: Catalog,
     config: FetchConfig | None = None,
     *,
-    executor: str = "local",
-    workers: int = 2,
-    spark_master: str | None = None,
+    executor: ExecutorConfig = LOCAL,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fetch every usable record not fetched yet (or, with `retry_failed`, transient failures again).
@@ -365,7 +363,7 @@ def run_fetch(
     config = config or FetchConfig()
     if config.image.pdq:
         require_pdq()  # fail before any download, not once per row
-    settings = {"executor": executor, "workers": workers, **config.to_dict()}
+    settings = {"executor": executor.name, "workers": executor.workers, **config.to_dict()}
     with StageRun(catalog, "fetch", config=settings) as run:
         work = catalog.work_dir(run.run_id)
         for stale in work.parent.glob("fetch-*"):  # scratch of killed runs (the fetch lock is held now)
@@ -376,9 +374,7 @@ def run_fetch(
             units = _units(catalog, inputs, run.run_id, config.partition_rows)
             bar = tqdm(total=run.n_in, unit="img", desc="fetch", disable=not progress, mininterval=1.0)
             t0 = time.perf_counter()
-            results = get_executor(executor, workers, spark_master).run_units(
-                partial(fetch_unit, config=config), units
-            )
+            results = executor.build().run_units(partial(fetch_unit, config=config), units)
             try:
                 for idx, table in results:
                     for status, n in zip(

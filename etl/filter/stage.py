@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from etl.executors import Unit, get_executor
+from etl.executors import LOCAL, ExecutorConfig, Unit
 from etl.filter.image_type import image_type_sql, load_rules
 from etl.filter.scorers import (
     IMAGE_SCORERS,
@@ -232,9 +232,7 @@ def run_filter(
     cfg: FilterConfig,
     dedup_run: str,
     *,
-    executor: str = "local",
-    workers: int = 2,
-    spark_master: str | None = None,
+    executor: ExecutorConfig = LOCAL,
 ) -> dict[str, Any]:
     """Score the images `dedup_run` kept with `cfg.scorers`; returns the run summary (scores per scorer and
     label in `details`)."""
@@ -282,7 +280,7 @@ def run_filter(
                     "scorer_args": args,
                     "model_version": model_version,
                     "batch_size": cfg.batch_size,
-                    "threads": max(1, (os.cpu_count() or 1) // max(1, workers)),
+                    "threads": max(1, (os.cpu_count() or 1) // executor.workers),
                     "run_id": run.run_id,
                     "part": f"u{start // cfg.partition_rows:06d}",
                 }
@@ -291,7 +289,7 @@ def run_filter(
             log.info("filter %s: %d images to score in %d units (%s)", scorer, n, len(units), model_version)
             done = errors = 0
             with run.timed(scorer):
-                for _, table in get_executor(executor, workers, spark_master).run_units(score_unit, units):
+                for _, table in executor.build().run_units(score_unit, units):
                     row = table.to_pylist()[0]
                     done += row["n"]
                     errors += row["errors"]

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from etl.executors import Executor, Unit, get_executor
+from etl.executors import LOCAL, Executor, ExecutorConfig, Unit
 from etl.filter.rules import FilterRule
 from etl.shards.card import render_card
 from taxonomy.captions import captions
@@ -396,9 +396,7 @@ def build_version(
     cfg: ShardConfig,
     inputs: ShardInputs,
     *,
-    executor: str = "local",
-    workers: int = 2,
-    spark_master: str | None = None,
+    executor: ExecutorConfig = LOCAL,
 ) -> dict[str, Any]:
     """Build (or resume building) a dataset version from `inputs`. Shards are written by the executor's
     workers, one unit per shard.
@@ -424,7 +422,7 @@ def build_version(
             )
         if current is not None:
             refuse_if_training(catalog, cfg.version)
-        pool = get_executor(executor, workers, spark_master)
+        pool = executor.build()
         pool.warm_up([__name__])  # a Spark session starts while the selection is planned
         builds = catalog.shards / BUILDS
         builds.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from etl.http import HttpError, PoliteClient
 from etl.ingest.records import clean, normalize_license, record_id
 from etl.ingest.sources import IngestConfig, Page, scratch
 from warehouse.archives import read_member
+from warehouse.contracts import EOL_MANIFEST_COLUMNS
 
 DEFAULT_API = "https://eol.org"
 KINGDOM_NAMES = {
@@ -33,14 +34,7 @@ KINGDOM_NAMES = {
     "Viridiplantae",
     "Archaeplastida",
 }
-HEADER = [
-    "EOL content ID",
-    "EOL page ID",
-    "Medium Source URL",
-    "EOL Full-Size Copy URL",
-    "License Name",
-    "Copyright Owner",
-]
+HEADER = list(EOL_MANIFEST_COLUMNS)
 
 
 def _manifest_files(client: PoliteClient, cfg: IngestConfig) -> list[tuple[str, str]]:
