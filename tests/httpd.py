@@ -9,9 +9,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 Reply = tuple[int, bytes, dict[str, str]]
 
 
-class ScriptedServer:
-    """Serves `answer(path)` on 127.0.0.1 (any free port) from a daemon thread; `seen` lists the paths asked
-    for, in order. Use it as a context manager, or call `close()`."""
+class LoopbackServer:
+    """`handler` (a BaseHTTPRequestHandler class) served on 127.0.0.1, any free port, from a daemon thread.
+    Use it as a context manager, or call `close()`."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ScriptedServer(LoopbackServer):
+    """Answers every GET with `answer(path)`; `seen` lists the paths asked for, in order."""
 
     def __init__(self, answer: Callable[[str], Reply]):
         seen: list[str] = []
@@ -33,17 +53,4 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def __enter__(self) -> ScriptedServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(Handler)

@@ -8,6 +8,7 @@ from etl.ingest import stage as ingest_stage
 from etl.ingest.sources import IngestConfig, gbif_dwca
 from etl.ingest.sources import gbif as gbif_mod
 from etl.ingest.stage import run_ingest
+from tests.httpd import LoopbackServer
 
 OCC_COLS = ["gbifID", "datasetKey", "basisOfRecord", "scientificName", "taxonRank", "kingdom", "phylum", "class",
             "order", "family", "genus", "species", "eventDate", "license", "rightsHolder", "publisher",
@@ -136,14 +137,13 @@ def test_killed_archive_ingest_resumes_without_loss_or_duplicates(catalog, tmp_p
     assert n == distinct == 100
 
 
-class _FakeGbif:
+class _FakeGbif(LoopbackServer):
     """The occurrence-download API: POST a request (basic auth), poll its status, fetch the zip."""
 
     def __init__(self, archive: bytes) -> None:
         import base64
         import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         fake = self
         self.requests: list[dict] = []
@@ -177,14 +177,7 @@ class _FakeGbif:
                     return self._send(200, archive, "application/zip")
                 self._send(404, b"", "text/plain")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_asynchronous_download_is_requested_polled_fetched_and_read(catalog, tmp_path, monkeypatch):
