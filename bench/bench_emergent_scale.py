@@ -40,6 +40,7 @@ from training.config import load_config
 from training.loop import train
 from warehouse.catalog import Catalog, open_catalog
 from warehouse.contracts import TRAINING_TEXT_TYPES
+from warehouse.writers import DatasetVersionRecord, replace_version
 
 
 def _render(tree: Tree, per_species: int, size: tuple[int, int], seed: int, stage: str | None = None):
@@ -58,6 +59,7 @@ def write_training_version(
     version = f"emergent-scale-{per_species}"
     root = catalog.shards / version
     if (root / "manifest.json").exists():
+        _register(catalog, json.loads((root / "manifest.json").read_text()))
         return version
     samples = [
         (jpeg_bytes(img, quality=90), captions(sp.lineage, sp.english_name))
@@ -84,7 +86,20 @@ def write_training_version(
         "shards": shards,
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
+    _register(catalog, manifest)
     return version
+
+
+def _register(catalog: Catalog, manifest: dict) -> None:
+    """The catalog decides what a version is (`version_root`): the rendered set is recorded as one, built
+    from no dedup or resolve run."""
+    n, version = manifest["n_samples"], manifest["version"]
+    record = DatasetVersionRecord(
+        version=version, filters=None, seed=0, dedup_run_id="rendered", resolve_run_id=None,
+        backbone_version=None, n_samples=n, n_train=n, n_val=0, n_shards=len(manifest["shards"]),
+        path=f"shards/{version}", manifest=manifest, code_version="bench_emergent_scale",
+    )  # fmt: skip
+    replace_version(catalog, record)
 
 
 def write_variant_set(

@@ -22,6 +22,7 @@ from PIL import Image
 from etl.executors import get_executor
 from etl.fetch.images import ImageConfig
 from etl.fetch.stage import FetchConfig
+from warehouse.contracts import MAX_PIXELS
 
 
 def _tree_rss_mb(root: int) -> float:
@@ -96,7 +97,8 @@ def main() -> None:
         for i in range(1, args.images):  # copies: decoding cost is what matters, not their content
             (root / f"{i}.png").hardlink_to(root / "0.png")
             paths.append(root / f"{i}.png")
-        off = _run(paths, root, 1 << 62, args.workers, args.threads)
+        # "off": the largest budget a config accepts (2^30 px, above 8 threads x 81 Mpx in flight)
+        off = _run(paths, root, MAX_PIXELS, args.workers, args.threads)
         default = ImageConfig().max_pixels_in_flight
         on = _run(paths, root, default, args.workers, args.threads)
     emit(
