@@ -56,7 +56,7 @@ $(PEERS)/.installed: Makefile
 
 peers: $(PEERS)/.installed  ## a separate venv with img2dataset, the fetch benchmark's peer
 
-# QUICK=1: every benchmark at small sizes (about 20 min on 2 cores); otherwise at their defaults (over an hour).
+# QUICK=1: every benchmark at small sizes (about 15 min on 2 cores); otherwise at their defaults (over an hour).
 bench: $(STAMP) $(PEERS)/.installed  ## run every benchmark (JSON lines, the first naming the commit), with their peers
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/run_all.py $(if $(QUICK),--quick)

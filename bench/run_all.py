@@ -1,7 +1,7 @@
 """Every benchmark in `bench/`, one after another, each in its own process: their JSON lines on stdout, and a
 first line naming the commit and the machine the figures belong to (docs/benchmarks.md cites it).
 
-`--quick` runs each at the small sizes of the table below (about 20 minutes on 2 cores), which is what the
+`--quick` runs each at the small sizes of the table below (about 15 minutes on 2 cores), which is what the
 closing notes and `make bench QUICK=1` show; without it every benchmark runs at its own defaults (the figures
 in docs/benchmarks.md; over an hour here). A benchmark that fails prints a `failed` line with its stderr's
 tail, and the run goes on; the exit status says whether any failed.
