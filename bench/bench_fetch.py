@@ -33,7 +33,7 @@ import pyarrow as pa
 from _common import emit, fetch_slice, slice_units
 from PIL import Image
 
-from etl.executors import get_executor
+from etl.executors import ExecutorConfig
 from etl.fetch.stage import FetchConfig
 
 
@@ -104,7 +104,7 @@ def main() -> None:
             "work": "download, decode, resize to 720, MD5, pHash, JPEG (kept as sent when already small)",
         }
         for name in ("local", "spark"):
-            executor = get_executor(name, workers=2, spark_master="local[2]")
+            executor = ExecutorConfig(name, workers=2, spark_master="local[2]").build()
             out_dir = Path(tmp) / f"out_{name}"
             out_dir.mkdir()
             units = slice_units(table, tmp, 64, out=str(out_dir))  # workers write their parts, as the stage's

@@ -19,7 +19,7 @@ import pyarrow as pa
 from _common import emit, fetch_slice, slice_units
 from PIL import Image
 
-from etl.executors import get_executor
+from etl.executors import ExecutorConfig
 from etl.fetch.images import ImageConfig
 from etl.fetch.stage import FetchConfig
 from warehouse.contracts import MAX_PIXELS
@@ -70,7 +70,9 @@ def _run(paths: list[Path], root: Path, budget: int, workers: int, threads: int)
     watcher.start()
     t0 = time.perf_counter()
     ok = 0
-    for _, table in get_executor("local", workers).run_units(partial(fetch_slice, config=cfg), units):
+    for _, table in (
+        ExecutorConfig("local", workers).build().run_units(partial(fetch_slice, config=cfg), units)
+    ):
         ok += table.column("ok")[0].as_py()
     seconds = time.perf_counter() - t0
     done.set()

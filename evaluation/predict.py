@@ -128,7 +128,6 @@ def write_csv(rows: list[dict[str, Any]], out: TextIO | None = None) -> None:
 
 def run_predict(catalog: Catalog, cfg: PredictConfig) -> tuple[list[dict[str, Any]], int]:
     """The rows `predict` gives for `cfg.images`, and how many labels they were chosen among."""
-
     labels = (
         file_labels(cfg.labels)
         if cfg.labels

@@ -38,7 +38,6 @@ DEFAULT_REGISTRY = Path(__file__).with_name("tasks.yaml")
 def load_darwin_finches(
     root: str | Path, text_type: str = "asis", cache_dir: Path | None = None
 ) -> LabelledImages:
-
     return read_darwin_finches(Path(root))
 
 
@@ -46,7 +45,6 @@ def load_fishnet_habitat(
     root: str | Path, text_type: str = "asis", cache_dir: Path | None = None
 ) -> LabelledImages:
     """FishNet's train and test images, classed by habitat: freshwater (1) or not (0)."""
-
     d = read_fishnet(Path(root))
     col = FISHNET_LABELS.index("freshwater")
     fresh = np.concatenate([d.train_y[:, col], d.test_y[:, col]]).astype(int).tolist()
@@ -138,7 +136,6 @@ def _zero_shot(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
 
 
 def _few_shot(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
-
     feats = _features(catalog, model, data, progress)
     return simpleshot(
         feats, np.array(data.labels), tuple(task.options.get("ks", (1, 5))), task.options.get("folds", 5)
@@ -146,7 +143,6 @@ def _few_shot(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
 
 
 def _linear_probe(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
-
     feats = _features(catalog, model, data, progress)
     return linear_probe(
         feats,
@@ -163,7 +159,6 @@ FALSE = {"0", "false", "no", "n", "f", ""}
 
 def _multi_label(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
     """FishNet-style binary traits: `options.labels` names the metadata columns (0/1, true/false, yes/no)."""
-
     columns = task.options.get("labels") or []
     missing = [c for c in columns if not data.extra or c not in data.extra[0]]
     if not columns or missing:
@@ -186,7 +181,6 @@ def _multi_label(catalog, model, data, task, out_dir, progress) -> dict[str, Any
 
 
 def _emergent(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
-
     column = task.options.get("variant", "life_stage")
     if not data.extra or column not in data.extra[0]:
         raise ValueError(f"task {task.name}: metadata has no {column!r} column")
@@ -237,7 +231,6 @@ def _beak_order(catalog, model, data, task, out_dir, progress) -> dict[str, Any]
 def _habitat_separation(catalog, model, data, task, out_dir, progress) -> dict[str, Any]:
     """FishNet habitat: the Fisher ratio between freshwater and other fish over all images (higher = more
     separated), and a t-SNE/UMAP map coloured by habitat."""
-
     feats = _features(catalog, model, data, progress)
     labels = np.array(data.labels)
     if len(set(labels.tolist())) < 2:
@@ -419,7 +412,6 @@ def heldout_task(catalog: Catalog, version: str) -> Task:
     """Zero-shot on a dataset version's own held-out (val) split, its shards as written: top-1/top-5 at
     species and the accuracy at each rank (the version carries every caption type). A version without a
     val split has nothing held out: a clear error."""
-
     urls = shard_urls(catalog, check_name("version", version), "val")
     if not urls:
         raise LookupError(f"version {version} has no held-out (val) shards to evaluate on (val_fraction 0?)")

@@ -98,7 +98,6 @@ class SampleWorldArgs:
 
 
 def run_sample_world(home: str, cfg: SampleWorldArgs) -> None:
-
     root = Path(home) / "sample_world"
     world = build_sample_world(root, SampleWorldConfig(seed=cfg.seed))
     planted = {k: v for k, v in world.planted.items() if not isinstance(v, list)}
@@ -384,7 +383,6 @@ class VersionsArgs:
 
 
 def run_versions(home: str, cfg: VersionsArgs) -> None:
-
     if cfg.action != "list" and not cfg.name:
         raise UsageError(f"versions {cfg.action} needs a NAME")
     catalog = open_catalog(home)

@@ -92,7 +92,6 @@ def demo_flow(home: str = "tol-data", seed: int = 0, steps: int = 300) -> dict[s
 def museum_filter_flow(home: str, support_folder: str, model: str, version: str) -> dict[str, Any]:
     """The museum_category scorer with a model of this home: its support set's centroids, the scores, and
     `<version>-museum`, the version again with label and drawer pictures left out as well."""
-
     from flows.pipeline import stage_logs_to_prefect
 
     catalog = open_catalog(home)

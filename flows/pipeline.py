@@ -334,7 +334,6 @@ def refresh_train_choices(catalog: Catalog, extra: tuple[str, ...] = ()) -> list
 def train_config(catalog: Catalog, preset: str, version: str, values: dict[str, Any]) -> Any:
     """The TrainConfig a train run uses: `version` (or the latest for `latest`), the preset, then `values`
     (`training.config.load_config`: a preset's replay with no replay set trains without replay, and says so)."""
-
     name = latest_version(catalog) if version in ("", LATEST) else check_name("version", version)
     known = [v["version"] for v in list_versions(catalog)]
     if name not in known:
@@ -459,7 +458,6 @@ class _ProgressArtifact:
 
 def _training_artifacts(catalog: Catalog, result: dict[str, Any]) -> None:
     """The metrics table and the loss curve (an inline PNG the UI shows) of a finished run."""
-
     final = result.get("final", {})
     rows = [
         {"metric": "run", "value": result["run_id"]},
@@ -630,7 +628,6 @@ def recipe_flow(
         until: the last step to run: ingest, curate, or train (which includes the evaluation).
         train_overrides: TrainConfig keys that win over the recipe's `train` section, e.g. {"steps": 80}.
     """
-
     home = operator_home(home)
     recipe = load_recipe(recipe_path, variables)
     spec, sha = recipe.spec, recipe.sha256

@@ -218,7 +218,6 @@ def _validate(data: dict[str, Any], root: yaml.Node, path: str) -> RecipeSpec:
 
 def _check_train(spec: RecipeSpec, root: yaml.Node, path: str) -> None:
     """The train section through the trainer's own loader (preset, then keys): what `tol train` would say."""
-
     train = dict(spec.train)
     preset = train.pop("preset", "cpu-tiny")
     try:

@@ -210,7 +210,6 @@ def _wait_healthy(api: str, server: subprocess.Popen, seconds: int = 120) -> Non
 
 
 def _record_recipe(home: str, recipe: Recipe) -> None:
-
     writers.record_recipe(open_catalog(home), recipe.sha256, recipe.spec.name, recipe.path, recipe.text)
 
 

@@ -24,8 +24,8 @@ from etl.ingest.stage import run_ingest
 from etl.shards.stage import ShardConfig, ShardInputs, build_version
 from evaluation.suite import run_suite
 from evaluation.tasks import load_registry, run_task
+from taxonomy import backbone
 from taxonomy.backbone import latest_backbone
-from taxonomy.backbone import load_backbone as load
 from taxonomy.resolve import run_resolve
 from warehouse.catalog import Catalog
 from warehouse.compaction import CompactionConfig, compaction_due
@@ -56,13 +56,11 @@ class ResolveConfig:
 
 
 def ingest(catalog: Catalog, cfg: IngestConfig, *, progress: bool = False) -> dict[str, Any]:
-
     return run_ingest(catalog, cfg, progress=progress)
 
 
 def load_backbone(catalog: Catalog, path: str | Path, *, common_name_fallback: bool = False) -> str:
-
-    return load(catalog, path, common_name_fallback=common_name_fallback)
+    return backbone.load_backbone(catalog, path, common_name_fallback=common_name_fallback)
 
 
 def resolve(
@@ -70,7 +68,6 @@ def resolve(
 ) -> dict[str, Any]:
     """Resolve every usable record against `backbones` (priority order), by default the latest loaded;
     incremental unless `full` (see `taxonomy.resolve.run_resolve`)."""
-
     versions = list(backbones) if backbones else [latest_backbone(catalog)]
     return run_resolve(catalog, versions, full=full)
 
@@ -84,7 +81,6 @@ def fetch(
 ) -> dict[str, Any]:
     """Fetch what is not fetched yet, then compact the image table's parts (one per work unit) when enough
     small ones have gathered (`compact`)."""
-
     ex = executor or ExecutorConfig()
     summary = run_fetch(catalog, cfg or FetchConfig(), executor=ex, progress=progress)
     images = CompactionConfig(tables=("images_history",))
@@ -97,12 +93,10 @@ def compact(
     catalog: Catalog, cfg: CompactionConfig | None = None, executor: ExecutorConfig | None = None
 ) -> dict[str, Any]:
     """Merge small lake parts into parts of bounded size, each merge a work unit (see `etl.compact`)."""
-
     return run_compaction(catalog, cfg or CompactionConfig(), executor=executor or ExecutorConfig())
 
 
 def dedup(catalog: Catalog, cfg: DedupConfig | None = None, *, full: bool = False) -> dict[str, Any]:
-
     return run_dedup(catalog, cfg or DedupConfig(), full=full)
 
 
@@ -118,7 +112,6 @@ def shard(
     """Build the dataset version `cfg.version` from `dedup_run`'s kept images named by `resolve_run`
     (each by default the latest succeeded run); with filter rules, `filter_run` (by default the latest that
     scored that dedup run's images with the rules' scorers) vouches for the scores. Returns its manifest."""
-
     resolve_run = succeeded_run(catalog, "resolve", resolve_run)
     dedup_run = succeeded_run(catalog, "dedup", dedup_run)
     if cfg.filters and filter_run is None:
@@ -143,7 +136,6 @@ def filter_images(
     dedup_run: str | None = None,
 ) -> dict[str, Any]:
     """Score the images `dedup_run` (default: the latest succeeded) kept with the content scorers."""
-
     dedup_run = succeeded_run(catalog, "dedup", dedup_run)
     return run_filter(catalog, cfg or FilterConfig(), dedup_run, executor=executor or ExecutorConfig())
 
@@ -346,7 +338,6 @@ def train(
 
 def registered_tasks(names: Sequence[str], registry: str | None = None) -> list[Any]:
     """The registered evaluation tasks called `names`; an unknown name is an error listing the known ones."""
-
     known = load_registry(registry)
     unknown = [n for n in names if n not in known]
     if not names or unknown:
@@ -366,7 +357,6 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Run `tasks` (evaluation.tasks.Task) on `model`: a training run id, an export folder, `local-dir:PATH`
     or `hf-hub:ORG/NAME`. With one task, `json_out` receives its scores; with several, the list."""
-
     if not model:
         raise ValueError(
             "a model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"
@@ -395,7 +385,6 @@ def evaluate_with(catalog: Catalog, opts: Any) -> list[dict[str, Any]]:
 def evaluate_suite(catalog: Catalog, opts: Any) -> dict[str, Any]:
     """`tol evaluate --suite`: every benchmark of the suite found under `opts.data_root`; the summary is
     also written to `opts.json` when given."""
-
     if not opts.model:
         raise ValueError(
             "--model is required (a run id, an export folder, local-dir:PATH or hf-hub:ORG/NAME)"

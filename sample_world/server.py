@@ -49,7 +49,6 @@ class SampleWorldServer(ThreadingHTTPServer):
         self.tarballs: dict[str, bytes] = {}
 
     def handle_error(self, request, client_address) -> None:
-
         if isinstance(sys.exc_info()[1], ConnectionError):
             return  # a client that hung up (timeouts in tests, a killed fetch): not the server's problem
         super().handle_error(request, client_address)

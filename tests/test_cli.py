@@ -277,3 +277,24 @@ def test_every_command_is_built_from_a_table_and_its_config_fields():
         assert flagged == declared | nested, c.name
     text = (Path(__file__).parents[1] / "flows" / "cli.py").read_text()
     assert text.count("add_argument(") == 3 + 2  # --home, --debug, --log-level; a stage's inputs and --full
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["versions", "show", "../etc"], "a name is never a path"),
+        (["takedown", "add", "--record", "x'; DROP TABLE raw_records; --", "--reason", "r"], "record name"),
+        (["filter", "build-support", "folder", "--model", "m", "--name", "../museum"], "support set name"),
+        (["versions", "show"], "versions show needs a NAME"),
+    ],
+    ids=["version-path", "record-sql", "support-path", "missing-name"],
+)
+def test_a_table_commands_names_are_checked_as_they_are_parsed(tmp_path, capsys, argv, says):
+    """A name given to a command of the table is a name, never a path or SQL: a usage error (exit 2),
+    before anything opens the catalog."""
+    try:
+        code = main(["--home", str(tmp_path / "home"), *argv])
+    except SystemExit as exc:  # argparse's usage error
+        code = exc.code
+    assert code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()

@@ -8,13 +8,12 @@ import time
 
 import pytest
 
-from etl.executors import get_executor
+from etl.executors import ExecutorConfig
 from etl.fetch.stage import FetchConfig, run_fetch
 from etl.ingest.sources import IngestConfig
 from etl.ingest.stage import run_ingest
 from etl.shards.stage import ShardConfig
 from flows import stages
-from flows.stages import ExecutorConfig
 from tests.spark_cluster import standalone_cluster
 from tests.tolcli import kill_group, start, tol
 from warehouse.catalog import open_catalog
@@ -38,7 +37,7 @@ def test_a_standalone_cluster_writes_the_shards_the_local_executor_writes(curate
     assert len(local["shards"]) > 4
     assert [s["sha256"] for s in spark["shards"]] == [s["sha256"] for s in local["shards"]]
     assert verify_version(curated, "sa-spark") == []
-    assert verify_version(curated, "sa-spark", get_executor("spark", spark_master=cluster)) == []
+    assert verify_version(curated, "sa-spark", ExecutorConfig("spark", spark_master=cluster).build()) == []
 
 
 def _fetched(catalog) -> list[dict]:

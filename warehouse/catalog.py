@@ -217,7 +217,6 @@ class Catalog:
 
     def work_dir(self, run_id: str) -> Path:
         """A stage run's scratch folder (`work/<run_id>`): inputs handed to its workers by reference."""
-
         return self.home / "work" / check_name("run", run_id)
 
     def export_parquet(
@@ -235,7 +234,6 @@ class Catalog:
         let a worker read its range without the rest. With `sandbox` (for SQL holding a user's text, such as
         `shard --where`), the connection can read only the home's data folders and write only the target's
         folder (`lock_down`)."""
-
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         target = str(tmp).replace("'", "''")

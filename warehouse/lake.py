@@ -40,7 +40,6 @@ def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, s
     `partition` must name the table's partition keys, in order; values and `part` must be names. Rows are
     sorted by `record_id` where the table has one: with each row group's min and max, DuckDB answers
     `WHERE record_id = ?` (through the current views and `record_lineage`) without reading the others."""
-
     path = part_path(lake, table, partition, part)
     spec = LAKE_TABLES[table]
     missing = [n for n in spec.schema.names if n not in data.column_names]
@@ -55,7 +54,6 @@ def write_part(lake: Path, table: str, data: pa.Table, *, partition: dict[str, s
 def typed_select(table: str, sql: str) -> str:
     """`sql`'s rows as the lake table `table`'s columns: each taken by name and cast to its type (a missing
     one is DuckDB's binder error, naming it), sorted by `record_id` where the table has one."""
-
     schema = LAKE_TABLES[table].schema
     cols = ", ".join(f'CAST("{f.name}" AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema)
     order = ' ORDER BY "record_id"' if "record_id" in schema.names else ""  # see `write_part`
@@ -91,7 +89,6 @@ def export_part(
 
 def part_path(lake: Path, table: str, partition: dict[str, str], part: str) -> Path:
     """Where a part of the lake table `table` lies; checks the table, its partition keys and the names."""
-
     if table not in LAKE_TABLES:
         raise ValueError(f"no lake table {table!r}; known: {', '.join(LAKE_TABLES)}")
     spec = LAKE_TABLES[table]
@@ -104,7 +101,6 @@ def part_path(lake: Path, table: str, partition: dict[str, str], part: str) -> P
 def write_image_blob(home: Path, source: str, part: str, jpegs: list[bytes | None]) -> tuple[str, list]:
     """Write the JPEGs of one fetch part back to back as `lake/image_blobs/source=<source>/<part>.jpgs`;
     return its path relative to `home` and each image's offset (None where there is no image)."""
-
     rel = Path("lake", IMAGE_BLOBS, f"source={check_name('partition', source)}", check_name("part", part))
     rel = rel.with_name(rel.name + BLOB_SUFFIX)
     offsets: list[int | None] = []
@@ -164,7 +160,6 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
 
 def new_run_id(stage: str) -> str:
     """Sortable, unique run id: stage, UTC time, and a random suffix."""
-
     return f"{stage}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 

@@ -22,7 +22,6 @@ def write_images_part(catalog: Catalog, rows: pa.Table, *, run_id: str, source: 
     """One fetch part, written by the worker that fetched it: the JPEGs of its ok rows into the image lake
     (one blob file), then the `images_history` rows pointing into it. A kill between the two leaves an
     unreferenced blob, never a row without its bytes."""
-
     jpegs = rows.column("jpeg").to_pylist()
     if any(jpegs):
         blob, offsets = write_image_blob(catalog.home, source, part, jpegs)

@@ -93,12 +93,6 @@ _FACTORIES: dict[str, Callable[[int, str | None], Executor]] = {"local": _local,
 assert tuple(_FACTORIES) == EXECUTORS
 
 
-def get_executor(name: str, workers: int = 2, spark_master: str | None = None) -> Executor:
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
-    return _FACTORIES[name](workers, spark_master)
-
-
 @dataclass(frozen=True)
 class ExecutorConfig:
     """Where the byte-heavy stages (fetch, shard) run: `local` processes, or Spark (`spark_master`, default

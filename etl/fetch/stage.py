@@ -357,7 +357,6 @@ def run_fetch(
     """Fetch every usable record not fetched yet (or, with `retry_failed`, transient failures again).
     The driver writes the rows to fetch to a scratch file and hands workers row ranges of it; each worker
     writes its unit's lake part itself, so a killed run loses at most the units in flight; a run stopped by the internal-error limit keeps what it wrote and fails with FailureRateError."""
-
     from tqdm import tqdm
 
     config = config or FetchConfig()

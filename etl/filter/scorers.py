@@ -49,7 +49,6 @@ class FaceConfig:
 def face_model_version(cfg: FaceConfig) -> str:
     """What the faces rows record as their model version: the package and every setting that changes a
     score (a change scores the images again)."""
-
     try:
         v = version("facenet-pytorch")
     except PackageNotFoundError:
@@ -175,7 +174,6 @@ def _faces(args: dict[str, Any]) -> ImageScorer:
 
 
 def _museum(args: dict[str, Any]) -> ImageScorer:
-
     support = load_support(args["home"], args["support"])
     return MuseumCategoryScorer(
         support.model_path, support.categories, support.centroids, support.version, args["device"]

@@ -133,13 +133,11 @@ assert set(SQL_SCORERS) | set(IMAGE_SCORERS) == set(FILTER_SCORERS)
 
 
 def _faces_args(catalog: Catalog, cfg: FilterConfig) -> tuple[dict[str, Any], str]:
-
     require_facenet()  # a clear error here, not one per unit
     return {"faces": asdict(cfg.faces), "device": cfg.device}, face_model_version(cfg.faces)
 
 
 def _museum_args(catalog: Catalog, cfg: FilterConfig) -> tuple[dict[str, Any], str]:
-
     support = load_support(catalog.home, cfg.museum.support)
     model_path, _ = resolve_model(catalog, cfg.museum.model)
     if Path(model_path).resolve() != Path(support.model_path).resolve() and model_path != support.model_path:
@@ -236,7 +234,6 @@ def run_filter(
 ) -> dict[str, Any]:
     """Score the images `dedup_run` kept with `cfg.scorers`; returns the run summary (scores per scorer and
     label in `details`)."""
-
     with StageRun(catalog, "filter", config={**asdict(cfg), "dedup_run": dedup_run}) as run:
         with catalog.connect() as con:
             run.n_in = fetch_first(con, f"SELECT count(*) FROM ({_kept_sql(dedup_run)})")[0]
